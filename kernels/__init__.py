@@ -1,0 +1,49 @@
+"""The embedding lookup W[ids] and its gradient, five ways behind one interface.
+
+    import kernels
+    out = kernels.lookup(W, ids, kernel="numba_gather")
+    dW = kernels.lookup_grad(grad, ids, vocab_size, kernel="cython_gather")
+
+`kernels.KERNELS` maps each name to its Kernel (callable as the lookup); each kernel is also a
+module of the same name (`from kernels import numba_gather; numba_gather.lookup(W, ids)`).
+"""
+from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, onehot_sparse
+from kernels._kernel import Kernel
+from kernels._threads import get_num_threads, num_threads, set_num_threads
+
+KERNELS = {
+    m.KERNEL.name: m.KERNEL
+    for m in (onehot_dense, onehot_sparse, numpy_take, numba_gather, cython_gather)
+}
+
+__all__ = [
+    "KERNELS",
+    "Kernel",
+    "lookup",
+    "lookup_grad",
+    "get_num_threads",
+    "set_num_threads",
+    "num_threads",
+]
+
+
+def get_kernel(kernel):
+    """The Kernel for a name or a Kernel; ValueError for an unknown name."""
+    if isinstance(kernel, Kernel):
+        return kernel
+    try:
+        return KERNELS[kernel]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(KERNELS))}"
+        ) from None
+
+
+def lookup(weights, ids, *, kernel="numpy_take", out=None):
+    """Return weights[ids], shape ids.shape + (dim,), computed by the named kernel."""
+    return get_kernel(kernel).lookup(weights, ids, out=out)
+
+
+def lookup_grad(grad, ids, vocab_size, *, kernel="numpy_take", out=None):
+    """Return dW of shape (vocab_size, dim): dW[ids[k]] += grad[k] for every k (out is overwritten)."""
+    return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

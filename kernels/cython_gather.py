@@ -1,0 +1,40 @@
+"""Cython gather: OpenMP prange over chunks of ids, one memcpy per row (serial for small calls).
+
+Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics).
+Built without OpenMP (a compiler lacking it), the same code runs on one thread.
+"""
+import numpy as np
+
+from kernels import _cython_gather as _core
+from kernels import _threads
+from kernels._kernel import Kernel
+
+PARALLEL_MIN_BYTES = 256 * 2**10
+"""Calls that move fewer output bytes run serially: starting threads costs more than they save."""
+
+
+def _threads_for(nbytes):
+    return 1 if nbytes < PARALLEL_MIN_BYTES else _threads.get_num_threads()
+
+
+def _gather(W, ids, out):
+    _core.gather(W, ids, out, _threads_for(out.nbytes))
+
+
+def _scatter_add(G, ids, dW, zeroed):
+    if not G.flags.c_contiguous:
+        G = np.ascontiguousarray(G)
+    _core.scatter_add(G, ids, dW, zeroed, _threads_for(G.nbytes + (0 if zeroed else dW.nbytes)))
+
+
+KERNEL = Kernel("cython_gather", _gather, _scatter_add, "Cython OpenMP prange, memcpy per row")
+lookup = KERNEL.lookup
+lookup_grad = KERNEL.lookup_grad
+
+
+def threads_used(weights, ids):
+    """Run the forward gather and return how many threads did work in it."""
+    from kernels._validate import lookup_args
+
+    W, flat, out2d, _ = lookup_args(weights, ids, None)
+    return _core.gather(W, flat, out2d, _threads_for(out2d.nbytes)) if out2d.size else 0

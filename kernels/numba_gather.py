@@ -1,0 +1,130 @@
+"""Numba gather: explicit row loops, a serial path for small calls, chunked prange for large ones.
+
+Backward: rows of dW are split among threads; each thread zeroes its rows and scans every id,
+adding only those in its range. No atomics, no sort, and the same sum order every call
+(bitwise deterministic).
+"""
+import threading
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from kernels import _threads
+from kernels._kernel import Kernel
+
+# The workqueue layer aborts the process when two Python threads enter a parallel region at once.
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+PARALLEL_MIN_BYTES = 256 * 2**10
+"""Calls that move fewer output bytes run serially: starting threads costs more than they save."""
+
+_serialize = None  # a lock, if Numba fell back to the workqueue layer
+
+
+@njit(cache=True, nogil=True)
+def _gather_rows(W, ids, out, lo, hi):
+    D = W.shape[1]
+    for i in range(lo, hi):
+        j = ids[i]
+        for k in range(D):
+            out[i, k] = W[j, k]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gather_parallel(W, ids, out, nthreads):
+    n = ids.shape[0]
+    D = W.shape[1]
+    worker = np.full(nthreads, -1, np.int64)
+    for c in prange(nthreads):
+        lo = n * c // nthreads
+        hi = n * (c + 1) // nthreads
+        for i in range(lo, hi):
+            j = ids[i]
+            for k in range(D):
+                out[i, k] = W[j, k]
+        worker[c] = numba.get_thread_id()
+    return len(set(worker))
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rows(G, ids, dW, zeroed, r0, r1):
+    D = G.shape[1]
+    if not zeroed:
+        for r in range(r0, r1):
+            for k in range(D):
+                dW[r, k] = 0
+    for i in range(ids.shape[0]):
+        j = ids[i]
+        if r0 <= j < r1:
+            for k in range(D):
+                dW[j, k] += G[i, k]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_parallel(G, ids, dW, zeroed, nthreads):
+    V = dW.shape[0]
+    D = G.shape[1]
+    for c in prange(nthreads):
+        r0 = V * c // nthreads
+        r1 = V * (c + 1) // nthreads
+        if not zeroed:
+            for r in range(r0, r1):
+                for k in range(D):
+                    dW[r, k] = 0
+        for i in range(ids.shape[0]):
+            j = ids[i]
+            if r0 <= j < r1:
+                for k in range(D):
+                    dW[j, k] += G[i, k]
+
+
+def _threads_for(nbytes):
+    return 1 if nbytes < PARALLEL_MIN_BYTES else _threads.get_num_threads()
+
+
+def _run_parallel(fn, *args):
+    """Call a prange kernel whose last argument is its thread count."""
+    global _serialize
+    numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
+    if _serialize is None:
+        result = fn(*args)
+        _serialize = threading.Lock() if numba.threading_layer() == "workqueue" else False
+        return result
+    if _serialize:
+        with _serialize:
+            return fn(*args)
+    return fn(*args)
+
+
+def _gather_threads(W, ids, out):
+    nthreads = _threads_for(out.nbytes)
+    if nthreads == 1:
+        _gather_rows(W, ids, out, 0, ids.shape[0])
+        return 1
+    return _run_parallel(_gather_parallel, W, ids, out, nthreads)
+
+
+def _gather(W, ids, out):
+    _gather_threads(W, ids, out)
+
+
+def _scatter_add(G, ids, dW, zeroed):
+    nthreads = _threads_for(G.nbytes + (0 if zeroed else dW.nbytes))
+    if nthreads == 1:
+        _scatter_rows(G, ids, dW, zeroed, 0, dW.shape[0])
+    else:
+        _run_parallel(_scatter_parallel, G, ids, dW, zeroed, nthreads)
+
+
+KERNEL = Kernel("numba_gather", _gather, _scatter_add, "Numba row loops, chunked prange")
+lookup = KERNEL.lookup
+lookup_grad = KERNEL.lookup_grad
+
+
+def threads_used(weights, ids):
+    """Run the forward gather and return how many threads did work in it."""
+    from kernels._validate import lookup_args
+
+    W, flat, out2d, _ = lookup_args(weights, ids, None)
+    return _gather_threads(W, flat, out2d) if out2d.size else 0

@@ -1,0 +1,50 @@
+"""The Dense-layer view: onehot(ids, V) @ W with BLAS, in chunks of bounded memory.
+
+The one-hot block for a chunk of m ids is m x V; chunks are sized so that it never exceeds
+MEMORY_BUDGET bytes (a single row may exceed it when V alone is larger). Differences from a gather,
+by construction: a non-finite weight spreads NaN into every output row of its chunk (0 * inf is
+nan), and -0.0 comes back as +0.0 (W[j] + 0 * W[other] rounds -0.0 to +0.0).
+"""
+import numpy as np
+
+from kernels._kernel import Kernel
+
+MEMORY_BUDGET = 256 * 2**20
+
+
+def chunk_rows(vocab_size, itemsize, budget=None):
+    """How many ids one one-hot block may hold within the memory budget (at least one)."""
+    budget = MEMORY_BUDGET if budget is None else budget
+    return max(1, budget // max(1, vocab_size * itemsize))
+
+
+def onehot(ids, vocab_size, dtype):
+    """The (len(ids), vocab_size) one-hot matrix of 1-D ids."""
+    block = np.zeros((ids.shape[0], vocab_size), dtype)
+    block[np.arange(ids.shape[0]), ids] = 1
+    return block
+
+
+def _gather(W, ids, out):
+    V = W.shape[0]
+    step = chunk_rows(V, W.itemsize)
+    for start in range(0, ids.shape[0], step):
+        stop = min(start + step, ids.shape[0])
+        np.matmul(onehot(ids[start:stop], V, W.dtype), W, out=out[start:stop])
+
+
+def _scatter_add(G, ids, dW, zeroed):
+    V = dW.shape[0]
+    step = chunk_rows(V, G.itemsize)
+    for start in range(0, ids.shape[0], step):
+        stop = min(start + step, ids.shape[0])
+        block_t = onehot(ids[start:stop], V, G.dtype).T
+        if start == 0:
+            np.matmul(block_t, G[start:stop], out=dW)
+        else:
+            dW += block_t @ G[start:stop]
+
+
+KERNEL = Kernel("onehot_dense", _gather, _scatter_add, "dense one-hot block @ W (BLAS), chunked")
+lookup = KERNEL.lookup
+lookup_grad = KERNEL.lookup_grad
