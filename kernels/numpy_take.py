@@ -3,7 +3,9 @@
 Forward: `np.take(W, ids, axis=0, out=out, mode="clip")`. The shared check has already proved every
 id in range, so "clip" never clips; the default mode="raise" buffers the output when `out` is
 given and was measured slower (see README, "Choosing the NumPy form").
-Backward: np.add.at, which accumulates duplicates in id order.
+Backward: a stable sort of the ids, then np.add.reduceat over runs of equal ids: duplicates
+accumulate in id order, as np.add.at does, and it was measured 1.2-3.7x faster than np.add.at
+(README, "Choosing the NumPy form").
 """
 import numpy as np
 
@@ -17,9 +19,12 @@ def _gather(W, ids, out):
 def _scatter_add(G, ids, dW, zeroed):
     if not zeroed:
         dW.fill(0)
-    np.add.at(dW, ids, G)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+    dW[sorted_ids[starts]] = np.add.reduceat(G[order], starts, axis=0)
 
 
-KERNEL = Kernel("numpy_take", _gather, _scatter_add, "NumPy np.take(mode='clip') / np.add.at")
+KERNEL = Kernel("numpy_take", _gather, _scatter_add, "NumPy np.take(mode='clip') / sort + np.add.reduceat")
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
