@@ -7,9 +7,13 @@
 `kernels.KERNELS` maps each name to its Kernel (callable as the lookup); each kernel is also a
 module of the same name (`from kernels import numba_gather; numba_gather.lookup(W, ids)`).
 """
+import numpy as np
+
 from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, onehot_sparse
 from kernels._kernel import Kernel
 from kernels._threads import get_num_threads, num_threads, set_num_threads
+from kernels._validate import check_vocab_size, check_weights
+from kernels.fastest import fastest
 
 KERNELS = {
     m.KERNEL.name: m.KERNEL
@@ -24,26 +28,43 @@ __all__ = [
     "get_num_threads",
     "set_num_threads",
     "num_threads",
+    "fastest",
 ]
 
 
 def get_kernel(kernel):
-    """The Kernel for a name or a Kernel; ValueError for an unknown name."""
+    """The Kernel for a name or a Kernel; ValueError for an unknown name ("auto" is resolved by
+    lookup and lookup_grad, which know the sizes)."""
     if isinstance(kernel, Kernel):
         return kernel
     try:
         return KERNELS[kernel]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(KERNELS))}"
+            f"unknown kernel {kernel!r}; choose 'auto' or one of {', '.join(sorted(KERNELS))}"
         ) from None
 
 
+def _n_ids(ids):
+    return ids.size if isinstance(ids, np.ndarray) else np.size(ids)
+
+
 def lookup(weights, ids, *, kernel="numpy_take", out=None):
-    """Return weights[ids], shape ids.shape + (dim,), computed by the named kernel."""
+    """Return weights[ids], shape ids.shape + (dim,), computed by the named kernel.
+
+    kernel="auto" takes the kernel measured fastest for these sizes (kernels.fastest)."""
+    if kernel == "auto":
+        W = check_weights(weights)
+        return fastest(W.shape[0], W.shape[1], _n_ids(ids), W.dtype).lookup(W, ids, out=out)
     return get_kernel(kernel).lookup(weights, ids, out=out)
 
 
 def lookup_grad(grad, ids, vocab_size, *, kernel="numpy_take", out=None):
-    """Return dW of shape (vocab_size, dim): dW[ids[k]] += grad[k] for every k (out is overwritten)."""
+    """Return dW of shape (vocab_size, dim): dW[ids[k]] += grad[k] for every k (out is overwritten).
+
+    kernel="auto" takes the kernel measured fastest for the backward at these sizes."""
+    if kernel == "auto":
+        k = fastest(check_vocab_size(vocab_size), np.shape(grad)[-1] if np.ndim(grad) else 0, _n_ids(ids),
+                    getattr(grad, "dtype", np.float64), backward=True)
+        return k.lookup_grad(grad, ids, vocab_size, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

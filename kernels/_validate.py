@@ -58,7 +58,12 @@ def _first_out_of_range(ids, vocab_size):
 
 def check_ids(ids, vocab_size):
     """Return (ids as an array, flat C-contiguous int32/int64 copy or view), bounds-checked."""
-    a = ids if type(ids) is np.ndarray else np.asarray(ids)
+    if type(ids) is np.ndarray:
+        a = ids
+    else:
+        a = np.asarray(ids)
+        if a.size == 0 and a.dtype.kind == "f":  # [] holds no floats: index with it as W[[]] does
+            a = a.astype(np.intp)
     dt = a.dtype
     if dt.kind not in "iu":
         raise TypeError(f"ids must have an integer dtype, got {dt}")

@@ -1,5 +1,9 @@
 """Cython gather: OpenMP prange over chunks of ids, one memcpy per row (serial for small calls).
 
+Rows are copied with constant-size memcpy for the common row sizes (inlined as vector moves),
+and prefetched a few ids ahead when the table does not fit in L2 (measured: it helps beyond L2
+and costs where the table is cached). Tables whose rows are not contiguous take an element loop.
+
 Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics).
 Built without OpenMP (a compiler lacking it), the same code runs on one thread.
 """
@@ -7,6 +11,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels import _threads
+from kernels._cpu import L2_BYTES
 from kernels._kernel import Kernel
 
 PARALLEL_MIN_BYTES = 256 * 2**10
@@ -18,7 +23,7 @@ def _threads_for(nbytes):
 
 
 def _gather(W, ids, out):
-    _core.gather(W, ids, out, _threads_for(out.nbytes))
+    _core.gather(W, ids, out, _threads_for(out.nbytes), W.shape[0] * abs(W.strides[0]) > L2_BYTES)
 
 
 def _scatter_add(G, ids, dW, zeroed):
@@ -37,4 +42,6 @@ def threads_used(weights, ids):
     from kernels._validate import lookup_args
 
     W, flat, out2d, _ = lookup_args(weights, ids, None)
-    return _core.gather(W, flat, out2d, _threads_for(out2d.nbytes)) if out2d.size else 0
+    if not out2d.size:
+        return 0
+    return _core.gather(W, flat, out2d, _threads_for(out2d.nbytes), False)
