@@ -2,8 +2,10 @@
 
 The one-hot block for a chunk of m ids is m x V; chunks are sized so that it never exceeds
 MEMORY_BUDGET bytes (a single row may exceed it when V alone is larger). Differences from a gather,
-by construction: a non-finite weight spreads NaN into every output row of its chunk (0 * inf is
-nan), and -0.0 comes back as +0.0 (W[j] + 0 * W[other] rounds -0.0 to +0.0).
+by construction (IEEE arithmetic, 0 * inf = nan): if W[r, c] is inf, column c of every output row
+of the chunk that was not gathered from row r is NaN (rows gathered from r keep the inf); a NaN in
+W[r, c], or an inf in a row not gathered, or +inf and -inf in one column, turn all of column c of
+the chunk NaN. And -0.0 comes back as +0.0 (W[j] + 0 * W[other] rounds -0.0 to +0.0).
 """
 import numpy as np
 

@@ -1,0 +1,56 @@
+"""LLVM intrinsics for the Numba gather: one memcpy per row, and a row prefetch.
+
+A Numba row copy written as a loop or a slice compiles to per-element work; llvm.memcpy of the
+whole row was measured faster for small rows (see README, "Speed").
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _row_pointer(context, builder, arrty, arr, row):
+    a = context.make_array(arrty)(context, builder, arr)
+    zero = context.get_constant(types.intp, 0)
+    ptr = cgutils.get_item_pointer(context, builder, arrty, a, [row, zero], wraparound=False)
+    ncols = cgutils.unpack_tuple(builder, a.shape, 2)[1]
+    return ptr, ncols
+
+
+@intrinsic
+def copy_row(typingctx, out, i, W, j):
+    """out[i, :] = W[j, :] as one llvm.memcpy; both rows must be contiguous."""
+    sig = types.void(out, types.intp, W, types.intp)
+
+    def codegen(context, builder, signature, args):
+        outty, _, wty, _ = signature.args
+        dst, _ = _row_pointer(context, builder, outty, args[0], args[1])
+        src, ncols = _row_pointer(context, builder, wty, args[2], args[3])
+        itemsize = context.get_abi_sizeof(context.get_data_type(wty.dtype))
+        cgutils.raw_memcpy(builder, dst, src, ncols, itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_row(typingctx, W, j):
+    """Ask the CPU to start loading every cache line of the contiguous row W[j, :]."""
+    sig = types.void(W, types.intp)
+
+    def codegen(context, builder, signature, args):
+        wty, _ = signature.args
+        src, ncols = _row_pointer(context, builder, wty, args[0], args[1])
+        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        itemsize = context.get_abi_sizeof(context.get_data_type(wty.dtype))
+        nbytes = builder.mul(ncols, context.get_constant(types.intp, itemsize))
+        zero = context.get_constant(types.intp, 0)
+        line = context.get_constant(types.intp, 64)
+        with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
+            builder.call(fn, [builder.gep(i8p, [offset]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
