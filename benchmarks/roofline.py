@@ -129,6 +129,11 @@ def nbytes(row):
 COMPILED = ("numba_gather", "cython_gather")
 
 
+def _gbps(x):
+    """GB/s with one decimal, or two significant digits below 0.1 (never a bare 0.0)."""
+    return f"{x:.1f}" if x >= 0.1 else f"{x:.2g}"
+
+
 def table(rows):
     """A Markdown table: GB/s and % of copy per method, and the speed-up of the best compiled."""
     lines = []
@@ -136,8 +141,8 @@ def table(rows):
         sel = [r for r in rows if r["pass"] == pass_name]
         if not sel:
             continue
-        methods = [m for m in sel[0] if m not in ("pass", "V", "D", "n")]
-        numpy_ref = ("np.take raw", "W[ids]") if pass_name == "forward" else ("numpy_take",)
+        methods = list(dict.fromkeys(m for r in sel for m in r if m not in ("pass", "V", "D", "n")))
+        numpy_ref = ("np.take raw", "W[ids]") if pass_name == "forward" else ("numpy_take", "np.add.at")
         torch_ref = (
             ("torch embedding", "torch index_select(out=)")
             if pass_name == "forward"
@@ -154,7 +159,7 @@ def table(rows):
             b = nbytes(r)
             best_c = min(r[c] for c in COMPILED)
             cells = [f"{r['V']:.0e}", str(r["D"])]
-            cells += [f"{b / r[m] / 1e9:.1f}" if m in r else "n/a" for m in methods]
+            cells += [_gbps(b / r[m] / 1e9) if m in r else "n/a" for m in methods]
             cells.append(f"{r['copy'] / best_c * 100:.0f}%")
             cells.append(f"{min(r[m] for m in numpy_ref if m in r) / best_c:.2f}")
             cells += [f"{r[t] / best_c:.2f}" for t in torch_ref if t in r]

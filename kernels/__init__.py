@@ -12,7 +12,7 @@ import numpy as np
 from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, onehot_sparse
 from kernels._kernel import Kernel
 from kernels._threads import get_num_threads, num_threads, set_num_threads
-from kernels._validate import check_vocab_size, check_weights
+from kernels._validate import _float_array, check_vocab_size, check_weights
 from kernels.fastest import fastest
 
 KERNELS = {
@@ -64,7 +64,8 @@ def lookup_grad(grad, ids, vocab_size, *, kernel="numpy_take", out=None):
 
     kernel="auto" takes the kernel measured fastest for the backward at these sizes."""
     if kernel == "auto":
-        k = fastest(check_vocab_size(vocab_size), np.shape(grad)[-1] if np.ndim(grad) else 0, _n_ids(ids),
-                    getattr(grad, "dtype", np.float64), backward=True)
+        G = _float_array(grad, "grad")  # the checks in the order every kernel makes them
+        V = check_vocab_size(vocab_size)
+        k = fastest(V, G.shape[-1] if G.ndim else 0, _n_ids(ids), G.dtype, backward=True)
         return k.lookup_grad(grad, ids, vocab_size, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

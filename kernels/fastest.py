@@ -30,6 +30,10 @@ SHIPPED_TABLE = os.path.join(os.path.dirname(__file__), "decision_table.json")
 DEFAULT_N_IDS = 16_384
 
 
+class NoMeasurements(FileNotFoundError):
+    """Neither asv results nor a shipped decision table."""
+
+
 class ResultsError(ValueError):
     """An asv results file that cannot be read as this suite's results."""
 
@@ -46,12 +50,30 @@ def _default_config():
     return None
 
 
+def _strip_comments(text):
+    """JSON text without // comments (whole-line or trailing; not inside strings)."""
+    out = []
+    for line in text.splitlines():
+        in_str = esc = False
+        for i, ch in enumerate(line):
+            if in_str:
+                esc = (ch == "\\") and not esc
+                if ch == '"' and not esc:
+                    in_str = False
+            elif ch == '"':
+                in_str = True
+            elif line.startswith("//", i):
+                line = line[:i]
+                break
+        out.append(line)
+    return "\n".join(out)
+
+
 def results_dir_of(config_path):
     """The results_dir that an asv.conf.json names (asv's default "results" if it names none)."""
     with open(config_path) as f:
         text = f.read()
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("//")]
-    conf = json.loads("\n".join(lines))
+    conf = json.loads(_strip_comments(text))
     return os.path.join(os.path.dirname(os.path.abspath(config_path)), conf.get("results_dir", "results"))
 
 
@@ -129,6 +151,19 @@ def _iso(ms):
     return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d")
 
 
+def _has_forward_results(data):
+    """Whether an asv results dict holds at least one Lookup measurement (a failed build holds none)."""
+    row = data["results"].get(FORWARD)
+    if row is None:
+        return False
+    if not isinstance(row, list):
+        raise ValueError(f"{FORWARD}: a {type(row).__name__}, not an asv result row")
+    result = row[data["result_columns"].index("result")]
+    return isinstance(result, list) and any(
+        isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in result
+    )
+
+
 def latest_results_file(results_dir, machine=None):
     """This machine's results file of the newest commit that holds Lookup results, or None."""
     machine = machine or platform.node()
@@ -140,9 +175,13 @@ def latest_results_file(results_dir, machine=None):
         try:
             with open(path) as f:
                 data = json.load(f)
+            if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+                raise ValueError("not an asv results file (no 'results' mapping)")
             date = data.get("date") or 0
-            has = FORWARD in data.get("results", {})
-        except (OSError, ValueError, AttributeError) as e:
+            if not isinstance(date, (int, float)):
+                raise ValueError(f"'date' is {date!r}, not a timestamp")
+            has = _has_forward_results(data)
+        except (OSError, ValueError, AttributeError, KeyError, TypeError, IndexError) as e:
             warnings.warn(f"kernels.fastest: skipping unreadable asv results file {path}: {e}")
             continue
         if has and (best is None or date > best[0]):
@@ -163,6 +202,8 @@ def load_table(config_path=None, machine=None):
                 f"kernels.fastest: cannot use the asv results ({e}); "
                 f"falling back to the shipped table {SHIPPED_TABLE}"
             )
+    if not os.path.exists(SHIPPED_TABLE):
+        raise NoMeasurements(f"no asv results for this machine and no shipped table {SHIPPED_TABLE}")
     with open(SHIPPED_TABLE) as f:
         table = json.load(f)
     table["source"] = f"shipped table {SHIPPED_TABLE} (measured on {table['machine']}, {table['date']})"
@@ -253,7 +294,11 @@ def main(argv=None):
     p.add_argument("--write-table", action="store_true",
                    help=f"write the table from the asv results to {SHIPPED_TABLE}")
     a = p.parse_args(argv)
-    table = load_table(a.config, a.machine)
+    try:
+        table = load_table(a.config, a.machine)
+    except NoMeasurements as e:
+        p.error(f"no asv results found to write the table from; run `make bench` first ({e})"
+                if a.write_table else str(e))
     if a.write_table:
         if table["source"].startswith("shipped"):
             p.error("no asv results found to write the table from; run `make bench` first")

@@ -1,0 +1,254 @@
+"""benchmarks/roofline.py: the side-by-side bandwidth report (Markdown table + PNG).
+
+One small end-to-end run of main() (module-scoped, a few seconds), plus nbytes() and table()
+on hand-made rows with known times. No assertion is about how fast anything is.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import roofline  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ARGV_SIZES = [(100, 4), (100, 8), (1000, 4), (1000, 8)]
+ROW_KEYS = ("pass", "V", "D", "n")
+
+
+def parse_markdown(text):
+    """{'forward': (header, [row dict]), 'backward': ...} from table()'s Markdown."""
+    out = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"^###\s+(\w+)\b", line)
+        if m:
+            current = m.group(1)
+            assert current not in out, f"two {current} tables"
+            out[current] = (None, [])
+            continue
+        if current is None or not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        header, rows = out[current]
+        if header is None:
+            out[current] = (cells, rows)
+        elif set(line.replace("|", "")) <= set("-: "):
+            assert len(cells) == len(header), f"separator has {len(cells)} cells, header {len(header)}"
+        else:
+            assert len(cells) == len(header), f"row {cells} has {len(cells)} cells, header {len(header)}"
+            rows.append(dict(zip(header, cells)))
+    return out
+
+
+def is_positive_number(cell):
+    try:
+        return float(cell) > 0
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------
+# end to end: main() on a tiny grid
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("roofline")
+    png, md = tmp / "r.png", tmp / "r.md"
+    argv = ["--vocab", "100,1000", "--dims", "4,8", "-n", "2000", "--rounds", "1", "--reps", "2",
+            "--plot", str(png), "--markdown", str(md)]
+    roofline.main(argv)
+    return {"png": png, "md": md, "text": md.read_text()}
+
+
+def test_main_writes_a_forward_and_a_backward_table(run):
+    tables = parse_markdown(run["text"])
+    assert set(tables) == {"forward", "backward"}, run["text"]
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "backward"])
+def test_each_table_has_exactly_one_row_per_vocab_and_dim(run, pass_name):
+    header, rows = parse_markdown(run["text"])[pass_name]
+    assert header[:2] == ["V", "D"]
+    sizes = [(int(float(r["V"])), int(r["D"])) for r in rows]
+    assert sorted(sizes) == sorted(ARGV_SIZES), sizes
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "backward"])
+def test_every_gbps_cell_is_a_positive_number_or_na(run, pass_name):
+    header, rows = parse_markdown(run["text"])[pass_name]
+    gbps = [h for h in header if h.endswith(" GB/s")]
+    assert "copy GB/s" in gbps
+    assert {"numba_gather GB/s", "cython_gather GB/s", "numpy_take GB/s"} <= set(gbps)
+    bad = [(r["V"], r["D"], h, r[h]) for r in rows for h in gbps
+           if not (r[h] == "n/a" or is_positive_number(r[h]))]
+    assert not bad, f"GB/s cells that are neither a positive number nor n/a: {bad}"
+
+
+@pytest.mark.parametrize("pass_name", ["forward", "backward"])
+def test_percent_of_copy_and_ratio_cells_are_positive(run, pass_name):
+    header, rows = parse_markdown(run["text"])[pass_name]
+    for r in rows:
+        pct = r["best compiled % copy"]
+        assert pct.endswith("%") and is_positive_number(pct[:-1]), pct
+        assert is_positive_number(r["x best NumPy"]), r["x best NumPy"]
+
+
+def test_markdown_records_the_command_line(run):
+    first = run["text"].splitlines()[0]
+    assert "--vocab 100,1000 --dims 4,8 -n 2000" in first, first
+
+
+def test_main_writes_a_valid_png(run):
+    data = run["png"].read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 1024
+    assert data[12:16] == b"IHDR"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 100 and height > 100, (width, height)
+
+
+def test_without_backward_only_the_forward_table_is_made():
+    rows = roofline.measure([50], [4], 64, rounds=1, reps=1, backward=False)
+    assert {r["pass"] for r in rows} == {"forward"}
+    assert set(parse_markdown(roofline.table(rows))) == {"forward"}
+
+
+# --------------------------------------------------------------------------
+# nbytes: forward 2*n*D*4, backward (3*n*D + V*D)*4 (float32)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,V,D", [(1000, 50, 8), (1, 1, 1), (65_536, 1_000_000, 256), (7, 3, 0)])
+def test_nbytes_forward_is_rows_read_plus_output_written(n, V, D):
+    assert roofline.nbytes({"pass": "forward", "n": n, "V": V, "D": D}) == 2 * n * D * 4
+
+
+@pytest.mark.parametrize("n,V,D", [(1000, 50, 8), (1, 1, 1), (65_536, 1_000_000, 256), (7, 3, 0)])
+def test_nbytes_backward_is_grad_read_dw_rows_read_and_written_and_dw_zeroed(n, V, D):
+    assert roofline.nbytes({"pass": "backward", "n": n, "V": V, "D": D}) == (3 * n * D + V * D) * 4
+
+
+def test_nbytes_known_values():
+    assert roofline.nbytes({"pass": "forward", "n": 1000, "V": 100, "D": 8}) == 64_000
+    assert roofline.nbytes({"pass": "backward", "n": 1000, "V": 100, "D": 8}) == 99_200
+
+
+# --------------------------------------------------------------------------
+# table() on hand-made rows
+# --------------------------------------------------------------------------
+
+US = 1e-6
+
+
+def fwd_row(V=100, **times):
+    # n=1000, D=8: 64,000 bytes, so t us -> 64/t GB/s
+    row = {"pass": "forward", "V": V, "D": 8, "n": 1000,
+           "copy": 32 * US, "onehot_dense": 640 * US, "onehot_sparse": 320 * US,
+           "numpy_take": 80 * US, "numba_gather": 64 * US, "cython_gather": 40 * US,
+           "np.take raw": 100 * US, "W[ids]": 80 * US}
+    row.update({k: v * US for k, v in times.items()})
+    return row
+
+
+def bwd_row(V=100, **times):
+    # n=1000, V=100, D=8: 99,200 bytes
+    row = {"pass": "backward", "V": V, "D": 8, "n": 1000,
+           "copy": 49.6 * US, "onehot_dense": 992 * US, "onehot_sparse": 496 * US,
+           "numpy_take": 155 * US, "numba_gather": 62 * US, "cython_gather": 99.2 * US,
+           "np.add.at": 620 * US}
+    row.update({k: v * US for k, v in times.items()})
+    return row
+
+
+def only_row(rows, pass_name):
+    header, parsed = parse_markdown(roofline.table(rows))[pass_name]
+    assert len(parsed) == 1
+    return parsed[0]
+
+
+def test_table_gbps_is_bytes_over_time():
+    r = only_row([fwd_row()], "forward")
+    assert float(r["copy GB/s"]) == pytest.approx(2.0, abs=0.05)
+    assert float(r["cython_gather GB/s"]) == pytest.approx(1.6, abs=0.05)
+    assert float(r["numba_gather GB/s"]) == pytest.approx(1.0, abs=0.05)
+    assert float(r["onehot_dense GB/s"]) == pytest.approx(0.1, abs=0.05)
+    b = only_row([bwd_row()], "backward")
+    assert float(b["copy GB/s"]) == pytest.approx(2.0, abs=0.05)
+    assert float(b["numba_gather GB/s"]) == pytest.approx(1.6, abs=0.05)
+
+
+@pytest.mark.parametrize("numba,cython,pct", [(64, 40, 80), (40, 64, 80), (32, 320, 100), (320, 64, 50)])
+def test_table_percent_of_copy_is_copy_time_over_best_compiled_time(numba, cython, pct):
+    r = only_row([fwd_row(numba_gather=numba, cython_gather=cython)], "forward")
+    assert r["best compiled % copy"] == f"{pct}%"
+
+
+def test_table_backward_percent_of_copy():
+    assert only_row([bwd_row()], "backward")["best compiled % copy"] == "80%"
+
+
+@pytest.mark.parametrize("take_raw,w_ids,ratio", [(100, 80, "2.00"), (60, 80, "1.50"), (40, 40, "1.00")])
+def test_table_x_best_numpy_is_fastest_numpy_form_over_best_compiled(take_raw, w_ids, ratio):
+    r = only_row([fwd_row(**{"np.take raw": take_raw, "W[ids]": w_ids})], "forward")
+    assert r["x best NumPy"] == ratio
+
+
+def test_table_backward_ratios_against_numpy_take_and_np_add_at():
+    r = only_row([bwd_row()], "backward")
+    assert r["x best NumPy"] == "2.50"  # numpy_take 155 / best compiled 62
+    assert r["x np.add.at"] == "10.0"  # 620 / 62
+
+
+def test_table_torch_columns_appear_only_when_measured():
+    header, _ = parse_markdown(roofline.table([fwd_row()]))["forward"]
+    assert not any("torch" in h for h in header)
+    rows = [fwd_row(**{"torch embedding": 120, "torch index_select(out=)": 20}),
+            bwd_row(**{"torch index_add_": 31})]
+    f = only_row(rows, "forward")
+    assert f["x torch embedding"] == "3.00" and f["x torch index_select(out=)"] == "0.50"
+    assert only_row(rows, "backward")["x torch index_add_"] == "0.50"
+
+
+def test_table_a_method_not_measured_at_a_size_shows_na():
+    small = fwd_row(V=100)
+    big = fwd_row(V=10**6)
+    del big["onehot_dense"]
+    _, rows = parse_markdown(roofline.table([small, big]))["forward"]
+    by_v = {int(float(r["V"])): r for r in rows}
+    assert by_v[10**6]["onehot_dense GB/s"] == "n/a"
+    assert is_positive_number(by_v[100]["onehot_dense GB/s"])
+
+
+def test_table_a_method_missing_only_at_the_first_size_still_gets_a_column():
+    # measure() visits sizes in the order given on the command line (--vocab 1000000,1000)
+    big = fwd_row(V=10**6)
+    del big["onehot_dense"]
+    small = fwd_row(V=1000)
+    header, rows = parse_markdown(roofline.table([big, small]))["forward"]
+    assert "onehot_dense GB/s" in header, header
+    by_v = {int(float(r["V"])): r for r in rows}
+    assert by_v[10**6]["onehot_dense GB/s"] == "n/a"
+    assert is_positive_number(by_v[1000]["onehot_dense GB/s"])
+
+
+def test_table_a_slow_method_still_shows_a_positive_bandwidth():
+    # 64,000 bytes in 10 ms = 0.0064 GB/s: a measured bandwidth is never shown as 0
+    r = only_row([fwd_row(onehot_dense=10_000)], "forward")
+    assert is_positive_number(r["onehot_dense GB/s"]), r["onehot_dense GB/s"]
+
+
+def test_table_rows_follow_the_given_rows_and_sizes_are_printed():
+    rows = [fwd_row(V=100), fwd_row(V=1000), fwd_row(V=10**6)]
+    _, parsed = parse_markdown(roofline.table(rows))["forward"]
+    assert [int(float(r["V"])) for r in parsed] == [100, 1000, 10**6]
+    assert all(r["D"] == "8" for r in parsed)
