@@ -7,7 +7,7 @@ ASV_DIR := .asv
 HTML_DIR := $(ASV_DIR)/html
 PORT ?= 8080
 
-.PHONY: test bench bench-quick publish serve venv roofline clean
+.PHONY: test bench bench-quick publish serve screenshots venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +21,31 @@ test: venv
 	$(PY) -m pytest -q
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
+## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env: commit first. 8-10 min on 2 vCPUs.)
 bench: venv
 	$(ASV) machine --yes --config asv.conf.json
-	$(ASV) run --config asv.conf.json --launch-method spawn HEAD^!
+	$(ASV) run --config asv.conf.json HEAD^!
 	$(MAKE) publish
 
-## A first look in about a minute: the installed package, one sample per benchmark (not real timings).
+## A first look in about a minute: the installed package, one sample per benchmark (not real
+## timings, and not saved: --dry-run), every benchmark but only its parameter sets without
+## V = 1e6 or D = 512 (their data takes the time). The whole grid (~3.5 min): make bench-quick QUICK_BENCH=.
+QUICK_BENCH ?= ^(?!.*(1000000|, 512\))).*
 bench-quick: venv
 	$(ASV) machine --yes --config asv.conf.json
-	$(ASV) run --config asv.conf.json --python=same --quick --dry-run --show-stderr
+	$(ASV) run --config asv.conf.json --python=same --quick --dry-run --show-stderr --bench '$(QUICK_BENCH)'
 
+## Render the saved results as HTML. asv publish deletes $(HTML_DIR) first, so whatever is added
+## to the report must be added here, after it, on every publish.
 publish:
 	$(ASV) publish --config asv.conf.json
-	@echo "Report: $(HTML_DIR)/index.html  -- open it with: make serve  (http://127.0.0.1:$(PORT)/)"
+	$(PY) -m benchmarks.report --config asv.conf.json
+	@echo "Report: $(HTML_DIR)/index.html"
+	@echo "It loads its data over HTTP (not from file://): run 'make serve', then open http://127.0.0.1:$(PORT)/"
+
+## Browser-test the report of the last `make bench` and save its screenshots for the README.
+screenshots: venv
+	REPORT_HTML_DIR=$(HTML_DIR) REPORT_SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest -q -s tests/test_browser.py
 
 ## Serve the report on 127.0.0.1 only.
 serve:

@@ -1,0 +1,43 @@
+"""Backward of the lookup, dW = scatter-add of the output gradient's rows, by every kernel."""
+import kernels
+
+from . import common
+
+
+class LookupGrad(common.Timing):
+    """dW = K.lookup_grad(G, ids, V, out=dW): dW[ids[k]] += G[k], every other row zero.
+
+    Same grid and ids as Lookup; G is float32 (32, 512, D) in [-1, 1); dW (V, D) is preallocated
+    (time_lookup_grad) or left to the kernel (peakmem_lookup_grad: peak RSS of the whole process).
+    Checked once per parameter set against a float64 np.add.at reference: each element within
+    k * eps(float32) * sum|g| of it (k = its number of contributions), unhit rows exactly +0.0.
+    track_bandwidth: GB/s = (n*D [read G] + n*D [dW rows read-modify-write, counted once]
+    + V*D [zeroing dW]) * itemsize / time per call (best of 3 medians, as in Lookup). Counting the
+    read-modify-write once makes this a lower bound on the traffic.
+    """
+
+    params = [common.KERNELS, common.VOCAB_SIZES, common.DIMS]
+    param_names = ["kernel", "vocab_size", "dim"]
+
+    def setup(self, kernel, vocab_size, dim):
+        common.require_budget(kernel, vocab_size, dim, backward=True)
+        self.K = kernels.KERNELS[kernel]
+        self.G, self.ids, self.dW = common.grad_data(vocab_size, dim)
+        common.check_once(
+            ("grad", kernel, vocab_size, dim),
+            lambda: common.check_lookup_grad(self.K, self.G, self.ids, vocab_size, self.dW),
+        )
+
+    def time_lookup_grad(self, kernel, vocab_size, dim):
+        self.K.lookup_grad(self.G, self.ids, vocab_size, out=self.dW)
+
+    def peakmem_lookup_grad(self, kernel, vocab_size, dim):
+        self.K.lookup_grad(self.G, self.ids, vocab_size)
+
+    def track_bandwidth(self, kernel, vocab_size, dim):
+        seconds = common.best_median_seconds(
+            lambda: self.K.lookup_grad(self.G, self.ids, vocab_size, out=self.dW)
+        )
+        return common.gbps(common.scatter_bytes(self.ids.size, vocab_size, dim), seconds)
+
+    track_bandwidth.unit = "GB/s"

@@ -1,0 +1,281 @@
+"""The asv suite: it is valid, a small subset runs without failures, and its helpers are right.
+
+A broken benchmark fails here (and so in CI) rather than as a "failed" cell in a 20-minute run.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernels
+from kernels import Kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import (  # noqa: E402  (the suite lives beside the package, not inside it)
+    bench_distribution,
+    bench_grad,
+    bench_lookup,
+    bench_onehot,
+    bench_peers,
+    bench_threads,
+    common,
+)
+
+# One small parameter set of every benchmark, plus one the budget makes n/a (a NotImplementedError
+# in setup, which must not count as a failure).
+SUBSET = [
+    r"Lookup\.\w+\('(onehot_dense|numba_gather|cython_gather)', 1000, 8\)",
+    r"Lookup\.time_lookup\('onehot_dense', 1000000, 8\)",
+    r"LookupGrad\.\w+\('(onehot_sparse|numpy_take|numba_gather)', 1000, 8\)",
+    r"Roofline\.\w+\(8\)",
+    r"Distribution\.time_lookup\('zipf', '(numpy_take|cython_gather)', \(10000, 64\)\)",
+    r"OneHotMatmul\.\w+\('(dense|sparse)', 100, 8\)",
+    r"Threads\.time_lookup\('numba_gather', 'all', \(1000, 512\)\)",
+    r"Peers\.time_lookup\('index_select_out', \(10000, 64\)\)",
+]
+
+
+def _asv(*args, home):
+    """Run asv on this checkout's config with HOME in a temporary directory (its machine file)."""
+    env = dict(os.environ, HOME=str(home))
+    return subprocess.run(
+        [sys.executable, "-m", "asv", *args, "--config", str(ROOT / "asv.conf.json")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The suite through asv
+
+
+def test_asv_check_finds_no_problems(tmp_path):
+    result = _asv("check", "--python=same", home=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "No problems found" in output, output
+
+
+def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
+    machine = _asv("machine", "--yes", home=tmp_path)
+    assert machine.returncode == 0, machine.stdout + machine.stderr
+    args = ["run", "--python=same", "--quick", "--dry-run", "--show-stderr"]
+    for regex in SUBSET:
+        args += ["--bench", regex]
+    result = _asv(*args, home=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "failed" not in output, output
+    assert "Traceback" not in output, output
+    for name in ("Lookup.time_lookup", "Lookup.peakmem_lookup", "Lookup.track_bandwidth",
+                 "LookupGrad.time_lookup_grad", "Roofline.time_copy", "Distribution.time_lookup",
+                 "OneHotMatmul.time_matmul", "Threads.time_lookup", "Peers.time_lookup"):
+        assert name in output, f"{name} did not run:\n{output}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The contract other code reads from the results
+
+
+@pytest.mark.parametrize(
+    "cls, methods, param_names",
+    [
+        (bench_lookup.Lookup, ["time_lookup", "peakmem_lookup", "track_bandwidth"],
+         ["kernel", "vocab_size", "dim"]),
+        (bench_lookup.Roofline, ["time_copy", "track_bandwidth"], ["dim"]),
+        (bench_grad.LookupGrad, ["time_lookup_grad", "peakmem_lookup_grad", "track_bandwidth"],
+         ["kernel", "vocab_size", "dim"]),
+        (bench_distribution.Distribution, ["time_lookup"], ["distribution", "kernel", "table"]),
+        (bench_onehot.OneHotMatmul, ["time_matmul", "time_encode", "time_gather"],
+         ["form", "vocab_size", "dim"]),
+        (bench_threads.Threads, ["time_lookup"], ["kernel", "threads", "table"]),
+        (bench_peers.Peers, ["time_lookup"], ["method", "table"]),
+    ],
+)
+def test_benchmark_classes_keep_their_names(cls, methods, param_names):
+    for method in methods:
+        assert callable(getattr(cls, method))
+    assert cls.param_names == param_names
+    assert len(cls.params) == len(param_names)
+
+
+def test_the_lookup_grid_is_every_kernel_by_every_size():
+    assert set(common.KERNELS) == set(kernels.KERNELS)
+    assert bench_lookup.Lookup.params == [
+        common.KERNELS,
+        [100, 1_000, 10_000, 100_000, 1_000_000],
+        [8, 32, 128, 512],
+    ]
+    assert bench_grad.LookupGrad.params == bench_lookup.Lookup.params
+    assert bench_lookup.Lookup.track_bandwidth.unit == "GB/s"
+    assert bench_grad.LookupGrad.track_bandwidth.unit == "GB/s"
+    assert bench_lookup.Roofline.track_bandwidth.unit == "GB/s"
+
+
+# ----------------------------------------------------------------------------------------------
+# The correctness checks
+
+
+@pytest.fixture
+def small():
+    W = common.make_weights(50, 8)
+    ids = common.uniform_ids(50, shape=(4, 7))
+    return W, ids, np.empty((4, 7, 8), np.float32)
+
+
+def _kernel(gather, scatter_add=None):
+    def no_scatter(G, ids, dW, zeroed):
+        raise AssertionError("not used")
+
+    return Kernel("wrong", gather, scatter_add or no_scatter, "a deliberately wrong kernel")
+
+
+@pytest.mark.parametrize("name", common.KERNELS)
+def test_the_check_accepts_every_kernel(name, small):
+    W, ids, out = small
+    common.check_lookup(name, W, ids, out)
+    G = common.make_grad(8, shape=(4, 7))
+    common.check_lookup_grad(name, G, ids, 50, np.empty((50, 8), np.float32))
+
+
+def test_the_check_rejects_a_kernel_that_gathers_the_wrong_rows(small):
+    W, ids, out = small
+
+    def off_by_one(W, ids, out):
+        np.take(W, (ids + 1) % W.shape[0], axis=0, out=out)
+
+    with pytest.raises(AssertionError, match="differ from W"):
+        common.check_lookup(_kernel(off_by_one), W, ids, out)
+
+
+def test_the_check_rejects_a_kernel_that_leaves_rows_unwritten(small):
+    W, ids, out = small
+
+    def half(W, ids, out):
+        np.take(W, ids[: len(ids) // 2], axis=0, out=out[: len(ids) // 2])
+
+    with pytest.raises(AssertionError):
+        common.check_lookup(_kernel(half), W, ids, out)
+
+
+def test_the_check_is_bitwise(small):
+    W, ids, out = small
+    W[ids.reshape(-1)[0]] = -0.0  # the one-hot kernels return +0.0 here, by design
+
+    with pytest.raises(AssertionError):
+        common.check_lookup("onehot_dense", W, ids, out)
+    common.check_lookup("numpy_take", W, ids, out)
+
+
+def test_the_grad_check_rejects_a_scatter_that_drops_duplicates(small):
+    _, ids, _ = small
+    ids = ids.copy()
+    ids[0, :3] = 7  # a duplicate for sure
+    G = common.make_grad(8, shape=(4, 7))
+
+    def last_write_wins(G, ids, dW, zeroed):
+        dW.fill(0)
+        dW[ids] = G
+
+    with pytest.raises(AssertionError, match="reference"):
+        common.check_lookup_grad(
+            _kernel(None, last_write_wins), G, ids, 50, np.empty((50, 8), np.float32)
+        )
+
+
+def test_the_grad_check_rejects_a_scatter_that_does_not_zero_dW(small):
+    _, ids, _ = small
+    G = common.make_grad(8, shape=(4, 7))
+
+    def no_zeroing(G, ids, dW, zeroed):
+        hit = np.unique(ids)
+        dW[hit] = 0
+        np.add.at(dW, ids, G)
+
+    with pytest.raises(AssertionError, match="hit by no id"):
+        common.check_lookup_grad(
+            _kernel(None, no_zeroing), G, ids, 50, np.empty((50, 8), np.float32)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The data makers
+
+
+@pytest.mark.parametrize("vocab_size", [1, 10, 1_000, 1_000_000])
+def test_zipf_ids_are_in_range_skewed_and_seeded(vocab_size):
+    ids = common.zipf_ids(vocab_size)
+    assert ids.shape == common.BATCH_SHAPE and ids.dtype == np.int64
+    assert ids.min() >= 0 and ids.max() < vocab_size
+    np.testing.assert_array_equal(ids, common.zipf_ids(vocab_size))
+    if vocab_size >= 1_000:
+        counts = np.bincount(ids.ravel(), minlength=vocab_size)
+        assert counts.argmax() == 0  # the most frequent id is the first row
+        assert counts[0] > 10 * counts[vocab_size // 2 :].max()
+        assert len(np.unique(ids)) < len(np.unique(common.uniform_ids(vocab_size)))
+
+
+def test_uniform_ids_are_in_range_and_seeded():
+    ids = common.uniform_ids(1_000)
+    assert ids.min() >= 0 and ids.max() < 1_000 and ids.dtype == np.int64
+    np.testing.assert_array_equal(ids, common.uniform_ids(1_000))
+
+
+def test_weights_have_distinct_finite_rows_and_no_negative_zero():
+    W = common.make_weights(10_000, 8)
+    assert W.dtype == np.float32 and W.flags.c_contiguous
+    assert np.isfinite(W).all()
+    assert not (np.signbit(W) & (W == 0)).any()
+    assert len(np.unique(W, axis=0)) == 10_000
+    np.testing.assert_array_equal(W, common.make_weights(10_000, 8))
+
+
+def test_data_is_built_once_per_process():
+    common.clear_cache()
+    first = common.lookup_data(100, 8)
+    assert all(a is b for a, b in zip(first, common.lookup_data(100, 8)))
+    common.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# The budget
+
+
+@pytest.mark.parametrize("vocab_size", [100_000, 1_000_000])
+@pytest.mark.parametrize("backward", [False, True])
+def test_the_budget_makes_dense_one_hot_with_a_large_vocabulary_na(vocab_size, backward):
+    assert common.over_budget("onehot_dense", vocab_size, 8, backward=backward)
+    with pytest.raises(NotImplementedError, match="onehot_dense"):
+        common.require_budget("onehot_dense", vocab_size, 8, backward=backward)
+
+
+def test_benchmark_setup_raises_not_implemented_before_building_data():
+    common.clear_cache()
+    with pytest.raises(NotImplementedError):
+        bench_lookup.Lookup().setup("onehot_dense", 1_000_000, 512)
+    with pytest.raises(NotImplementedError):
+        bench_grad.LookupGrad().setup("onehot_dense", 1_000_000, 512)
+    assert not common._CACHE
+
+
+def test_the_budget_runs_everything_else_of_the_grid():
+    for kernel in common.KERNELS:
+        for V in common.VOCAB_SIZES:
+            for D in common.DIMS:
+                for backward in (False, True):
+                    reason = common.over_budget(kernel, V, D, backward=backward)
+                    if kernel == "onehot_dense" and V >= 100_000:
+                        assert reason
+                    else:
+                        assert reason is None, (kernel, V, D, backward, reason)
+
+
+def test_bandwidth_formulas():
+    assert common.gather_bytes(16_384, 8) == 2 * 16_384 * 8 * 4
+    assert common.scatter_bytes(16_384, 1_000, 8) == (2 * 16_384 * 8 + 1_000 * 8) * 4
+    assert common.gbps(2e9, 2.0) == 1.0
+    assert common.best_median_seconds(lambda: None, batches=2, batch_seconds=0.001) >= 0
