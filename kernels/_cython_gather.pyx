@@ -38,7 +38,8 @@ cdef extern from *:
         for (off = 0; off < nbytes; off += 64) EK_PREFETCH(p + off);
     }
 
-    /* Constant-size memcpy is inlined as vector moves; a variable size calls libc per row. */
+    /* Constant-size memcpy of small rows is inlined as vector moves; larger rows call libc's
+       memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes). */
     #define EK_COPY_LOOP(NB) \\
         for (i = lo; i < hi; i++) { \\
             if (prefetch && i + EK_PF_DIST < hi) \\
@@ -54,8 +55,6 @@ cdef extern from *:
         case 32: EK_COPY_LOOP(32) break; \\
         case 64: EK_COPY_LOOP(64) break; \\
         case 128: EK_COPY_LOOP(128) break; \\
-        case 256: EK_COPY_LOOP(256) break; \\
-        case 512: EK_COPY_LOOP(512) break; \\
         default: EK_COPY_LOOP(rowbytes) \\
         } \\
     }

@@ -54,3 +54,20 @@ def prefetch_row(typingctx, W, j):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def zero_rows(typingctx, A, r0, r1):
+    """A[r0:r1, :] = 0 as one llvm.memset; A must be C-contiguous."""
+    sig = types.void(A, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aty, _, _ = signature.args
+        start, ncols = _row_pointer(context, builder, aty, args[0], args[1])
+        itemsize = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+        rows = builder.sub(args[2], args[1])
+        nbytes = builder.mul(builder.mul(rows, ncols), context.get_constant(types.intp, itemsize))
+        cgutils.memset(builder, start, nbytes, 0)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from kernels._bounds import minmax
+from kernels._bounds import any_out_of_range
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT64 = np.dtype(np.int64)
@@ -70,10 +70,8 @@ def check_ids(ids, vocab_size):
     flat = a.reshape(-1)
     if not flat.flags.c_contiguous or not dt.isnative:
         flat = np.ascontiguousarray(flat, dtype=dt.newbyteorder("="))
-    if flat.shape[0]:
-        lo, hi = minmax(flat)
-        if lo < 0 or hi >= vocab_size:
-            raise _first_out_of_range(a, vocab_size)
+    if flat.shape[0] and any_out_of_range(flat, vocab_size):
+        raise _first_out_of_range(a, vocab_size)
     if flat.dtype not in _INDEX_DTYPES:
         # In range, so every value fits in int64; uint64 reinterprets without a copy.
         flat = flat.view(_INT64) if flat.dtype == _UINT64 else flat.astype(_INT64)

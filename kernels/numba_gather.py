@@ -15,7 +15,7 @@ from numba import njit, prange
 from kernels import _threads
 from kernels._cpu import L2_BYTES
 from kernels._kernel import Kernel
-from kernels._numba_intrinsics import copy_row, prefetch_row
+from kernels._numba_intrinsics import copy_row, prefetch_row, zero_rows
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -59,10 +59,8 @@ def _gather_parallel(W, ids, out, contiguous_rows, prefetch, nthreads):
 @njit(cache=True, nogil=True)
 def _scatter_rows(G, ids, dW, zeroed, r0, r1):
     D = G.shape[1]
-    if not zeroed:
-        for r in range(r0, r1):
-            for k in range(D):
-                dW[r, k] = 0
+    if not zeroed and r1 > r0:
+        zero_rows(dW, r0, r1)
     for i in range(ids.shape[0]):
         j = ids[i]
         if r0 <= j < r1:
