@@ -68,8 +68,10 @@ def backward_methods(G, ids, dW, torch):
     """Name -> zero-argument callable for every backward method at this size."""
     V, D = dW.shape
     n = ids.shape[0]
-    src = np.ones_like(dW)
-    methods = {"copy": lambda: np.copyto(dW, src)}
+    # a copy that moves as many bytes as the formula counts: its GB/s is the ceiling
+    src = np.ones((3 * n * D + V * D) // 2, dW.dtype)
+    dst = np.empty_like(src)
+    methods = {"copy": lambda: np.copyto(dst, src)}
     for name, k in kernels.KERNELS.items():
         if name == "onehot_dense" and n * V * D > ONEHOT_DENSE_MAX_FLOPS:
             continue
@@ -220,6 +222,20 @@ def _machine():
     return f"{cpu}, {os.cpu_count()} cores, {datetime.date.today()}"
 
 
+def _blas():
+    """Which BLAS kernel numpy ran (the dense one-hot's speed depends on it)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "BLAS: unknown (threadpoolctl not installed)"
+    info = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    env = os.environ.get("OPENBLAS_CORETYPE")
+    return "BLAS: " + ", ".join(
+        f"{i.get('internal_api')} {i.get('version')} kernel {i.get('architecture')}, "
+        f"{i.get('num_threads')} threads" for i in info
+    ) + (f" (OPENBLAS_CORETYPE={env} set in the environment)" if env else "")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--vocab", default="1000,10000,100000,1000000", help="comma-separated V")
@@ -234,8 +250,8 @@ def main(argv=None):
     vocab = [int(float(v)) for v in a.vocab.split(",")]
     dims = [int(d) for d in a.dims.split(",")]
     rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
-    text = f"Measured {_machine()}, {kernels.get_num_threads()} threads, " \
-           f"`python -m benchmarks.roofline {' '.join(argv or [])}`\n" + table(rows)
+    text = (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
+            f"`python -m benchmarks.roofline {' '.join(argv or [])}`; {_blas()}\n" + table(rows))
     print(text)
     if a.markdown:
         with open(a.markdown, "w") as f:
