@@ -6,21 +6,16 @@ Times, interleaved in one process over several rounds, the candidate forms at a 
 prints each one's best per-round median in microseconds and its ratio to the fastest.
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
+
+from benchmarks.roofline import median_time
 
 SIZES = [(1_000, 16), (1_000, 256), (100_000, 64), (1_000_000, 16), (1_000_000, 64)]
 
 
 def _median_us(fn, reps):
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    return median_time(fn, reps) * 1e6
 
 
 def forward_forms(W, ids, out):

@@ -13,6 +13,7 @@ Bytes counted: forward 2*n*D*itemsize (rows read + output written); backward
 """
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -26,7 +27,8 @@ ONEHOT_DENSE_MAX_FLOPS = 2e9
 """The dense one-hot is skipped where one call costs more multiply-adds than this."""
 
 
-def _median_time(fn, reps):
+def median_time(fn, reps):
+    """Median seconds of `reps` single calls of fn."""
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -114,7 +116,7 @@ def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0):
                 best = {name: float("inf") for name in methods}
                 for _ in range(rounds):
                     for name, fn in methods.items():
-                        best[name] = min(best[name], _median_time(fn, reps))
+                        best[name] = min(best[name], median_time(fn, reps))
                 rows.append({"pass": pass_name, "V": V, "D": D, "n": n, **best})
                 print(f"  measured {pass_name} V={V:.0e} D={D}", flush=True)
     return rows
@@ -171,7 +173,7 @@ def table(rows):
     return "\n".join(lines)
 
 
-def plot(rows, path):
+def plot(rows, path, title=""):
     """GB/s against V, one line per method, one panel per D, copy dashed as the ceiling."""
     import matplotlib
 
@@ -180,31 +182,38 @@ def plot(rows, path):
 
     passes = [p for p in ("forward", "backward") if any(r["pass"] == p for r in rows)]
     dims = sorted({r["D"] for r in rows})
+    skip = ("pass", "V", "D", "n", "copy")
+    methods = list(dict.fromkeys(m for r in rows for m in r if m not in skip))
+    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}
     fig, axes = plt.subplots(
-        len(passes), len(dims), figsize=(4 * len(dims), 3.6 * len(passes)), squeeze=False
+        len(passes), len(dims), figsize=(4 * len(dims) + 2.2, 3.6 * len(passes)), squeeze=False
     )
+    handles = {}
     for i, p in enumerate(passes):
         for j, D in enumerate(dims):
             ax = axes[i][j]
             sel = sorted((r for r in rows if r["pass"] == p and r["D"] == D), key=lambda r: r["V"])
-            methods = [m for m in sel[0] if m not in ("pass", "V", "D", "n", "copy")]
             for m in methods:
                 pts = [(r["V"], nbytes(r) / r[m] / 1e9) for r in sel if m in r]
                 if pts:
-                    style = "-o" if m in COMPILED else "--."
-                    ax.plot(*zip(*pts), style, label=m, lw=2 if m in COMPILED else 1)
+                    compiled = m in COMPILED
+                    (line,) = ax.plot(*zip(*pts), "-o" if compiled else "--.", color=color[m],
+                                      lw=2.2 if compiled else 1, label=m)
+                    handles.setdefault(m, line)
             ceiling = [nbytes(r) / r["copy"] / 1e9 for r in sel]
-            ax.plot([r["V"] for r in sel], ceiling, "k:", lw=2, label="plain copy (ceiling)")
+            (line,) = ax.plot([r["V"] for r in sel], ceiling, "k:", lw=2,
+                              label="plain copy (ceiling)")
+            handles.setdefault("plain copy (ceiling)", line)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_title(f"{p}, D = {D}")
             ax.set_xlabel("vocab size V")
             ax.set_ylabel("GB/s")
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8)
     fig.suptitle(f"embedding lookup bandwidth, n = {rows[0]['n']:,} ids, float32, "
-                 f"{kernels.get_num_threads()} threads, {_machine()}", fontsize=9)
-    fig.tight_layout()
+                 f"{title}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 2.2 / (4 * len(dims) + 2.2), 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -246,18 +255,30 @@ def main(argv=None):
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--plot", default="docs/roofline.png")
     p.add_argument("--markdown", default="docs/roofline.md")
+    p.add_argument("--json", default="docs/roofline.json", help="where the measured rows go")
+    p.add_argument("--replot", action="store_true",
+                   help="do not measure: redraw the table and picture from --json")
     a = p.parse_args(argv)
-    vocab = [int(float(v)) for v in a.vocab.split(",")]
-    dims = [int(d) for d in a.dims.split(",")]
-    rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
-    text = (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
-            f"`python -m benchmarks.roofline {' '.join(argv or [])}`; {_blas()}\n" + table(rows))
+    if a.replot:
+        with open(a.json) as f:
+            saved = json.load(f)
+        rows, header = saved["rows"], saved["header"]
+    else:
+        vocab = [int(float(v)) for v in a.vocab.split(",")]
+        dims = [int(d) for d in a.dims.split(",")]
+        rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
+        header = (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
+                  f"`python -m benchmarks.roofline {' '.join(argv or [])}`; {_blas()}")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"header": header, "rows": rows}, f, indent=0)
+    text = header + "\n" + table(rows)
     print(text)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write(text + "\n")
     if a.plot:
-        plot(rows, a.plot)
+        plot(rows, a.plot, header.split(", `")[0].replace("Measured ", ""))
         print(f"picture: {a.plot}")
 
 

@@ -13,7 +13,7 @@ from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, oneho
 from kernels._kernel import Kernel
 from kernels._threads import get_num_threads, num_threads, set_num_threads
 from kernels._validate import _float_array, check_vocab_size, check_weights
-from kernels.fastest import fastest
+from kernels.fastest import fastest, for_call
 
 KERNELS = {
     m.KERNEL.name: m.KERNEL
@@ -46,7 +46,7 @@ def get_kernel(kernel):
 
 
 def _n_ids(ids):
-    return ids.size if isinstance(ids, np.ndarray) else np.size(ids)
+    return ids.size if type(ids) is np.ndarray else int(np.size(ids))
 
 
 def lookup(weights, ids, *, kernel="numpy_take", out=None):
@@ -55,7 +55,8 @@ def lookup(weights, ids, *, kernel="numpy_take", out=None):
     kernel="auto" takes the kernel measured fastest for these sizes (kernels.fastest)."""
     if kernel == "auto":
         W = check_weights(weights)
-        return fastest(W.shape[0], W.shape[1], _n_ids(ids), W.dtype).lookup(W, ids, out=out)
+        V, D = W.shape
+        return for_call(V, D, _n_ids(ids), W.dtype.char, False).lookup(W, ids, out=out)
     return get_kernel(kernel).lookup(weights, ids, out=out)
 
 
@@ -66,6 +67,6 @@ def lookup_grad(grad, ids, vocab_size, *, kernel="numpy_take", out=None):
     if kernel == "auto":
         G = _float_array(grad, "grad")  # the checks in the order every kernel makes them
         V = check_vocab_size(vocab_size)
-        k = fastest(V, G.shape[-1] if G.ndim else 0, _n_ids(ids), G.dtype, backward=True)
+        k = for_call(V, G.shape[-1] if G.ndim else 0, _n_ids(ids), G.dtype.char, True)
         return k.lookup_grad(grad, ids, vocab_size, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

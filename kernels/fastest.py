@@ -3,8 +3,8 @@ decision table shipped with the package.
 
     kernels.fastest(100_000, 128)                # -> the Kernel the registry holds
     kernels.lookup(W, ids, kernel="auto")        # uses it, cached per size bucket
-    python -m kernels.fastest                    # prints the table and where it came from
-    python -m kernels.fastest --write-table      # regenerates the shipped table from asv results
+    python -m kernels                            # prints the table and where it came from
+    python -m kernels --write-table              # regenerates the shipped table from asv results
 
 The measurements are the asv suite's `Lookup.time_lookup` (forward) and
 `LookupGrad.time_lookup_grad` (backward) on the vocab_size x dim grid, plus `Roofline.time_copy`
@@ -257,10 +257,23 @@ def fastest(vocab_size, dim, n_ids=DEFAULT_N_IDS, dtype=np.float32, *, backward=
     return _cached(int(vocab_size), int(dim), bucket, np.dtype(dtype).char, bool(backward))
 
 
+_BY_BUCKET = {}
+
+
+def for_call(vocab_size, dim, n_ids, dtype_char, backward):
+    """fastest() for a call about to run: one dict look-up per (sizes, n bucket, dtype, pass)."""
+    key = (vocab_size, dim, n_ids.bit_length(), dtype_char, backward)
+    kernel = _BY_BUCKET.get(key)
+    if kernel is None:
+        kernel = _BY_BUCKET[key] = fastest(vocab_size, dim, n_ids, dtype_char, backward=backward)
+    return kernel
+
+
 def reload():
     """Forget cached decisions (after a new asv run)."""
     _table.cache_clear()
     _cached.cache_clear()
+    _BY_BUCKET.clear()
 
 
 def format_table(table):
@@ -288,7 +301,7 @@ def format_table(table):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m kernels.fastest", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m kernels", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="asv.conf.json whose results to read")
     p.add_argument("--machine", help="asv machine name (default: this host's)")
     p.add_argument("--write-table", action="store_true",

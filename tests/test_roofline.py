@@ -63,11 +63,11 @@ def is_positive_number(cell):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("roofline")
-    png, md = tmp / "r.png", tmp / "r.md"
+    png, md, js = tmp / "r.png", tmp / "r.md", tmp / "r.json"
     argv = ["--vocab", "100,1000", "--dims", "4,8", "-n", "2000", "--rounds", "1", "--reps", "2",
-            "--plot", str(png), "--markdown", str(md)]
+            "--plot", str(png), "--markdown", str(md), "--json", str(js)]
     roofline.main(argv)
-    return {"png": png, "md": md, "text": md.read_text()}
+    return {"png": png, "md": md, "text": md.read_text(), "json": js, "tmp": tmp}
 
 
 def test_main_writes_a_forward_and_a_backward_table(run):
@@ -252,3 +252,12 @@ def test_table_rows_follow_the_given_rows_and_sizes_are_printed():
     _, parsed = parse_markdown(roofline.table(rows))["forward"]
     assert [int(float(r["V"])) for r in parsed] == [100, 1000, 10**6]
     assert all(r["D"] == "8" for r in parsed)
+
+
+def test_replot_redraws_the_same_table_from_the_saved_rows(run):
+    tmp = run["tmp"]
+    md2, png2 = tmp / "r2.md", tmp / "r2.png"
+    roofline.main(["--replot", "--json", str(run["json"]), "--markdown", str(md2),
+                   "--plot", str(png2)])
+    assert md2.read_text() == run["text"]
+    assert png2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
