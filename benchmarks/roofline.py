@@ -184,7 +184,8 @@ def plot(rows, path, title=""):
     dims = sorted({r["D"] for r in rows})
     skip = ("pass", "V", "D", "n", "copy")
     methods = list(dict.fromkeys(m for r in rows for m in r if m not in skip))
-    color = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    palette = plt.get_cmap("tab20").colors
+    color = {m: palette[(2 * i) % 20 + (2 * i) // 20] for i, m in enumerate(methods)}
     fig, axes = plt.subplots(
         len(passes), len(dims), figsize=(4 * len(dims) + 2.2, 3.6 * len(passes)), squeeze=False
     )

@@ -14,6 +14,7 @@ from kernels._kernel import Kernel
 from kernels._threads import get_num_threads, num_threads, set_num_threads
 from kernels._validate import _float_array, check_vocab_size, check_weights
 from kernels.fastest import fastest, for_call
+from kernels.fastest import reload as reload_measurements
 
 KERNELS = {
     m.KERNEL.name: m.KERNEL
@@ -29,6 +30,7 @@ __all__ = [
     "set_num_threads",
     "num_threads",
     "fastest",
+    "reload_measurements",
 ]
 
 

@@ -15,6 +15,8 @@ class Kernel:
         self._gather = gather
         self._scatter_add = scatter_add
         self.summary = summary
+        self.decision = None
+        """Set by kernels.fastest: which measurement last chose this kernel, and its source."""
 
     def lookup(self, weights, ids, *, out=None):
         """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given."""
@@ -36,4 +38,5 @@ class Kernel:
         return dW
 
     def __repr__(self):
-        return f"<kernel {self.name}: {self.summary}>"
+        chosen = f"; {self.decision}" if self.decision else ""
+        return f"<kernel {self.name}: {self.summary}{chosen}>"

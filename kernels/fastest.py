@@ -247,14 +247,23 @@ def _table():
 def _cached(vocab_size, dim, n_bucket, dtype_char, backward):
     from kernels import KERNELS
 
-    name, _ = decide(_table(), vocab_size, dim, 2**n_bucket, np.dtype(dtype_char), backward)
-    return KERNELS[name]
+    table = _table()
+    name, row = decide(table, vocab_size, dim, 2**n_bucket, np.dtype(dtype_char), backward)
+    why = (f"fastest {'backward' if backward else 'forward'} at the nearest measured point "
+           f"V={row['vocab_size']}, D={row['dim']}, n={row['n_ids']}, {row['dtype']}; "
+           f"source: {table['source']}")
+    return KERNELS[name], why
 
 
 def fastest(vocab_size, dim, n_ids=DEFAULT_N_IDS, dtype=np.float32, *, backward=False):
-    """The Kernel (the registry's object) measured fastest for these sizes on this machine."""
+    """The Kernel (the registry's object) measured fastest for these sizes on this machine.
+
+    Its `decision` attribute (shown in its repr) says which measurement chose it, and where
+    that measurement came from."""
     bucket = max(0, int(n_ids)).bit_length()
-    return _cached(int(vocab_size), int(dim), bucket, np.dtype(dtype).char, bool(backward))
+    kernel, why = _cached(int(vocab_size), int(dim), bucket, np.dtype(dtype).char, bool(backward))
+    kernel.decision = why
+    return kernel
 
 
 _BY_BUCKET = {}
@@ -265,7 +274,8 @@ def for_call(vocab_size, dim, n_ids, dtype_char, backward):
     key = (vocab_size, dim, n_ids.bit_length(), dtype_char, backward)
     kernel = _BY_BUCKET.get(key)
     if kernel is None:
-        kernel = _BY_BUCKET[key] = fastest(vocab_size, dim, n_ids, dtype_char, backward=backward)
+        bucket = max(0, int(n_ids)).bit_length()
+        kernel = _BY_BUCKET[key] = _cached(vocab_size, dim, bucket, dtype_char, backward)[0]
     return kernel
 
 
