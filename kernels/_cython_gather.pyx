@@ -30,9 +30,6 @@ cdef extern from *:
     #define EK_PREFETCH(p) ((void)0)
     #endif
 
-    /* How many ids ahead the rows are prefetched. */
-    #define EK_PF_DIST 12
-
     static inline void ek_prefetch_row(const char* p, Py_ssize_t nbytes) {
         Py_ssize_t off;
         for (off = 0; off < nbytes; off += 64) EK_PREFETCH(p + off);
@@ -42,8 +39,8 @@ cdef extern from *:
        memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes). */
     #define EK_COPY_LOOP(NB) \\
         for (i = lo; i < hi; i++) { \\
-            if (prefetch && i + EK_PF_DIST < hi) \\
-                ek_prefetch_row(W + (Py_ssize_t)ids[i + EK_PF_DIST] * rs, NB); \\
+            if (prefetch && i + prefetch < hi) \\
+                ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, NB); \\
             memcpy(out + i * (NB), W + (Py_ssize_t)ids[i] * rs, NB); \\
         }
 
@@ -159,10 +156,10 @@ cdef void _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating
 
 
 def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not None,
-           int nthreads, bint prefetch=False):
+           int nthreads, int prefetch=0):
     """out[i] = W[ids[i]]; returns the number of threads that did work.
 
-    prefetch: fetch rows a few ids ahead (pays off when the table is beyond L2)."""
+    prefetch: fetch the row this many ids ahead (0: none; pays off when the table is beyond L2)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0), cs = cnp.PyArray_STRIDE(W, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0), D = cnp.PyArray_DIM(W, 1)

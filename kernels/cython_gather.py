@@ -22,8 +22,13 @@ def _threads_for(nbytes):
     return 1 if nbytes < PARALLEL_MIN_BYTES else _threads.get_num_threads()
 
 
+PREFETCH_DISTANCE = 12
+"""How many ids ahead rows are prefetched (when the table does not fit in L2)."""
+
+
 def _gather(W, ids, out):
-    _core.gather(W, ids, out, _threads_for(out.nbytes), W.shape[0] * abs(W.strides[0]) > L2_BYTES)
+    prefetch = PREFETCH_DISTANCE if W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
+    _core.gather(W, ids, out, _threads_for(out.nbytes), prefetch)
 
 
 def _scatter_add(G, ids, dW, zeroed):
@@ -44,4 +49,4 @@ def threads_used(weights, ids):
     W, flat, out2d, _ = lookup_args(weights, ids, None)
     if not out2d.size:
         return 0
-    return _core.gather(W, flat, out2d, _threads_for(out2d.nbytes), False)
+    return _core.gather(W, flat, out2d, _threads_for(out2d.nbytes), 0)
