@@ -1,5 +1,6 @@
 """The one thread knob: limits the Numba and the Cython/OpenMP kernels alike."""
 import contextlib
+import operator
 import os
 import threading
 
@@ -23,8 +24,6 @@ _local = threading.local()
 def _checked(n):
     if isinstance(n, bool) or not isinstance(n, int):
         try:
-            import operator
-
             n = operator.index(n)
         except TypeError:
             raise TypeError(f"the number of threads must be an integer, got {n!r}") from None
@@ -55,3 +54,12 @@ def num_threads(n):
         yield n
     finally:
         _local.n = previous
+
+
+PARALLEL_MIN_BYTES = 256 * 2**10
+"""Calls that move fewer bytes run on one thread: starting threads costs more than they save."""
+
+
+def threads_for(nbytes):
+    """How many threads a compiled kernel uses for a call that moves nbytes."""
+    return 1 if nbytes < PARALLEL_MIN_BYTES else get_num_threads()

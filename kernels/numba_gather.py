@@ -12,30 +12,24 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels import _threads
-from kernels._cpu import L2_BYTES
+from kernels._cpu import prefetch_distance
 from kernels._kernel import Kernel
 from kernels._numba_intrinsics import copy_row, prefetch_row, zero_rows
+from kernels._threads import threads_for
+from kernels._validate import lookup_args
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-PARALLEL_MIN_BYTES = 256 * 2**10
-"""Calls that move fewer output bytes run serially: starting threads costs more than they save."""
-
 _serialize = None  # a lock, if Numba fell back to the workqueue layer
-
-
-PREFETCH_DISTANCE = 12
-"""How many ids ahead rows are prefetched (when the table does not fit in L2)."""
 
 
 @njit(cache=True, nogil=True)
 def _gather_rows(W, ids, out, lo, hi, contiguous_rows, prefetch):
     if contiguous_rows:
         for i in range(lo, hi):
-            if prefetch and i + PREFETCH_DISTANCE < hi:
-                prefetch_row(W, ids[i + PREFETCH_DISTANCE])
+            if prefetch and i + prefetch < hi:
+                prefetch_row(W, ids[i + prefetch])
             copy_row(out, i, W, ids[i])
     else:
         D = W.shape[1]
@@ -75,10 +69,6 @@ def _scatter_parallel(G, ids, dW, zeroed, nthreads):
         _scatter_rows(G, ids, dW, zeroed, V * c // nthreads, V * (c + 1) // nthreads)
 
 
-def _threads_for(nbytes):
-    return 1 if nbytes < PARALLEL_MIN_BYTES else _threads.get_num_threads()
-
-
 def _run_parallel(fn, *args):
     """Call a prange kernel whose last argument is its thread count."""
     global _serialize
@@ -94,9 +84,9 @@ def _run_parallel(fn, *args):
 
 
 def _gather_threads(W, ids, out):
-    nthreads = _threads_for(out.nbytes)
+    nthreads = threads_for(out.nbytes)
     contiguous_rows = W.strides[1] == W.itemsize
-    prefetch = contiguous_rows and W.shape[0] * abs(W.strides[0]) > L2_BYTES
+    prefetch = prefetch_distance(W) if contiguous_rows else 0
     if nthreads == 1:
         _gather_rows(W, ids, out, 0, ids.shape[0], contiguous_rows, prefetch)
         return 1
@@ -108,7 +98,7 @@ def _gather(W, ids, out):
 
 
 def _scatter_add(G, ids, dW, zeroed):
-    nthreads = _threads_for(G.nbytes + (0 if zeroed else dW.nbytes))
+    nthreads = threads_for(G.nbytes + (0 if zeroed else dW.nbytes))
     if nthreads == 1:
         _scatter_rows(G, ids, dW, zeroed, 0, dW.shape[0])
     else:
@@ -122,7 +112,5 @@ lookup_grad = KERNEL.lookup_grad
 
 def threads_used(weights, ids):
     """Run the forward gather and return how many threads did work in it."""
-    from kernels._validate import lookup_args
-
     W, flat, out2d, _ = lookup_args(weights, ids, None)
     return _gather_threads(W, flat, out2d) if out2d.size else 0
