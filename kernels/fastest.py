@@ -325,8 +325,9 @@ def main(argv=None):
     if a.write_table:
         if table["source"].startswith("shipped"):
             p.error("no asv results found to write the table from; run `make bench` first")
+        shipped = dict(table, source="asv results file " + os.path.basename(table["source"]))
         with open(SHIPPED_TABLE, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
+            json.dump(shipped, f, indent=1, sort_keys=True)
             f.write("\n")
         print(f"wrote {SHIPPED_TABLE}")
     print(format_table(table))
