@@ -293,7 +293,8 @@ def format_table(table):
         rows = table.get(pass_name) or []
         if not rows:
             continue
-        lines.append(f"\n{pass_name} (n = {rows[0]['n_ids']:,} ids, {rows[0]['dtype']}):")
+        lines.append(f"\n{pass_name} (n = {rows[0]['n_ids']:,} ids, {rows[0]['dtype']}; "
+                     "% copy = Roofline.time_copy / time, runner-up = its time / the fastest's):")
         lines.append(f"{'vocab_size':>10} {'dim':>5}  {'fastest':<14} {'time':>10} {'GB/s':>7} {'% copy':>7}  runner-up")
         for row in rows:
             name, _ = decide({pass_name: [row], "forward": [row]}, row["vocab_size"], row["dim"])
