@@ -73,54 +73,34 @@ cdef inline void _copy_row(floating* dst, const char* src, Py_ssize_t D,
         dst[k] = (<const floating*>(src + k * col_stride))[0]
 
 
-cdef inline void _rows(const char* W, Py_ssize_t rs, const index_t* ids, char* out,
-                       Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
-                       int prefetch) noexcept nogil:
-    if index_t is int32_t:
-        ek_gather_i32(W, rs, ids, out, lo, hi, rowbytes, prefetch)
+cdef inline void _gather_range(const char* W, Py_ssize_t row_stride, Py_ssize_t col_stride,
+                               const index_t* ids, floating* out, Py_ssize_t D,
+                               Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil:
+    cdef Py_ssize_t i
+    if col_stride == sizeof(floating):
+        if index_t is int32_t:
+            ek_gather_i32(W, row_stride, ids, <char*>out, lo, hi, D * sizeof(floating), prefetch)
+        else:
+            ek_gather_i64(W, row_stride, ids, <char*>out, lo, hi, D * sizeof(floating), prefetch)
     else:
-        ek_gather_i64(W, rs, ids, out, lo, hi, rowbytes, prefetch)
-
-
-cdef int _gather_rows(const char* W, Py_ssize_t rs, const index_t* ids, Py_ssize_t n,
-                      char* out, Py_ssize_t rowbytes, int nthreads,
-                      int prefetch) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef int t, used = 0
-    cdef int worker[MAX_THREADS]
-    if nthreads <= 1:
-        _rows(W, rs, ids, out, 0, n, rowbytes, prefetch)
-        return 1
-    for t in range(nthreads):
-        worker[t] = 0
-    for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        _rows(W, rs, ids, out, n * c // nthreads, n * (c + 1) // nthreads, rowbytes, prefetch)
-        worker[threadid()] = 1
-    for t in range(nthreads):
-        used = used + worker[t]
-    return used
+        for i in range(lo, hi):
+            _copy_row(out + i * D, W + ids[i] * row_stride, D, col_stride)
 
 
 cdef int _gather(const char* W, Py_ssize_t row_stride, Py_ssize_t col_stride,
                  const index_t* ids, Py_ssize_t n, floating* out, Py_ssize_t D,
                  int nthreads, int prefetch) noexcept nogil:
-    cdef Py_ssize_t c, i, lo, hi
+    cdef Py_ssize_t c
     cdef int t, used = 0
     cdef int worker[MAX_THREADS]
-    if col_stride == sizeof(floating):
-        return _gather_rows(W, row_stride, ids, n, <char*>out, D * sizeof(floating),
-                            nthreads, prefetch)
     if nthreads <= 1:
-        for i in range(n):
-            _copy_row(out + i * D, W + ids[i] * row_stride, D, col_stride)
+        _gather_range(W, row_stride, col_stride, ids, out, D, 0, n, prefetch)
         return 1
     for t in range(nthreads):
         worker[t] = 0
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        lo = n * c // nthreads
-        hi = n * (c + 1) // nthreads
-        for i in range(lo, hi):
-            _copy_row(out + i * D, W + ids[i] * row_stride, D, col_stride)
+        _gather_range(W, row_stride, col_stride, ids, out, D,
+                      n * c // nthreads, n * (c + 1) // nthreads, prefetch)
         worker[threadid()] = 1
     for t in range(nthreads):
         used = used + worker[t]
