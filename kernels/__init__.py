@@ -70,5 +70,5 @@ def lookup_grad(grad, ids, vocab_size, *, kernel="numpy_take", out=None):
         G = _float_array(grad, "grad")  # the checks in the order every kernel makes them
         V = check_vocab_size(vocab_size)
         k = for_call(V, G.shape[-1] if G.ndim else 0, _n_ids(ids), G.dtype.char, True)
-        return k.lookup_grad(grad, ids, vocab_size, out=out)
+        return k.lookup_grad(G, ids, V, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

@@ -77,6 +77,11 @@ def results_dir_of(config_path):
     return os.path.join(os.path.dirname(os.path.abspath(config_path)), conf.get("results_dir", "results"))
 
 
+def _is_time(value):
+    """Whether an asv result value is a measured time (not null, NaN or a failure)."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
 def _parse_values(values):
     out = []
     for v in values:
@@ -104,7 +109,7 @@ def _benchmark_points(data, name):
         raise ResultsError(f"{name}: {len(result)} results for {len(combos)} parameter sets")
     points = {}
     for combo, value in zip(combos, result):
-        if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        if _is_time(value):
             points[combo] = float(value)
     return points
 
@@ -159,9 +164,7 @@ def _has_forward_results(data):
     if not isinstance(row, list):
         raise ValueError(f"{FORWARD}: a {type(row).__name__}, not an asv result row")
     result = row[data["result_columns"].index("result")]
-    return isinstance(result, list) and any(
-        isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in result
-    )
+    return isinstance(result, list) and any(_is_time(v) for v in result)
 
 
 def latest_results_file(results_dir, machine=None):
@@ -215,11 +218,13 @@ def _row_bytes(dim, itemsize):
 
 
 def _nearest(rows, vocab_size, dim, n_ids, itemsize):
+    several_n = len({r["n_ids"] for r in rows}) > 1
+
     def distance(row):
         d = math.log(max(1, vocab_size) / row["vocab_size"]) ** 2
         row_itemsize = np.dtype(row["dtype"]).itemsize
         d += math.log(_row_bytes(dim, itemsize) / _row_bytes(row["dim"], row_itemsize)) ** 2
-        if len({r["n_ids"] for r in rows}) > 1:
+        if several_n:
             d += math.log(max(1, n_ids) / row["n_ids"]) ** 2
         return d
 
@@ -243,6 +248,11 @@ def _table():
     return load_table()
 
 
+def _bucket(n_ids):
+    """Sizes of n_ids that share a decision: n rounded down to a power of two."""
+    return max(0, int(n_ids)).bit_length()
+
+
 @functools.lru_cache(maxsize=4096)
 def _cached(vocab_size, dim, n_bucket, dtype_char, backward):
     from kernels import KERNELS
@@ -260,8 +270,8 @@ def fastest(vocab_size, dim, n_ids=DEFAULT_N_IDS, dtype=np.float32, *, backward=
 
     Its `decision` attribute (shown in its repr) says which measurement chose it, and where
     that measurement came from."""
-    bucket = max(0, int(n_ids)).bit_length()
-    kernel, why = _cached(int(vocab_size), int(dim), bucket, np.dtype(dtype).char, bool(backward))
+    kernel, why = _cached(int(vocab_size), int(dim), _bucket(n_ids), np.dtype(dtype).char,
+                          bool(backward))
     kernel.decision = why
     return kernel
 
@@ -271,11 +281,10 @@ _BY_BUCKET = {}
 
 def for_call(vocab_size, dim, n_ids, dtype_char, backward):
     """fastest() for a call about to run: one dict look-up per (sizes, n bucket, dtype, pass)."""
-    key = (vocab_size, dim, n_ids.bit_length(), dtype_char, backward)
+    key = (vocab_size, dim, n_ids.bit_length(), dtype_char, backward)  # n_ids: an int >= 0
     kernel = _BY_BUCKET.get(key)
     if kernel is None:
-        bucket = max(0, int(n_ids)).bit_length()
-        kernel = _BY_BUCKET[key] = _cached(vocab_size, dim, bucket, dtype_char, backward)[0]
+        kernel = _BY_BUCKET[key] = _cached(*key)[0]
     return kernel
 
 
