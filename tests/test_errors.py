@@ -299,6 +299,14 @@ def _bad_forward_outs(W, ids):
 BAD_OUT_CASES = list(_bad_forward_outs(np.ones((10, 4)), np.zeros(6, dtype=np.int64)))
 
 
+def assert_rejected_out_untouched(out, shape):
+    """A rejected `out` (an array, or a nested list standing in for one) still holds SENTINEL."""
+    if isinstance(out, np.ndarray):
+        assert_untouched(out)
+    else:
+        assert out == np.full(shape, SENTINEL).tolist()
+
+
 @pytest.mark.parametrize("case", BAD_OUT_CASES)
 def test_bad_out_raises_value_error_and_is_untouched(fwd, wdtype, case):
     W = make_weights(10, 4, wdtype)
@@ -306,10 +314,7 @@ def test_bad_out_raises_value_error_and_is_untouched(fwd, wdtype, case):
     out = _bad_forward_outs(W, ids)[case]
     with pytest.raises(ValueError):
         fwd(W, ids, out=out)
-    if isinstance(out, np.ndarray):
-        assert_untouched(out)
-    else:
-        assert out == [[SENTINEL] * 4 for _ in range(6)]
+    assert_rejected_out_untouched(out, (6, 4))
 
 
 def test_out_with_wrong_shape_for_0d_ids_raises_value_error(fwd, wdtype):
@@ -427,10 +432,7 @@ def test_bad_grad_out_raises_value_error_and_is_untouched(bwd, wdtype, case):
     grad = np.ones((4, 3), dtype=wdtype)
     with pytest.raises(ValueError):
         bwd(grad, np.array([0, 1, 1, 4]), 5, out=out)
-    if isinstance(out, np.ndarray):
-        assert_untouched(out)
-    else:
-        assert out == [[SENTINEL] * 3 for _ in range(5)]
+    assert_rejected_out_untouched(out, (5, 3))
 
 
 def test_grad_out_overlapping_grad_raises_value_error(bwd, wdtype):
