@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import kernels
+from kernels.fastest import moved_bytes
 
 ONEHOT_DENSE_MAX_FLOPS = 2e9
 """The dense one-hot is skipped where one call costs more multiply-adds than this."""
@@ -124,10 +125,7 @@ def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0):
 
 def nbytes(row):
     """Bytes one call moves (see the module docstring)."""
-    n, V, D = row["n"], row["V"], row["D"]
-    if row["pass"] == "forward":
-        return 2 * n * D * 4
-    return (3 * n * D + V * D) * 4
+    return moved_bytes(row["pass"], row["n"], row["V"], row["D"])
 
 
 COMPILED = ("numba_gather", "cython_gather")

@@ -237,10 +237,23 @@ def decide(table, vocab_size, dim, n_ids=DEFAULT_N_IDS, dtype=np.float32, backwa
     if not rows:
         rows = table["forward"]
     row = _nearest(rows, vocab_size, dim, n_ids, np.dtype(dtype).itemsize)
+    return _fastest_in(row), row
+
+
+def _fastest_in(row):
+    """The registered kernel with the smallest time in one measured row."""
     from kernels import KERNELS
 
     times = {k: t for k, t in row["times"].items() if k in KERNELS}
-    return min(times, key=times.get), row
+    return min(times, key=times.get)
+
+
+def moved_bytes(pass_name, n_ids, vocab_size, dim, itemsize=4):
+    """Bytes one call must move, as this project counts them for GB/s: forward 2*n*D (rows read,
+    output written); backward 3*n*D + V*D (grad read, dW rows read and written, dW zeroed)."""
+    if pass_name == "forward":
+        return 2 * n_ids * dim * itemsize
+    return (3 * n_ids * dim + vocab_size * dim) * itemsize
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,10 +319,10 @@ def format_table(table):
                      "% copy = Roofline.time_copy / time, runner-up = its time / the fastest's):")
         lines.append(f"{'vocab_size':>10} {'dim':>5}  {'fastest':<14} {'time':>10} {'GB/s':>7} {'% copy':>7}  runner-up")
         for row in rows:
-            name, _ = decide({pass_name: [row], "forward": [row]}, row["vocab_size"], row["dim"])
+            name = _fastest_in(row)
             t = row["times"][name]
             n, D, V = row["n_ids"], row["dim"], row["vocab_size"]
-            nbytes = 2 * n * D * 4 if pass_name == "forward" else (3 * n * D + V * D) * 4
+            nbytes = moved_bytes(pass_name, n, V, D, np.dtype(row["dtype"]).itemsize)
             copy = table.get("copy", {}).get(str(D))
             pct = f"{copy / t * 100:6.0f}%" if copy and pass_name == "forward" else "    n/a"
             others = sorted((s, k) for k, s in row["times"].items() if k != name)
