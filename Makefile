@@ -21,7 +21,7 @@ test: venv
 	$(PY) -m pytest -q
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
-## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env: commit first. 8-10 min on 2 vCPUs.)
+## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env: commit first. About 7 min on 2 vCPUs, measured.)
 bench: venv
 	$(ASV) machine --yes --config asv.conf.json
 	$(ASV) run --config asv.conf.json HEAD^!
