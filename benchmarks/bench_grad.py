@@ -1,5 +1,6 @@
 """Backward of the lookup, dW = scatter-add of the output gradient's rows, by every kernel."""
 import kernels
+from kernels._ops import LOOKUP_GRAD
 
 from . import common
 
@@ -11,9 +12,9 @@ class LookupGrad(common.Timing):
     (time_lookup_grad) or left to the kernel (peakmem_lookup_grad: peak RSS of the whole process).
     Checked once per parameter set against a float64 np.add.at reference: each element within
     k * eps(float32) * sum|g| of it (k = its number of contributions), unhit rows exactly +0.0.
-    track_bandwidth: GB/s = (n*D [read G] + n*D [dW rows read-modify-write, counted once]
-    + V*D [zeroing dW]) * itemsize / time per call (best of 3 medians, as in Lookup). Counting the
-    read-modify-write once makes this a lower bound on the traffic.
+    track_bandwidth: GB/s = LOOKUP_GRAD.moved_bytes / time per call (best of 3 medians, as in
+    Lookup): (n*D [read G] + 2*n*D [dW rows read and written] + V*D [zeroing dW]) * itemsize, the
+    same count as the roofline script and `python -m kernels`.
     """
 
     params = [common.KERNELS, common.VOCAB_SIZES, common.DIMS]
@@ -38,6 +39,6 @@ class LookupGrad(common.Timing):
         seconds = common.best_median_seconds(
             lambda: self.K.lookup_grad(self.G, self.ids, vocab_size, out=self.dW)
         )
-        return common.gbps(common.scatter_bytes(self.ids.size, vocab_size, dim), seconds)
+        return common.gbps(LOOKUP_GRAD.moved_bytes(self.ids.size, vocab_size, dim), seconds)
 
     track_bandwidth.unit = "GB/s"

@@ -2,6 +2,7 @@
 import numpy as np
 
 import kernels
+from kernels._ops import LOOKUP
 
 from . import common
 
@@ -13,7 +14,8 @@ class Lookup(common.Timing):
     peakmem_lookup: without `out`, what a user pays: peak RSS of the whole process, i.e. the
     table, the ids, the preallocated out of the other methods, and everything the call allocates
     (its output, one-hot blocks, the CSR matrix...).
-    track_bandwidth: GB/s = 2 * n * D * itemsize (read n rows of W, write n rows of out) / time
+    track_bandwidth: GB/s = LOOKUP.moved_bytes = 2 * n * D * itemsize (read n rows of W, write
+    n rows of out) / time
     per call, the best of 3 medians of single calls timed with time.perf_counter
     (common.best_median_seconds). A plain copy of the output's size (Roofline.track_bandwidth)
     counts bytes the same way, so it is the ceiling to compare with; a gather can beat it when
@@ -40,7 +42,7 @@ class Lookup(common.Timing):
 
     def track_bandwidth(self, kernel, vocab_size, dim):
         seconds = common.best_median_seconds(lambda: self.K(self.W, self.ids, out=self.out))
-        return common.gbps(common.gather_bytes(self.ids.size, dim), seconds)
+        return common.gbps(LOOKUP.moved_bytes(self.ids.size, vocab_size, dim), seconds)
 
     track_bandwidth.unit = "GB/s"
 
@@ -67,6 +69,6 @@ class Roofline(common.Timing):
 
     def track_bandwidth(self, dim):
         seconds = common.best_median_seconds(lambda: np.copyto(self.out, self.src))
-        return common.gbps(common.gather_bytes(common.N_IDS, dim), seconds)
+        return common.gbps(LOOKUP.moved_bytes(common.N_IDS, 0, dim), seconds)
 
     track_bandwidth.unit = "GB/s"

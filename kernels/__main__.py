@@ -1,4 +1,5 @@
-"""`python -m kernels`: print which kernel is fastest at each measured size (see kernels.fastest)."""
-from kernels.fastest import main
+"""`python -m kernels`: print which kernel is fastest at each measured size, or write the
+decision table (see kernels._decision_table)."""
+from kernels._decision_table import main
 
 main()

@@ -1,19 +1,22 @@
-"""The one place that checks the lookup contract; every kernel runs behind it.
+"""The one place that checks arguments; every operation's `prepare` runs these before a kernel.
 
 Kernels receive weights that are 2-D native float32/float64 arrays (any strides), ids as a
 1-D C-contiguous int32 or int64 array already checked to lie in [0, vocab_size), and an output
-that is C-contiguous, writeable and of the right shape and dtype. Compiled loops skip bounds
-checks only because these functions ran first.
+that is C-contiguous, writeable, of the right shape and dtype, and overlaps no input. Compiled
+loops skip bounds checks only because these functions ran first.
 """
 import operator
 
 import numpy as np
 
 from kernels._bounds import any_out_of_range
+from kernels._formats import _BY_DTYPE_CHAR
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT64 = np.dtype(np.int64)
 _UINT64 = np.dtype(np.uint64)
+MAX_VOCAB_SIZE = int(np.iinfo(np.intp).max)
+_OUT_TYPES = (np.ndarray, np.memmap)
 
 
 def _float_array(x, name):
@@ -22,6 +25,11 @@ def _float_array(x, name):
     if dt.char not in ("f", "d") or not dt.isnative:
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
     return a
+
+
+def float_format_of(a):
+    """The Format of a float array already checked by _float_array."""
+    return _BY_DTYPE_CHAR[a.dtype.char]
 
 
 def check_weights(weights):
@@ -33,7 +41,7 @@ def check_weights(weights):
 
 
 def check_vocab_size(vocab_size):
-    """Return vocab_size as a non-negative int."""
+    """Return vocab_size as a non-negative int that an array dimension can hold."""
     if isinstance(vocab_size, (bool, np.bool_)):
         raise TypeError(f"vocab_size must be an integer, got {vocab_size!r}")
     try:
@@ -42,18 +50,45 @@ def check_vocab_size(vocab_size):
         raise TypeError(f"vocab_size must be an integer, got {vocab_size!r}") from None
     if V < 0:
         raise ValueError(f"vocab_size must be >= 0, got {V}")
+    if V > MAX_VOCAB_SIZE:
+        raise ValueError(f"vocab_size must be at most 2**63 - 1, got {V}")
     return V
+
+
+def _out_of_range_error(value, pos, vocab_size):
+    return IndexError(
+        f"id {value} at position {pos} is out of range for vocab_size {vocab_size} "
+        f"(valid ids are 0 <= id < {vocab_size})"
+    )
 
 
 def _first_out_of_range(ids, vocab_size):
     bad = (ids < 0) | (ids >= vocab_size)
     flat_pos = int(np.argmax(bad))
     pos = tuple(int(p) for p in np.unravel_index(flat_pos, ids.shape))
-    value = int(ids[pos])
-    return IndexError(
-        f"id {value} at position {pos} is out of range for vocab_size {vocab_size} "
-        f"(valid ids are 0 <= id < {vocab_size})"
-    )
+    return _out_of_range_error(int(ids[pos]), pos, vocab_size)
+
+
+def _ids_from_python(ids, a, vocab_size):
+    """ids given as (nested) Python/NumPy scalars that NumPy could not type as integers (a mix
+    of int64 and uint64 scalars becomes float64, ints past 2**63 become objects): an int64 array
+    if every element is an integer in range, else the error for the first one that is not."""
+    try:
+        obj = np.asarray(ids, dtype=object)
+    except (ValueError, TypeError):
+        obj = None
+    if obj is None or obj.shape != a.shape:
+        raise TypeError(f"ids must have an integer dtype, got {a.dtype}")
+    for pos in np.ndindex(obj.shape):
+        x = obj[pos]
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+            raise TypeError(
+                f"ids must have an integer dtype, got {a.dtype} "
+                f"({type(x).__name__} {x!r} at position {tuple(int(p) for p in pos)})"
+            )
+        if not 0 <= int(x) < vocab_size:
+            raise _out_of_range_error(int(x), tuple(int(p) for p in pos), vocab_size)
+    return obj.astype(_INT64)
 
 
 def check_ids(ids, vocab_size):
@@ -62,8 +97,10 @@ def check_ids(ids, vocab_size):
         a = ids
     else:
         a = np.asarray(ids)
-        if a.size == 0 and a.dtype.kind == "f":  # [] holds no floats: index with it as W[[]] does
+        if a.dtype.kind == "f" and a.size == 0:  # [] holds no floats: index with it as W[[]] does
             a = a.astype(np.intp)
+        elif a.dtype.kind in "fO" and not isinstance(ids, np.ndarray):
+            a = _ids_from_python(ids, a, vocab_size)
     dt = a.dtype
     if dt.kind not in "iu":
         raise TypeError(f"ids must have an integer dtype, got {dt}")
@@ -78,9 +115,14 @@ def check_ids(ids, vocab_size):
     return a, flat
 
 
-def check_out(out, shape, dtype, source, source_name):
-    """Return out if it can receive a result of this shape and dtype, else raise ValueError."""
-    if not isinstance(out, np.ndarray):
+def check_out(out, shape, dtype, inputs):
+    """Return out if it can receive a result of this shape and dtype and overlaps none of the
+    inputs (a sequence of (array, name)), else raise ValueError naming the problem."""
+    if type(out) not in _OUT_TYPES:
+        if isinstance(out, np.ndarray):
+            raise ValueError(
+                f"out must be a plain numpy.ndarray, got the subclass {type(out).__name__}"
+            )
         raise ValueError(f"out must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != shape:
         raise ValueError(f"out must have shape {shape}, got {out.shape}")
@@ -90,36 +132,7 @@ def check_out(out, shape, dtype, source, source_name):
         raise ValueError("out must be C-contiguous")
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
-    if np.may_share_memory(out, source):
-        raise ValueError(f"out must not overlap {source_name}")
+    for source, name in inputs:
+        if isinstance(source, np.ndarray) and np.may_share_memory(out, source):
+            raise ValueError(f"out must not overlap {name}")
     return out
-
-
-def lookup_args(weights, ids, out):
-    """Check a forward call; return (W, flat_ids, out2d, result)."""
-    W = check_weights(weights)
-    V, D = W.shape
-    a, flat = check_ids(ids, V)
-    shape = a.shape + (D,)
-    if out is None:
-        result = np.empty(shape, W.dtype)
-    else:
-        result = check_out(out, shape, W.dtype, W, "weights")
-    return W, flat, result.reshape(flat.shape[0], D), result
-
-
-def grad_args(grad, ids, vocab_size, out):
-    """Check a backward call; return (G2d, flat_ids, dW, dW_is_zeroed)."""
-    G = _float_array(grad, "grad")
-    V = check_vocab_size(vocab_size)
-    ids_shape = np.shape(ids)
-    if G.ndim != len(ids_shape) + 1 or G.shape[:-1] != ids_shape:
-        raise ValueError(
-            f"grad must have shape ids.shape + (dim,) = {ids_shape} + (dim,), got {G.shape}"
-        )
-    D = G.shape[-1]
-    a, flat = check_ids(ids, V)
-    if out is None:
-        return G.reshape(flat.shape[0], D), flat, np.zeros((V, D), G.dtype), True
-    dW = check_out(out, (V, D), G.dtype, G, "grad")
-    return G.reshape(flat.shape[0], D), flat, dW, False

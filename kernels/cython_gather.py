@@ -11,9 +11,10 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels._cpu import prefetch_distance
+from kernels._formats import FLOAT
 from kernels._kernel import Kernel
+from kernels._ops import LOOKUP, LOOKUP_GRAD
 from kernels._threads import threads_for
-from kernels._validate import lookup_args
 
 
 def _gather(W, ids, out):
@@ -26,14 +27,21 @@ def _scatter_add(G, ids, dW, zeroed):
     _core.scatter_add(G, ids, dW, zeroed, threads_for(G.nbytes + (0 if zeroed else dW.nbytes)))
 
 
-KERNEL = Kernel("cython_gather", _gather, _scatter_add, "Cython OpenMP prange, memcpy per row")
+KERNEL = Kernel(
+    "cython_gather",
+    "Cython OpenMP prange, memcpy per row",
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    compiled=True,
+    family="gather",
+    colour="#2ca02c",
+)
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
 
 
 def threads_used(weights, ids):
     """Run the forward gather and return how many threads did work in it."""
-    W, flat, out2d, _ = lookup_args(weights, ids, None)
+    W, _, flat, out2d, _ = LOOKUP.prepare(weights, ids, None)
     if not out2d.size:
         return 0
     return _core.gather(W, flat, out2d, threads_for(out2d.nbytes), 0)

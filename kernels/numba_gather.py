@@ -13,10 +13,11 @@ import numpy as np
 from numba import njit, prange
 
 from kernels._cpu import prefetch_distance
+from kernels._formats import FLOAT
 from kernels._kernel import Kernel
+from kernels._ops import LOOKUP, LOOKUP_GRAD
 from kernels._numba_intrinsics import copy_row, prefetch_row, zero_rows
 from kernels._threads import threads_for
-from kernels._validate import lookup_args
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -105,12 +106,19 @@ def _scatter_add(G, ids, dW, zeroed):
         _run_parallel(_scatter_parallel, G, ids, dW, zeroed, nthreads)
 
 
-KERNEL = Kernel("numba_gather", _gather, _scatter_add, "Numba row loops, chunked prange")
+KERNEL = Kernel(
+    "numba_gather",
+    "Numba row loops, chunked prange",
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    compiled=True,
+    family="gather",
+    colour="#1f77b4",
+)
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
 
 
 def threads_used(weights, ids):
     """Run the forward gather and return how many threads did work in it."""
-    W, flat, out2d, _ = lookup_args(weights, ids, None)
+    W, _, flat, out2d, _ = LOOKUP.prepare(weights, ids, None)
     return _gather_threads(W, flat, out2d) if out2d.size else 0

@@ -9,7 +9,9 @@ accumulate in id order, as np.add.at does, and it was measured 1.2-3.7x faster t
 """
 import numpy as np
 
+from kernels._formats import FLOAT
 from kernels._kernel import Kernel
+from kernels._ops import LOOKUP, LOOKUP_GRAD
 
 
 def _gather(W, ids, out):
@@ -25,6 +27,13 @@ def _scatter_add(G, ids, dW, zeroed):
     dW[sorted_ids[starts]] = np.add.reduceat(G[order], starts, axis=0)
 
 
-KERNEL = Kernel("numpy_take", _gather, _scatter_add, "NumPy np.take(mode='clip') / sort + np.add.reduceat")
+KERNEL = Kernel(
+    "numpy_take",
+    "NumPy np.take(mode='clip') / sort + np.add.reduceat",
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    compiled=False,
+    family="gather",
+    colour="#7f7f7f",
+)
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad

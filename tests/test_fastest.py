@@ -1,9 +1,12 @@
-"""kernels.fastest: the kernel measured fastest for a size, from this machine's latest asv
-results (asv's own results format, written here with asv's own API), else the shipped table.
+"""kernels.fastest: the kernel measured fastest for a size, from the local decision table that
+`python -m kernels --write-local` builds from this machine's latest asv results (asv's own
+results format, written here with asv's own API), else the shipped table.
 
-Every test runs against a private asv.conf.json (KERNELS_ASV_CONFIG) and a private shipped
-table (the module's SHIPPED_TABLE monkeypatched), with the decision caches cleared before and
-after, so nothing depends on the checkout's real results or table.
+Every test runs against a private asv.conf.json (KERNELS_ASV_CONFIG), a private local table
+(KERNELS_DECISION_TABLE) and a private shipped table (the module's SHIPPED_TABLE monkeypatched),
+with the decision caches cleared before and after, so nothing depends on the checkout's real
+results or tables. `write_results` models an asv run followed by `make bench`'s publishing step
+(`python -m kernels --write-local`); `publish()` runs that step alone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ from asv.runner import BenchmarkResult
 import kernels
 from conftest import assert_bitwise_equal, make_weights
 
-F = importlib.import_module("kernels.fastest")  # the module; kernels.fastest is the function
+F = importlib.import_module("kernels.decisions")  # the table kernels.fastest decides from
+T = importlib.import_module("kernels._decision_table")  # python -m kernels: builds tables
+FORWARD = kernels.OPERATIONS["lookup"].benchmark
+BACKWARD = kernels.OPERATIONS["lookup_grad"].benchmark
+COPY = T.COPY_BENCHMARK
 
 MACHINE = platform.node()
 OTHER_MACHINE = MACHINE + "-other"
@@ -119,8 +126,10 @@ def write_results(
     env_name="virtualenv-py3.11-numpy",
     kernels_=ALL,
     grid=GRID,
+    publish_table=True,
 ):
-    """Save one asv results file (version 2) with asv's Results API; return its path.
+    """Save one asv results file (version 2) with asv's Results API, then (publish_table) build
+    the local decision table from the results as `make bench` does; return the file's path.
 
     forward/backward: {(kernel, V, D): seconds or None/NaN}; copy: {D: seconds}."""
     params = {"machine": machine, "python": "3.11", "arch": "x86_64", "cpu": "test", "os": "test"}
@@ -128,12 +137,12 @@ def write_results(
     p = _grid_params(kernels_, grid)
     names = ["kernel", "vocab_size", "dim"]
     if forward is not None:
-        _add(res, _bench(F.FORWARD, p, names), _grid_result(forward, kernels_, grid))
+        _add(res, _bench(FORWARD, p, names), _grid_result(forward, kernels_, grid))
     if backward is not None:
-        _add(res, _bench(F.BACKWARD, p, names), _grid_result(backward, kernels_, grid))
+        _add(res, _bench(BACKWARD, p, names), _grid_result(backward, kernels_, grid))
     if copy is not None:
         Ds = sorted(copy)
-        _add(res, _bench(F.COPY, [[repr(D) for D in Ds]], ["dim"]), [copy[D] for D in Ds])
+        _add(res, _bench(COPY, [[repr(D) for D in Ds]], ["dim"]), [copy[D] for D in Ds])
     res.save(str(results_dir))
     machine_json = os.path.join(str(results_dir), machine, "machine.json")
     if not os.path.exists(machine_json):
@@ -141,7 +150,19 @@ def write_results(
             json.dump({"machine": machine, "arch": "x86_64", "cpu": "test", "version": 1}, f)
     path = os.path.join(str(results_dir), machine, f"{commit[:8]}-{env_name}.json")
     assert os.path.exists(path), f"test bug: asv saved elsewhere than {path}"
+    if publish_table:
+        publish()
     return path
+
+
+def publish():
+    """`python -m kernels --write-local` for the config KERNELS_ASV_CONFIG names (a run with no
+    usable results leaves the local table as it was, as the command does), then reload."""
+    try:
+        T.main(["--write-local"])
+    except SystemExit:
+        pass
+    F.reload()
 
 
 def write_standard(results_dir, **kw):
@@ -174,9 +195,10 @@ def shipped_table_dict(tmp_path):
         backward=times_for(SHIPPED_WIN),
         copy={8: 0.5e-6, 32: 0.6e-6},
         machine="shipping-machine",
+        publish_table=False,
     )
-    with open(path) as f:
-        return F.table_from_results(json.load(f), path)
+    conf = write_config(tmp_path / "make_shipped.conf.json", str(d))
+    return T.table_from_results(str(conf), "shipping-machine")
 
 
 @pytest.fixture
@@ -189,6 +211,7 @@ def env(tmp_path, monkeypatch):
     conf_dir.mkdir()
     config = write_config(conf_dir / "asv.conf.json", "results")
     monkeypatch.setenv("KERNELS_ASV_CONFIG", str(config))
+    monkeypatch.setenv("KERNELS_DECISION_TABLE", str(tmp_path / "local" / "decision_table.json"))
     F.reload()
 
     class Env:
@@ -234,11 +257,13 @@ def test_backward_returns_the_registry_kernel_measured_fastest_at_each_grid_poin
 
 def test_load_table_names_the_results_file_it_read_as_source(env):
     path = write_standard(env.results)
-    table = F.load_table()
+    table = T.table_from_results()
     assert os.path.samefile(table["source"], path), table["source"]
     assert table["machine"] == MACHINE
-    assert {(r["vocab_size"], r["dim"]) for r in table["forward"]} == set(GRID)
-    assert {(r["vocab_size"], r["dim"]) for r in table["backward"]} == set(GRID)
+    assert {(r["vocab_size"], r["dim"]) for r in table["ops"]["lookup"]} == set(GRID)
+    assert {(r["vocab_size"], r["dim"]) for r in table["ops"]["lookup_grad"]} == set(GRID)
+    in_use = F.load_table()["source"]
+    assert in_use.startswith("local table") and path in in_use, in_use
 
 
 def test_backward_without_backward_results_uses_the_forward_decisions(env):
@@ -332,7 +357,7 @@ def test_the_newest_commits_results_file_by_date_is_used(env, newest_hash, write
     newest_path = paths[0] if write_newest_first else paths[1]
     if not write_newest_first:  # the newest file must not win by being the most recently written
         os.utime(newest_path, (1_000_000, 1_000_000))
-    assert os.path.samefile(F.load_table()["source"], newest_path)
+    assert os.path.samefile(T.table_from_results()["source"], newest_path)
     for V, D in GRID:
         assert kernels.fastest(V, D) is the(FWD_WIN[(V, D)])
         assert kernels.fastest(V, D, backward=True) is the(BWD_WIN[(V, D)])
@@ -345,7 +370,7 @@ def test_other_machines_results_are_ignored(env):
     assert F.load_table()["source"].startswith("shipped")
     F.reload()
     mine = write_standard(env.results, date=DATE_OLD)
-    assert os.path.samefile(F.load_table()["source"], mine)
+    assert os.path.samefile(T.table_from_results()["source"], mine)
     for V, D in GRID:
         assert kernels.fastest(V, D) is the(FWD_WIN[(V, D)])
 
@@ -353,10 +378,10 @@ def test_other_machines_results_are_ignored(env):
 def test_load_table_machine_argument_reads_that_machines_results(env):
     write_standard(env.results)
     other = write_results(env.results, forward=times_for("numpy_take"), machine=OTHER_MACHINE)
-    table = F.load_table(str(env.config), OTHER_MACHINE)
+    table = T.table_from_results(str(env.config), OTHER_MACHINE)
     assert os.path.samefile(table["source"], other)
     for V, D in GRID:
-        assert F.decide(table, V, D)[0] == "numpy_take"
+        assert F.decide(table, V, D).kernel.name == "numpy_take"
 
 
 def test_a_newer_results_file_whose_lookup_runs_all_failed_does_not_hide_older_measurements(env):
@@ -367,7 +392,7 @@ def test_a_newer_results_file_whose_lookup_runs_all_failed_does_not_hide_older_m
     write_results(env.results, forward=failed, backward=failed, commit="2" * 40, date=DATE_NEW)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = F.load_table()
+        table = T.table_from_results()
     assert not table["source"].startswith("shipped"), table["source"]
     assert os.path.samefile(table["source"], good)
 
@@ -392,7 +417,7 @@ def test_kernels_asv_config_env_var_names_the_config(env, tmp_path, monkeypatch)
     write_results(other_dir / "res", forward=times_for("numpy_take"))
     write_standard(env.results)  # the config the fixture named: must not be read now
     monkeypatch.setenv("KERNELS_ASV_CONFIG", str(cfg))
-    F.reload()
+    publish()
     assert all(kernels.fastest(V, D) is the("numpy_take") for V, D in GRID)
 
 
@@ -403,8 +428,21 @@ def test_asv_conf_json_in_the_working_directory_is_used_without_the_env_var(env,
     write_results(cwd / ".asv" / "results", forward=times_for("cython_gather"))
     monkeypatch.delenv("KERNELS_ASV_CONFIG")
     monkeypatch.chdir(cwd)
-    F.reload()
+    publish()  # the command line reads ./asv.conf.json
     assert all(kernels.fastest(V, D) is the("cython_gather") for V, D in GRID)
+
+
+def test_at_run_time_the_working_directory_does_not_matter(env, tmp_path, monkeypatch):
+    write_standard(env.results)
+    elsewhere = tmp_path / "elsewhere-cwd"
+    elsewhere.mkdir()
+    write_config(elsewhere / "asv.conf.json", ".asv/results")
+    write_results(elsewhere / ".asv" / "results", forward=times_for("cython_gather"),
+                  publish_table=False)
+    monkeypatch.chdir(elsewhere)
+    F.reload()
+    for V, D in GRID:
+        assert kernels.fastest(V, D) is the(FWD_WIN[(V, D)])
 
 
 def test_an_absolute_results_dir_in_the_config_is_honoured(env, tmp_path, monkeypatch):
@@ -412,7 +450,7 @@ def test_an_absolute_results_dir_in_the_config_is_honoured(env, tmp_path, monkey
     cfg = write_config(tmp_path / "abs.conf.json", str(abs_dir))
     write_results(abs_dir, forward=times_for("numba_gather"))
     monkeypatch.setenv("KERNELS_ASV_CONFIG", str(cfg))
-    F.reload()
+    publish()
     assert all(kernels.fastest(V, D) is the("numba_gather") for V, D in GRID)
 
 
@@ -475,7 +513,7 @@ def _write_text(text):
 
 def _valid_then(mutate):
     def setup(results):
-        path = write_standard(results)
+        path = write_standard(results, publish_table=False)
         with open(path) as f:
             data = json.load(f)
         mutate(data)
@@ -487,12 +525,12 @@ def _valid_then(mutate):
 
 
 def _count_mismatch(data):
-    row = data["results"][F.FORWARD]
+    row = data["results"][FORWARD]
     row[data["result_columns"].index("result")].pop()
 
 
 def _params_not_lists(data):
-    row = data["results"][F.FORWARD]
+    row = data["results"][FORWARD]
     row[data["result_columns"].index("params")] = 7
 
 
@@ -509,7 +547,7 @@ def _no_result_columns(data):
 
 
 def _row_not_list(data):
-    data["results"][F.FORWARD] = "oops"
+    data["results"][FORWARD] = "oops"
 
 
 def _params_block_not_dict(data):
@@ -536,6 +574,7 @@ def test_a_corrupt_results_file_warns_naming_it_and_the_shipped_table_decides(en
     path = CORRUPT[corruption](env.results)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        publish()
         got = {(V, D, bw): kernels.fastest(V, D, backward=bw) for V, D in GRID for bw in (False, True)}
     messages = [str(w.message) for w in caught]
     assert any(path.name in m for m in messages), (
@@ -556,24 +595,31 @@ def test_a_corrupt_results_file_next_to_a_good_one_never_raises(env):
     bad_path.write_text(json.dumps(data))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        publish()
         got = kernels.fastest(100, 8)
     assert got in (the(FWD_WIN[(100, 8)]), the(SHIPPED_WIN))
 
 
-def test_a_corrupt_asv_conf_json_warns_and_the_shipped_table_decides(env):
-    write_standard(env.results)
+def test_a_corrupt_asv_conf_json_is_named_and_the_shipped_table_decides(env, capsys):
+    write_standard(env.results, publish_table=False)
     env.config.write_text('{"results_dir": "results",,}')
-    with pytest.warns(UserWarning, match="asv"):
-        got = kernels.fastest(100, 8)
+    with pytest.raises(SystemExit) as exc:
+        T.main(["--write-local"])
+    assert exc.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "asv config" in err and str(env.config) in err, err
+    F.reload()
+    got = kernels.fastest(100, 8)
     assert got is the(SHIPPED_WIN)
 
 
 def test_an_inline_comment_in_asv_conf_json_is_accepted(env):
     # asv itself reads asv.conf.json as JSON5 (comments anywhere)
-    write_standard(env.results)
+    write_standard(env.results, publish_table=False)
     env.config.write_text('{\n  "version": 1,\n  "results_dir": "results" // here\n}\n')
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        publish()
         assert kernels.fastest(100, 8) is the(FWD_WIN[(100, 8)])
 
 
@@ -751,10 +797,10 @@ def _parse_cli_table(text):
     """{'forward': {(V, D): winner}, 'backward': {...}} from format_table's text."""
     out, section = {}, None
     for line in text.splitlines():
-        if line.startswith("forward"):
-            section = out.setdefault("forward", {})
-        elif line.startswith("backward"):
+        if line.startswith("lookup_grad "):
             section = out.setdefault("backward", {})
+        elif line.startswith("lookup "):
+            section = out.setdefault("forward", {})
         elif section is not None:
             parts = line.split()
             if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():
@@ -767,7 +813,7 @@ def _parse_cli_table(text):
 def test_cli_prints_the_source_file_and_one_winner_line_per_size(env, tmp_path):
     path = write_standard(env.results)
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.fastest", "--config", str(env.config)],
+        [sys.executable, "-m", "kernels", "--config", str(env.config)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -780,7 +826,7 @@ def test_cli_prints_the_source_file_and_one_winner_line_per_size(env, tmp_path):
 
 
 def test_cli_in_process_without_results_prints_the_shipped_table(env, capsys):
-    F.main(["--config", str(env.config)])
+    T.main(["--config", str(env.config)])
     out = capsys.readouterr().out
     assert "shipped" in out and str(env.shipped) in out
     parsed = _parse_cli_table(out)
@@ -788,22 +834,20 @@ def test_cli_in_process_without_results_prints_the_shipped_table(env, capsys):
 
 
 def test_write_table_writes_a_table_that_round_trips_through_load_table(env, tmp_path, monkeypatch, capsys):
-    write_standard(env.results)
-    from_results = F.load_table()
+    write_standard(env.results, publish_table=False)
+    from_results = T.table_from_results()
     target = tmp_path / "written" / "decision_table.json"
     target.parent.mkdir()
     monkeypatch.setattr(F, "SHIPPED_TABLE", str(target))
-    F.main(["--config", str(env.config), "--write-table"])
+    T.main(["--config", str(env.config), "--write-table"])
     assert str(target) in capsys.readouterr().out
     json.loads(target.read_text())  # valid JSON
-    # now with no results: the written table is the shipped one
-    empty_cfg = write_config(tmp_path / "empty.conf.json", "nothing-here")
-    loaded = F.load_table(str(empty_cfg))
-    assert loaded["source"].startswith("shipped") and str(target) in loaded["source"]
-    for key in ("forward", "backward", "copy", "machine", "commit", "date"):
-        assert loaded[key] == from_results[key], key
-    monkeypatch.setenv("KERNELS_ASV_CONFIG", str(empty_cfg))
+    # now with no local table: the written table is the shipped one
     F.reload()
+    loaded = F.load_table()
+    assert loaded["source"].startswith("shipped") and str(target) in loaded["source"]
+    for key in ("ops", "copy", "machine", "commit", "date"):
+        assert loaded[key] == from_results[key], key
     for V, D in GRID:
         assert kernels.fastest(V, D) is the(FWD_WIN[(V, D)])
         assert kernels.fastest(V, D, backward=True) is the(BWD_WIN[(V, D)])
@@ -812,7 +856,7 @@ def test_write_table_writes_a_table_that_round_trips_through_load_table(env, tmp
 def test_write_table_without_results_is_a_usage_error_and_leaves_the_table_alone(env, capsys):
     before = env.shipped.read_bytes()
     with pytest.raises(SystemExit) as exc:
-        F.main(["--config", str(env.config), "--write-table"])
+        T.main(["--config", str(env.config), "--write-table"])
     assert exc.value.code not in (0, None)
     assert "no asv results" in capsys.readouterr().err
     assert env.shipped.read_bytes() == before
@@ -823,7 +867,7 @@ def test_write_table_without_results_or_a_shipped_table_is_a_usage_error(env, tm
     missing = tmp_path / "not-yet" / "decision_table.json"
     monkeypatch.setattr(F, "SHIPPED_TABLE", str(missing))
     with pytest.raises(SystemExit) as exc:
-        F.main(["--config", str(env.config), "--write-table"])
+        T.main(["--config", str(env.config), "--write-table"])
     assert exc.value.code not in (0, None)
     assert "no asv results" in capsys.readouterr().err
     assert not missing.exists()

@@ -1,0 +1,55 @@
+"""The one timing loop of the suite's scripts and asv track_* benchmarks (not used by the
+kernels): medians of single calls, best of interleaved rounds, because the machines this runs on
+are shared and noisy (whole episodes where every 2-thread call waits a scheduler slice)."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+
+
+def per_call_seconds(fn: Callable[[], object], number: int = 1) -> float:
+    """Seconds per call of `number` back-to-back calls of fn."""
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def median_seconds(fn: Callable[[], object], reps: int, number: int = 1) -> float:
+    """Median over `reps` samples of per_call_seconds(fn, number)."""
+    return statistics.median(per_call_seconds(fn, number) for _ in range(reps))
+
+
+def best_median_seconds(fn: Callable[[], object], batches: int = 3, batch_seconds: float = 0.05,
+                        max_calls: int = 100) -> float:
+    """The best (lowest) of `batches` medians of single calls; each batch times calls until
+    batch_seconds have passed (at least one call, at most max_calls)."""
+    best = math.inf
+    for _ in range(batches):
+        times = []
+        start = time.perf_counter()
+        while len(times) < max_calls:
+            times.append(per_call_seconds(fn))
+            if time.perf_counter() - start > batch_seconds:
+                break
+        best = min(best, statistics.median(times))
+    return best
+
+
+def interleaved_best(methods: dict, rounds: int, reps: int, number: int = 1,
+                     rng=None) -> dict:
+    """{name: best per-round median seconds} of zero-argument callables timed in turn, round
+    after round (in a new random order each round when an rng with .shuffle is given), after
+    one warm-up call each (JIT compilation, first touch of pages)."""
+    for fn in methods.values():
+        fn()
+    best = {name: math.inf for name in methods}
+    order = list(methods)
+    for _ in range(rounds):
+        if rng is not None:
+            rng.shuffle(order)
+        for name in order:
+            best[name] = min(best[name], median_seconds(methods[name], reps, number))
+    return best
