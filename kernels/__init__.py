@@ -64,7 +64,7 @@ def lookup(weights, ids, *, kernel: str | Kernel = "numpy_take", out: np.ndarray
     if kernel == "auto":
         W = check_weights(weights)
         V, D = W.shape
-        fmt = FORMATS[W.dtype.name]
+        fmt = float_format_of(W)
         return for_call(LOOKUP, V, D, _n_ids(ids), fmt).lookup(W, ids, out=out)
     return get_kernel(kernel).lookup(weights, ids, out=out)
 

@@ -284,8 +284,8 @@ def latest_run(results_dir: str, machine: str | None = None) -> Run:
     for p in _result_files(os.path.join(results_dir, machine)):
         try:
             run = load_run(p, machine, names)
-        except ResultsError as e:
-            notes.append(f"corrupt results file {e}")
+        except ResultsError as e:  # its message starts "results file <path>: "
+            notes.append(f"corrupt {e}")
             continue
         if not _has_measurement(run):
             notes.append(f"results file {p}: no measured time (a failed build?); skipped")

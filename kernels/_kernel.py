@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from kernels._formats import Format
+from kernels._formats import FORMATS, Format
 from kernels._ops import LOOKUP, LOOKUP_GRAD, Operation, operation_named
+
+
+_prepare_lookup = LOOKUP.prepare
+_prepare_lookup_grad = LOOKUP_GRAD.prepare
 
 
 def _no_budget(op, vocab_size, dim, n_ids, itemsize):
@@ -53,8 +57,9 @@ class Kernel:
             formats = (formats,) if isinstance(formats, Format) else tuple(formats)
             for fmt in formats:
                 self._impls.setdefault(op.name, {})[fmt.name] = fn
-        self._lookup = self._impls.get(LOOKUP.name, {})
-        self._lookup_grad = self._impls.get(LOOKUP_GRAD.name, {})
+        by_format = {op: {FORMATS[f]: fn for f, fn in fns.items()} for op, fns in self._impls.items()}
+        self._lookup = by_format.get(LOOKUP.name, {})
+        self._lookup_grad = by_format.get(LOOKUP_GRAD.name, {})
 
     def implements(self, op, fmt) -> bool:
         """Whether this kernel has a function for (operation, format) (names or objects)."""
@@ -76,8 +81,8 @@ class Kernel:
 
     def lookup(self, weights, ids, *, out=None):
         """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given."""
-        W, fmt, flat, out2d, result = LOOKUP.prepare(weights, ids, out)
-        fn = self._lookup.get(fmt.name) or self.function(LOOKUP, fmt)
+        W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out)
+        fn = self._lookup.get(fmt) or self.function(LOOKUP, fmt)
         if out2d.size:
             fn(W, flat, out2d)
         return result
@@ -87,8 +92,8 @@ class Kernel:
 
     def lookup_grad(self, grad, ids, vocab_size, *, out=None):
         """Return dW (vocab_size, dim) with dW[ids[k]] += grad[k] for every k; `out` is overwritten."""
-        G, fmt, flat, dW, zeroed = LOOKUP_GRAD.prepare(grad, ids, vocab_size, out)
-        fn = self._lookup_grad.get(fmt.name) or self.function(LOOKUP_GRAD, fmt)
+        G, fmt, flat, dW, zeroed = _prepare_lookup_grad(grad, ids, vocab_size, out)
+        fn = self._lookup_grad.get(fmt) or self.function(LOOKUP_GRAD, fmt)
         run_grad(fn, G, flat, dW, zeroed)
         return dW
 

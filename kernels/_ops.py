@@ -11,12 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from kernels._validate import (
-    _float_array,
+    _float_format,
     check_ids,
     check_out,
     check_vocab_size,
-    check_weights,
-    float_format_of,
+    check_weights_format,
 )
 
 _CHUNK_BYTES = 2**20
@@ -53,7 +52,7 @@ class Lookup(Operation):
     def prepare(weights, ids, out):
         """Check a call; return (W, format, flat_ids, out2d, result). The kernel's function is
         called as fn(W, flat_ids, out2d) when out2d is not empty."""
-        W = check_weights(weights)
+        W, fmt = check_weights_format(weights)
         V, D = W.shape
         a, flat = check_ids(ids, V)
         shape = a.shape + (D,)
@@ -61,7 +60,7 @@ class Lookup(Operation):
             result = np.empty(shape, W.dtype)
         else:
             result = check_out(out, shape, W.dtype, ((W, "weights"), (a, "ids")))
-        return W, float_format_of(W), flat, result.reshape(flat.shape[0], D), result
+        return W, fmt, flat, result.reshape(flat.shape[0], D), result
 
     @staticmethod
     def moved_bytes(n_ids, vocab_size, dim, itemsize=4):
@@ -111,7 +110,8 @@ class LookupGrad(Operation):
         """Check a call; return (G2d, format, flat_ids, dW, dW_is_zeroed). The kernel's
         function is called as fn(G2d, flat_ids, dW, zeroed) when G2d and dW are not empty; it
         must write all of dW (rows no id hits end up zero; `zeroed` says dW already is)."""
-        G = _float_array(grad, "grad")
+        G = grad if type(grad) is np.ndarray else np.asarray(grad)
+        fmt = _float_format(G, "grad")
         V = check_vocab_size(vocab_size)
         ids_shape = np.shape(ids)
         if G.ndim != len(ids_shape) + 1 or G.shape[:-1] != ids_shape:
@@ -120,7 +120,6 @@ class LookupGrad(Operation):
             )
         D = G.shape[-1]
         a, flat = check_ids(ids, V)
-        fmt = float_format_of(G)
         G2 = G.reshape(flat.shape[0], D)
         if out is None:
             return G2, fmt, flat, np.zeros((V, D), G.dtype), True

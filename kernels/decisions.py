@@ -286,7 +286,10 @@ def fastest(vocab_size: int, dim: int, n_ids: int = DEFAULT_N_IDS, dtype=np.floa
 
 def for_call(op: Operation, vocab_size: int, dim: int, n_ids: int, fmt: Format):
     """fastest() for a call about to run, its sizes already checked: one dict look-up."""
-    return _cached(op.name, vocab_size, dim, n_ids.bit_length(), fmt.name).kernel
+    d = _CACHE.get((op.name, vocab_size, dim, n_ids.bit_length(), fmt.name))
+    if d is None:
+        d = _cached(op.name, vocab_size, dim, n_ids.bit_length(), fmt.name)
+    return d.kernel
 
 
 def reload() -> None:

@@ -12,6 +12,8 @@ import pytest
 
 import kernels
 from kernels import Kernel
+from kernels._formats import FLOAT
+from kernels._ops import LOOKUP, LOOKUP_GRAD
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +55,7 @@ def _asv(*args, home):
 # The suite through asv
 
 
+@pytest.mark.slow
 def test_asv_check_finds_no_problems(tmp_path):
     result = _asv("check", "--python=same", home=tmp_path)
     output = result.stdout + result.stderr
@@ -60,6 +63,7 @@ def test_asv_check_finds_no_problems(tmp_path):
     assert "No problems found" in output, output
 
 
+@pytest.mark.slow
 def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
     machine = _asv("machine", "--yes", home=tmp_path)
     assert machine.returncode == 0, machine.stdout + machine.stderr
@@ -131,7 +135,14 @@ def _kernel(gather, scatter_add=None):
     def no_scatter(G, ids, dW, zeroed):
         raise AssertionError("not used")
 
-    return Kernel("wrong", gather, scatter_add or no_scatter, "a deliberately wrong kernel")
+    return Kernel(
+        "wrong",
+        "a deliberately wrong kernel",
+        {(LOOKUP, FLOAT): gather, (LOOKUP_GRAD, FLOAT): scatter_add or no_scatter},
+        compiled=False,
+        family="gather",
+        colour="#000000",
+    )
 
 
 @pytest.mark.parametrize("name", common.KERNELS)
@@ -274,8 +285,10 @@ def test_the_budget_runs_everything_else_of_the_grid():
                         assert reason is None, (kernel, V, D, backward, reason)
 
 
-def test_bandwidth_formulas():
-    assert common.gather_bytes(16_384, 8) == 2 * 16_384 * 8 * 4
-    assert common.scatter_bytes(16_384, 1_000, 8) == (2 * 16_384 * 8 + 1_000 * 8) * 4
+def test_bandwidth_formulas_are_the_operations_own():
+    lookup, grad = kernels.OPERATIONS["lookup"], kernels.OPERATIONS["lookup_grad"]
+    assert lookup.moved_bytes(16_384, 1_000, 8) == 2 * 16_384 * 8 * 4
+    assert grad.moved_bytes(16_384, 1_000, 8) == (3 * 16_384 * 8 + 1_000 * 8) * 4
+    assert not hasattr(common, "gather_bytes") and not hasattr(common, "scatter_bytes")
     assert common.gbps(2e9, 2.0) == 1.0
     assert common.best_median_seconds(lambda: None, batches=2, batch_seconds=0.001) >= 0

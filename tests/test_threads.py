@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 import kernels
-from conftest import assert_bitwise_equal, assert_grad_close, shared_weights
+from conftest import COMPILED_KERNEL_NAMES, assert_bitwise_equal, assert_grad_close, shared_weights
 
 try:
     CPUS = len(os.sched_getaffinity(0))  # the cores this process may use
 except AttributeError:
     CPUS = os.cpu_count() or 1
-COMPILED = ["numba_gather", "cython_gather"]
+COMPILED = COMPILED_KERNEL_NAMES
 
 
 # --------------------------------------------------------------------------
