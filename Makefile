@@ -1,4 +1,5 @@
 # One entry point: `make test` and `make bench` each set up their own virtualenv first.
+# `make` alone (= `make help`) lists the targets: every `## ` comment line above a target is its help.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,25 +7,61 @@ ASV := $(VENV)/bin/asv
 ASV_DIR := .asv
 HTML_DIR := $(ASV_DIR)/html
 PORT ?= 8080
+BENCH ?=
 
-.PHONY: test bench bench-quick publish serve screenshots venv clean
+# A value as one single-quoted shell word (a ' inside becomes '\''). Used with $(value BENCH), so
+# that a $ in the regex (make bench BENCH='track_bandwidth$') reaches asv as it is.
+shell_quote = '$(subst ','\'',$(1))'
+
+.DEFAULT_GOAL := help
+.PHONY: help test test-fast bench bench-quick publish serve screenshots venv clean
+
+# The variables whose $(NAME) in a ## line `make help` shows by their value.
+HELP_VARS := ASV_DIR HTML_DIR VENV PYTHON PORT
+
+## List the targets and what they do (the default goal).
+help:
+	@echo 'Usage: make <target> [PYTHON=python3.X] [VENV=dir] [BENCH=regex] ...'
+	@echo
+	@$(foreach v,$(HELP_VARS),$(v)=$(call shell_quote,$($(v)))) awk -v vars='$(HELP_VARS)' ' \
+	  BEGIN { n = split(vars, var, " "); \
+	          for (i = 1; i <= n; i++) { name[i] = "$$(" var[i] ")"; val[i] = ENVIRON[var[i]] } } \
+	  function expand(t,   i, j) { for (i = 1; i <= n; i++) \
+	            while ((j = index(t, name[i])) > 0) t = substr(t, 1, j - 1) val[i] substr(t, j + length(name[i])); \
+	          return t } \
+	  /^## / { doc[++lines] = expand(substr($$0, 4)); next } \
+	  /^[A-Za-z0-9_.-]+:([^=]|$$)/ { \
+	    if (lines) { t = substr($$0, 1, index($$0, ":") - 1); \
+	      for (i = 1; i <= lines; i++) printf "  %-13s %s\n", (i == 1 ? t : ""), doc[i] } \
+	    lines = 0; next } \
+	  /^[A-Za-z0-9_]+ *[?:+]?= / { next } \
+	  { lines = 0 }' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+## Create $(VENV) with $(PYTHON) if it is missing, then (re)install the package editable, with its test extras.
 venv: $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 
-## Set up, build the Cython extension, run every test.
+## Set up, build the Cython extension, run every test (what CI runs).
 test: venv
 	$(PY) -m pytest -q
 
+## The tests without those marked slow (the asv subprocess runs and the browser test).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
-## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env: commit first. About 7 min on 2 vCPUs, measured.)
+## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env with the Python of $(VENV):
+## commit first. About 7 min on 2 vCPUs, measured.)
+## BENCH=<regex> runs only the benchmarks whose name matches it (asv run --bench; default: all),
+## e.g. make bench BENCH='^bench_lookup\.Roofline'. Results of the others are kept.
+## With another Python: make bench PYTHON=python3.12 VENV=.venv312.
 bench: venv
 	$(ASV) machine --yes --config asv.conf.json
-	$(ASV) run --config asv.conf.json HEAD^!
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(ASV) run --config asv.conf.json $(if $(value BENCH),--bench $(call shell_quote,$(value BENCH))) HEAD^!
 	$(MAKE) publish
 
 ## A first look in about a minute: the installed package, one sample per benchmark (not real
@@ -39,7 +76,8 @@ bench-quick: venv
 ## to the report must be added here, after it, on every publish.
 publish:
 	$(ASV) publish --config asv.conf.json
-	$(PY) -m benchmarks.report --config asv.conf.json
+	$(PY) -m tools.report --config asv.conf.json
+	$(PY) -m kernels --write-local --config asv.conf.json > /dev/null || echo "publish: kernel='auto' keeps its previous decision table"
 	@echo "Report: $(HTML_DIR)/index.html"
 	@echo "It loads its data over HTTP (not from file://): run 'make serve', then open http://127.0.0.1:$(PORT)/"
 
@@ -51,5 +89,6 @@ screenshots: venv
 serve:
 	$(PY) -m http.server --bind 127.0.0.1 --directory $(HTML_DIR) $(PORT)
 
+## Remove the build products and $(ASV_DIR)/ (environments, results, report).
 clean:
 	rm -rf build $(ASV_DIR) kernels/*.so kernels/_cython_gather.c kernels/_bounds.c kernels/__pycache__

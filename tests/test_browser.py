@@ -4,7 +4,7 @@ A session fixture makes a real report: a throwaway clone of this repository (at 
 working tree's uncommitted files committed on top, so that what is tested is what is in front
 of you; in CI's fresh clone that adds nothing), a small real ``asv run --quick`` (Lookup at
 dims 8 and 128 over every kernel and vocab_size, and the Roofline), ``asv publish``, then
-``python -m benchmarks.report``.  The site is served on 127.0.0.1 by ``python -m http.server``
+``python -m tools.report``.  The site is served on 127.0.0.1 by ``python -m http.server``
 (the page fetches JSON: file:// cannot work) and every request that is not to 127.0.0.1 is
 aborted and recorded.
 
@@ -31,6 +31,8 @@ import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
+
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -93,14 +95,18 @@ def _clone_with_working_tree(dest):
     _sh(["git", "clone", "-q", ROOT, dest], cwd=ROOT, timeout=300)
     listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
-    deleted = subprocess.run(["git", "ls-files", "-z", "-d"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split("\0")
+    # files of the cloned HEAD that the working tree no longer has: deleted or moved, whether
+    # the deletion is staged (git rm, git mv) or not
+    committed = subprocess.run(["git", "ls-files", "-z"], cwd=dest, capture_output=True,
+                               text=True, check=True).stdout.split("\0")
+    deleted = [rel for rel in filter(None, committed)
+               if not os.path.lexists(os.path.join(ROOT, rel))]
     for rel in filter(None, listed):
         src = os.path.join(ROOT, rel)
         if os.path.isfile(src):
             os.makedirs(os.path.dirname(os.path.join(dest, rel)), exist_ok=True)
             shutil.copy2(src, os.path.join(dest, rel))
-    for rel in filter(None, deleted):
+    for rel in deleted:
         if os.path.exists(os.path.join(dest, rel)):
             os.remove(os.path.join(dest, rel))
     _sh(["git", "add", "-A"], cwd=dest)
@@ -157,8 +163,8 @@ def published_site(browser_ok, tmp_path_factory):
         TIMINGS.append((f"setup: asv run --quick (first parameter set of {len(rest)} more)", dt))
     _, dt = _sh(asv + ["publish"], cwd=repo)
     TIMINGS.append(("setup: asv publish", dt))
-    p, dt = _sh([sys.executable, "-m", "benchmarks.report"], cwd=repo, timeout=600)
-    TIMINGS.append(("setup: python -m benchmarks.report", dt))
+    p, dt = _sh([sys.executable, "-m", "tools.report"], cwd=repo, timeout=600)
+    TIMINGS.append(("setup: python -m tools.report", dt))
     assert "self-contained" in p.stdout, (
         f"the report is not self-contained (npm missing?):\n{p.stdout}\n{p.stderr}")
     html_dir = os.path.join(repo, ".asv", "html")
