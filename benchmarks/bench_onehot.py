@@ -40,9 +40,9 @@ class OneHotMatmul(common.Timing):
         self.out.fill(np.nan)
         self.time_matmul(None, None, None)
         if isinstance(self.X, np.ndarray):
-            common.assert_gathered(self.W, self.ids, self.out, "dense one-hot @ W")
+            common.assert_gathered(self.out, self.W, self.ids, "dense one-hot @ W")
         else:
-            common.assert_gathered(self.W, self.ids, self.X @ self.W, "sparse one-hot @ W")
+            common.assert_gathered(self.X @ self.W, self.W, self.ids, "sparse one-hot @ W")
 
     def time_encode(self, form, vocab_size, dim):
         self.encode(self.ids, vocab_size, common.DTYPE)

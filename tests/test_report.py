@@ -1,8 +1,9 @@
-"""Tests of benchmarks/report: the CDN -> local rewriting, the crossover grid, bad input.
+"""Tests of tools/report: the CDN -> local rewriting, the crossover grid, bad input.
 
 The crossover numbers come from a real (small, fast) ``asv run`` of a toy suite with the real
 suite's class / parameter names, whose timings are made far apart on purpose so that the
-fastest kernel in each cell is known; edge cases use asv's own ``asv.results.Results`` API.
+fastest kernel in each cell is known; edge cases use asv's own ``asv.results.Results`` API
+(and ``asv.benchmarks.Benchmarks`` for the parameter names asv keeps in benchmarks.json).
 """
 from __future__ import annotations
 
@@ -24,17 +25,17 @@ if ROOT not in sys.path:
 
 asv = pytest.importorskip("asv")
 
-from benchmarks.report import crossover, site, vendor  # noqa: E402
+from tools.report import crossover, grid, page, results, site, vendor  # noqa: E402
 
 ASV_INDEX_HTML = os.path.join(os.path.dirname(asv.__file__), "www", "index.html")
 
 
 def run_report(*args, cwd=ROOT, env=None):
-    """``python -m benchmarks.report ARGS`` as a user runs it; (returncode, stdout, stderr)."""
+    """``python -m tools.report ARGS`` as a user runs it; (returncode, stdout, stderr)."""
     e = dict(os.environ)
     e.update(env or {})
     e.pop("REPORT_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.report", *args], cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "tools.report", *args], cwd=cwd,
                           capture_output=True, text=True, env=e, timeout=600)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, proc.stdout, proc.stderr
@@ -369,14 +370,13 @@ def toy_asv_project(tmp_path_factory):
 
 
 def _grids(toy):
-    run = crossover.latest_run(str(toy["proj"] / ".asv" / "results"), "toybox")
-    return run, crossover.compute_grids(run.results,
-                                        crossover.load_param_names(str(toy["proj"] / ".asv" / "results")))
+    run = results.load(str(toy["proj"] / ".asv" / "results"), "toybox")
+    return run, grid.compute_grids(run)
 
 
 def test_crossover_from_a_real_asv_run(toy_asv_project):
     run, grids = _grids(toy_asv_project)
-    assert run.results.commit_hash == toy_asv_project["sha"]
+    assert run.commit == toy_asv_project["sha"]
     assert [g.key for g in grids] == ["bench_lookup.Lookup.time_lookup",
                                       "bench_grad.LookupGrad.time_lookup_grad"]
     fwd, bwd = grids
@@ -442,6 +442,18 @@ def write_results(results_dir, machine, commit, date, benches, started=1_700_000
     return os.path.join(str(results_dir), r._filename)
 
 
+def write_benchmarks_json(results_dir, benches, param_names):
+    """results_dir/benchmarks.json as `asv run` writes it (asv.benchmarks.Benchmarks.save):
+    where the reader finds each benchmark's parameter names."""
+    from asv.benchmarks import Benchmarks
+    from asv.config import Config
+    conf = Config()
+    conf.results_dir = str(results_dir)
+    Benchmarks(conf, [{"name": name, "params": params, "param_names": param_names[name],
+                       "version": "v", "type": "time", "unit": "seconds"}
+                      for name, (params, _) in benches.items()]).save()
+
+
 K = ["'numpy_take'", "'numba_gather'"]
 
 
@@ -456,9 +468,9 @@ def test_newest_commit_wins_and_nan_none_are_skipped(tmp_path):
     write_results(rd, "m", "b" * 40, 2_000, {
         "bench_lookup.Lookup.time_lookup": _lookup([2.0, float("nan")]),
         "bench_grad.LookupGrad.time_lookup_grad": _lookup([None, 3.0])})
-    run = crossover.latest_run(str(rd), "m")
-    assert run.results.commit_hash == "b" * 40
-    fwd, bwd = crossover.compute_grids(run.results, {})
+    run = results.load(str(rd), "m")  # no benchmarks.json: the contract's parameter names
+    assert run.commit == "b" * 40
+    fwd, bwd = grid.compute_grids(run)
     assert fwd.cells[(100, 8)].best == "numpy_take" and fwd.cells[(100, 8)].speedup == 1.0
     assert bwd.cells[(100, 8)].best == "numba_gather" and bwd.cells[(100, 8)].speedup is None
 
@@ -466,12 +478,13 @@ def test_newest_commit_wins_and_nan_none_are_skipped(tmp_path):
 def test_facets_distribution_give_one_grid_each(tmp_path):
     rd = tmp_path / "results"
     params = [K, ["'uniform'", "'zipf'"], ["100"], ["8"]]
-    write_results(rd, "m", "c" * 40, 1, {
-        "bench_distribution.Distribution.time_lookup": (params, [4.0, 1.0, 1.0, 2.0])})
+    benches = {"bench_distribution.Distribution.time_lookup": (params, [4.0, 1.0, 1.0, 2.0])}
+    write_results(rd, "m", "c" * 40, 1, benches)
     names = {"bench_distribution.Distribution.time_lookup":
              ["kernel", "distribution", "vocab_size", "dim"]}
-    run = crossover.latest_run(str(rd), "m")
-    grids = crossover.compute_grids(run.results, names)
+    write_benchmarks_json(rd, benches, names)
+    run = results.load(str(rd), "m")
+    grids = grid.compute_grids(run)
     assert [g.facets["distribution"] for g in grids] == ["uniform", "zipf"]
     assert grids[0].facets["dtype"] == "float32"
     assert [g.cells[(100, 8)].best for g in grids] == ["numba_gather", "numpy_take"]
@@ -483,23 +496,25 @@ def test_table_parameter_is_split_and_grids_without_numpy_take_are_left_out(tmp_
     the compiled kernels (no numpy_take to compare with): no crossover grid for it."""
     rd = tmp_path / "results"
     tables = ["(10000, 64)", "(1000000, 8)"]
-    write_results(rd, "m", "c" * 40, 1, {
+    benches = {
         "bench_distribution.Distribution.time_lookup": (
             [["'uniform'"], K, tables], [1.0, 3.0, 2.0, 1.0]),
         "bench_threads.Threads.time_lookup": (
             [["'numba_gather'", "'cython_gather'"], ["1", "'all'"], tables], [1.0] * 8),
-    })
+    }
+    write_results(rd, "m", "c" * 40, 1, benches)
     names = {"bench_distribution.Distribution.time_lookup": ["distribution", "kernel", "table"],
              "bench_threads.Threads.time_lookup": ["kernel", "threads", "table"]}
-    run = crossover.latest_run(str(rd), "m")
-    (g,) = crossover.compute_grids(run.results, names)
+    write_benchmarks_json(rd, benches, names)
+    run = results.load(str(rd), "m")
+    (g,) = grid.compute_grids(run)
     assert g.key == "bench_distribution.Distribution.time_lookup"
     assert g.vocab_sizes == [10000, 1000000] and g.dims == [8, 64]
     assert g.cells[(10000, 64)].best == "numpy_take"
     assert g.cells[(1000000, 8)].best == "numba_gather"
     assert g.cells[(1000000, 8)].speedup == pytest.approx(3.0)
     assert g.cells[(10000, 8)].best is None  # not a measured point: n/a
-    html = crossover.render_page(machine="m", grids=[g])
+    html = page.render_page(machine="m", grids=[g])
     assert html.count("n/a") >= 2 and vendor.external_refs(html) == []
 
 
@@ -578,31 +593,21 @@ def test_missing_site_is_a_real_error(tmp_path):
     assert (proj / ".asv" / "html" / "crossover.html").exists()
 
 
-def test_modules_are_safe_for_asv_discovery():
-    """asv imports every module under benchmarks/ in the benchmark environment: nothing here
-    may look like a benchmark, nor import more than the standard library at import time."""
-    code = textwrap.dedent("""
-        import sys, inspect, importlib, pkgutil
-        import benchmarks  # the suite's package: whatever it imports is not ours
-        before = set(sys.modules)
-        import benchmarks.report as r
-        mods = [r] + [importlib.import_module(n) for _, n, _ in
-                      pkgutil.iter_modules(r.__path__, 'benchmarks.report.')]
-        new = {m.split('.')[0] for m in set(sys.modules) - before}
-        bad = new & {'asv', 'asv_runner', 'matplotlib', 'numpy', 'playwright', 'kernels'}
-        assert not bad, bad
-        pat = ('time_', 'timeraw_', 'mem_', 'peakmem_', 'track_')
-        for m in mods:
-            for k, v in vars(m).items():
-                if k.startswith('_'):
-                    continue
-                if inspect.isfunction(v):
-                    assert not k.startswith(pat), (m.__name__, k)
-                if inspect.isclass(v):
-                    for n, _ in inspect.getmembers(v):
-                        assert not n.startswith(pat), (m.__name__, k, n)
-        print(len(mods))
-    """)
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    assert int(p.stdout) >= 5  # __init__, __main__, crossover, site, vendor
+def test_benchmark_dir_holds_asv_benchmark_modules_only():
+    """asv imports every module under its benchmark_dir while discovering benchmarks: the
+    command-line tools and the report live in tools/, outside it; no module left there is a
+    command-line script, and there is no sub-package (benchmarks/report moved to tools/)."""
+    from kernels._asv_results import read_json_file
+    conf = read_json_file(os.path.join(ROOT, "asv.conf.json"), "asv config")
+    bench_dir = os.path.join(ROOT, conf.get("benchmark_dir", "benchmarks"))
+    tools_dir = os.path.join(ROOT, "tools")
+    assert os.path.commonpath([tools_dir, bench_dir]) != bench_dir  # tools/ is not inside it
+    entries = sorted(e for e in os.listdir(bench_dir) if e != "__pycache__")
+    assert all(e.endswith(".py") for e in entries), entries
+    for e in entries:
+        with open(os.path.join(bench_dir, e), encoding="utf-8") as f:
+            text = f.read()
+        assert "__main__" not in text and "argparse" not in text, (
+            f"benchmarks/{e} is a command-line script: it belongs in tools/")
+    import tools.report
+    assert os.path.dirname(tools.report.__file__) == os.path.join(ROOT, "tools", "report")

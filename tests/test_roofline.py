@@ -1,4 +1,4 @@
-"""benchmarks/roofline.py: the side-by-side bandwidth report (Markdown table + PNG).
+"""tools/roofline.py: the side-by-side bandwidth report (Markdown table + PNG).
 
 One small end-to-end run of main() (module-scoped, a few seconds), plus nbytes() and table()
 on hand-made rows with known times. No assertion is about how fast anything is.
@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import roofline  # noqa: E402
+from tools import roofline  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARGV_SIZES = [(100, 4), (100, 8), (1000, 4), (1000, 8)]

@@ -12,9 +12,6 @@ pointed at a copy taken, at publish time, from the npm package of the same libra
   ``script``, ``link`` or ``img`` tag) with no entry in :data:`CDN_ASSETS` is an error
   (:class:`UnknownExternalReference`): a newer asv changed its page and this table needs an
   entry, rather than a site that silently reaches out to the internet.
-
-Only the standard library is imported here: asv imports every module under ``benchmarks/``
-while it discovers benchmarks, in an environment that may hold nothing else.
 """
 from __future__ import annotations
 
@@ -105,7 +102,7 @@ class UnknownExternalReference(ReportError):
         lines = [f"{os.path.basename(f)}: <{tag} {attr}=\"{url}\">" for f, tag, attr, url in self.refs]
         super().__init__(
             "the asv site loads external resources with no local copy known to "
-            "benchmarks/report/vendor.py (add them to CDN_ASSETS): " + "; ".join(lines))
+            "tools/report/vendor.py (add them to CDN_ASSETS): " + "; ".join(lines))
 
 
 class AssetsUnavailable(ReportError):

@@ -1,28 +1,22 @@
 """Per-call overhead of every kernel on a tiny call, and of kernel="auto" over its choice.
 
-    python -m benchmarks.overhead [-n 16] [--dim 64] [--vocab 1000]
+    python -m tools.overhead [-n 16] [--dim 64] [--vocab 1000]
 
 Times, interleaved in one process over several rounds, `W[ids]`, each kernel (validation
 included) and `kernels.lookup(..., kernel="auto")` against a direct call of the kernel "auto"
-chose. Prints the best per-round median of each in microseconds and the difference to `W[ids]`.
+chose. Each sample is the mean of `number` back-to-back calls (a single call is too short to
+time); prints the best per-round median of each in microseconds and the difference to `W[ids]`.
 """
 import argparse
-import statistics
-import timeit
 
 import numpy as np
 
 import kernels
-
-
-def per_call_us(fn, number, repeat):
-    """Median over `repeat` runs of the mean time of `number` calls, in microseconds."""
-    runs = timeit.repeat(fn, number=number, repeat=repeat)
-    return statistics.median(runs) / number * 1e6
+from kernels._timing import interleaved_best
 
 
 def measure(n, dim, vocab, rounds=5, number=2000, repeat=7):
-    """{name: best median microseconds} for W[ids], every kernel and "auto"."""
+    """{name: best per-round median microseconds per call} for W[ids], every kernel and "auto"."""
     rng = np.random.default_rng(0)
     W = rng.standard_normal((vocab, dim), dtype=np.float32)
     ids = rng.integers(0, vocab, n)
@@ -32,13 +26,8 @@ def measure(n, dim, vocab, rounds=5, number=2000, repeat=7):
         methods[name] = lambda k=k: k(W, ids)
     methods[f"auto (-> {chosen.name})"] = lambda: kernels.lookup(W, ids, kernel="auto")
     methods[f"{chosen.name} direct"] = lambda: chosen.lookup(W, ids)
-    best = {name: float("inf") for name in methods}
-    for fn in methods.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in methods.items():
-            best[name] = min(best[name], per_call_us(fn, number, repeat))
-    return best, chosen
+    best = interleaved_best(methods, rounds, repeat, number=number)
+    return {name: t * 1e6 for name, t in best.items()}, chosen
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-MARKER = "<!-- benchmarks.report: crossover link -->"
+MARKER = "<!-- tools.report: crossover link -->"
 
 NAV_ITEM = (MARKER + '<li id="nav-li-crossover"><a href="crossover.html" '
             'title="Fastest kernel per (vocab_size, dim), from the latest run">'

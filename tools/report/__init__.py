@@ -2,10 +2,11 @@
 
 Run after ``asv publish`` (which wipes html_dir), from the project root::
 
-    python -m benchmarks.report [--config asv.conf.json] [--machine NAME]
+    python -m tools.report [--config asv.conf.json] [--machine NAME]
 
 1. writes ``html_dir/crossover.html`` and ``html_dir/crossover/*.svg`` from the newest
-   commit's asv results for this machine (see :mod:`.crossover`);
+   commit's asv results for this machine (see :mod:`.crossover`: :mod:`.results` reads them
+   with kernels._asv_results, :mod:`.grid` computes the cells, :mod:`.page` renders them);
 2. adds a "Kernel crossover" item to the top navigation bar of ``index.html`` (see :mod:`.site`);
 3. replaces the CDN <script>/<link> tags of asv's pages with copies taken from npm packages
    installed into ``<html_dir>/../npm`` (see :mod:`.vendor`).
@@ -14,18 +15,15 @@ Exit codes: 0 on success, also when npm cannot be had (the site then keeps asv's
 with a warning saying what to install) and when there are no usable results (the page says
 so); 1 when asv's page names an external resource with no known local copy, or on any other
 real error (no asv site in html_dir, unreadable config).  Problems are one line on stderr.
-
-Nothing here is a benchmark and every module imports only the standard library at import
-time: asv imports all modules under ``benchmarks/`` when it discovers benchmarks.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 from . import crossover, site, vendor
+from .results import ResultsError, read_config
 
 __all__ = ["main"]
 
@@ -34,35 +32,15 @@ def _err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _load_config(path: str) -> dict:
-    """results_dir / html_dir of an asv config, made absolute (relative to the config file)."""
-    if not os.path.isfile(path):
-        raise vendor.ReportError(f"asv config {path} not found (use --config)")
-    try:
-        from asv.config import Config
-        conf = Config.load(path).__dict__
-    except ImportError:  # asv not importable: plain JSON (no comments) still works
-        with open(path, encoding="utf-8") as f:
-            conf = json.load(f)
-    except Exception as exc:
-        raise vendor.ReportError(f"cannot read asv config {path}: "
-                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
-    base = os.path.dirname(os.path.abspath(path))
-    out = {}
-    for key, default in (("results_dir", "results"), ("html_dir", "html")):
-        value = conf.get(key) or default
-        out[key] = os.path.normpath(os.path.join(base, value))
-    return out
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.report",
+        prog="python -m tools.report",
         description="After `asv publish`: make the asv site self-contained (local copies of its "
                     "CDN assets from npm), add crossover.html and a link to it.")
     p.add_argument("--config", default="asv.conf.json", help="asv config (default: %(default)s)")
     p.add_argument("--machine", default=None,
-                   help="asv machine name whose latest results to show (default: this machine)")
+                   help="asv machine name whose latest results to show (default: asv's name for "
+                        "this machine; another machine's results are never shown instead)")
     p.add_argument("--npm", default="npm", help="npm executable (default: %(default)s)")
     p.add_argument("--npm-cache", default=None,
                    help="where npm installs the site's JS/CSS packages "
@@ -71,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    conf = _load_config(args.config)
+    try:
+        conf = read_config(args.config)
+    except ResultsError as exc:  # the message names the file and what is wrong with it
+        raise vendor.ReportError(f"{exc} (use --config)") from None
     html_dir, results_dir = conf["html_dir"], conf["results_dir"]
     cache = args.npm_cache or os.path.join(os.path.dirname(html_dir), "npm")
     index = os.path.join(html_dir, "index.html")

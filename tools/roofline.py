@@ -1,41 +1,39 @@
 """Side-by-side bandwidth of every lookup kernel against a plain copy (the roofline).
 
-    python -m benchmarks.roofline                  # default grid, forward and backward
-    python -m benchmarks.roofline --vocab 1000 --dims 16 --rounds 2   # a small look
+    python -m tools.roofline                  # default grid, forward and backward
+    python -m tools.roofline --vocab 1000 --dims 16 --rounds 2   # a small look
 
 For each (V, D) it times, interleaved in one process and in several rounds, a plain copy of an
 array of the output's size, every kernel into a preallocated output, the best NumPy form, and
 torch when it is importable; it keeps each method's best per-round median, then prints GB/s,
 % of copy and ratios, and draws GB/s against V, one panel per D, the copy as the ceiling.
 
-Bytes counted: forward 2*n*D*itemsize (rows read + output written); backward
-(3*n*D + V*D)*itemsize (grad read, dW rows read and written, dW zeroed).
+The registry supplies the facts: the kernels (kernels.KERNELS; the compiled ones are those with
+the `compiled` trait), each kernel's limits (its `over_budget` trait: a kernel over budget at a
+size is not run there and shows n/a), its colour, and the bytes one call moves (the operation's
+`moved_bytes`: forward 2*n*D*itemsize, rows read + output written; backward
+(3*n*D + V*D)*itemsize, grad read, dW rows read and written, dW zeroed). Timing is
+kernels._timing.interleaved_best, the one timing loop of the tools.
 """
 import argparse
 import datetime
 import json
 import os
 import platform
-import statistics
-import time
 
 import numpy as np
 
 import kernels
-from kernels.fastest import moved_bytes
+from kernels._timing import interleaved_best
 
-ONEHOT_DENSE_MAX_FLOPS = 2e9
-"""The dense one-hot is skipped where one call costs more multiply-adds than this."""
+PASS_OPERATION = {"forward": kernels.OPERATIONS["lookup"],
+                  "backward": kernels.OPERATIONS["lookup_grad"]}
+"""Each pass of the tables (and of the saved rows) is one operation of the registry."""
 
 
-def median_time(fn, reps):
-    """Median seconds of `reps` single calls of fn."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def compiled_kernels():
+    """Names of the registered kernels with the `compiled` trait, in registry order."""
+    return [k.name for k in kernels.KERNELS.values() if k.compiled]
 
 
 def _torch():
@@ -52,12 +50,10 @@ def forward_methods(W, ids, out, torch):
     V = W.shape[0]
     src = np.ones_like(out)
     methods = {"copy": lambda: np.copyto(out, src)}
+    op = PASS_OPERATION["forward"]
     for name, k in kernels.KERNELS.items():
-        if name == "onehot_dense" and n * V * D > ONEHOT_DENSE_MAX_FLOPS:
-            continue
-        if name == "onehot_sparse" and V * D > 64e6:
-            continue
-        methods[name] = lambda k=k: k.lookup(W, ids, out=out)
+        if k.over_budget(op, V, D, n, W.itemsize) is None:  # within the kernel's own limits
+            methods[name] = lambda k=k: k.lookup(W, ids, out=out)
     methods["np.take raw"] = lambda: np.take(W, ids, axis=0, out=out, mode="clip")
     methods["W[ids]"] = lambda: W[ids]
     if torch is not None:
@@ -71,14 +67,15 @@ def backward_methods(G, ids, dW, torch):
     """Name -> zero-argument callable for every backward method at this size."""
     V, D = dW.shape
     n = ids.shape[0]
-    # a copy that moves as many bytes as the formula counts: its GB/s is the ceiling
-    src = np.ones((3 * n * D + V * D) // 2, dW.dtype)
+    op = PASS_OPERATION["backward"]
+    # a copy that moves as many bytes as the formula counts (it reads and writes each element,
+    # so half as many elements): its GB/s is the ceiling
+    src = np.ones(op.moved_bytes(n, V, D, dW.itemsize) // (2 * dW.itemsize), dW.dtype)
     dst = np.empty_like(src)
     methods = {"copy": lambda: np.copyto(dst, src)}
     for name, k in kernels.KERNELS.items():
-        if name == "onehot_dense" and n * V * D > ONEHOT_DENSE_MAX_FLOPS:
-            continue
-        methods[name] = lambda k=k: k.lookup_grad(G, ids, V, out=dW)
+        if k.over_budget(op, V, D, n, dW.itemsize) is None:
+            methods[name] = lambda k=k: k.lookup_grad(G, ids, V, out=dW)
 
     def add_at():
         dW.fill(0)
@@ -112,23 +109,16 @@ def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0):
                 dW = np.empty((V, D), np.float32)
                 passes.append(("backward", backward_methods(G, ids, dW, torch)))
             for pass_name, methods in passes:
-                for fn in methods.values():
-                    fn()  # JIT compile, first touch
-                best = {name: float("inf") for name in methods}
-                for _ in range(rounds):
-                    for name, fn in methods.items():
-                        best[name] = min(best[name], median_time(fn, reps))
+                best = interleaved_best(methods, rounds, reps)
                 rows.append({"pass": pass_name, "V": V, "D": D, "n": n, **best})
                 print(f"  measured {pass_name} V={V:.0e} D={D}", flush=True)
     return rows
 
 
 def nbytes(row):
-    """Bytes one call moves (see the module docstring)."""
-    return moved_bytes(row["pass"], row["n"], row["V"], row["D"])
-
-
-COMPILED = ("numba_gather", "cython_gather")
+    """Bytes one call moves: the pass's operation's moved_bytes (float32 rows)."""
+    return PASS_OPERATION[row["pass"]].moved_bytes(row["n"], row["V"], row["D"],
+                                                   np.dtype(np.float32).itemsize)
 
 
 def _gbps(x):
@@ -157,9 +147,10 @@ def table(rows):
         lines.append(f"\n### {pass_name} (n = {sel[0]['n']:,} ids, float32)\n")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
+        compiled = compiled_kernels()
         for r in sel:
             b = nbytes(r)
-            best_c = min(r[c] for c in COMPILED)
+            best_c = min(r[c] for c in compiled if c in r)
             cells = [f"{r['V']:.0e}", str(r["D"])]
             cells += [_gbps(b / r[m] / 1e9) if m in r else "n/a" for m in methods]
             cells.append(f"{r['copy'] / best_c * 100:.0f}%")
@@ -182,8 +173,15 @@ def plot(rows, path, title=""):
     dims = sorted({r["D"] for r in rows})
     skip = ("pass", "V", "D", "n", "copy")
     methods = list(dict.fromkeys(m for r in rows for m in r if m not in skip))
-    palette = plt.get_cmap("tab20").colors
-    color = {m: palette[(2 * i) % 20 + (2 * i) // 20] for i, m in enumerate(methods)}
+    # a registered kernel has its registry colour; every other method a tab20 colour that no
+    # kernel has
+    taken = {k.colour.lower() for k in kernels.KERNELS.values()}
+    palette = [c for c in map(matplotlib.colors.to_hex, plt.get_cmap("tab20").colors)
+               if c not in taken]
+    others = [m for m in methods if m not in kernels.KERNELS]
+    color = {m: kernels.KERNELS[m].colour if m in kernels.KERNELS
+             else palette[others.index(m) % len(palette)] for m in methods}
+    compiled_names = set(compiled_kernels())
     fig, axes = plt.subplots(
         len(passes), len(dims), figsize=(4 * len(dims) + 2.2, 3.6 * len(passes)), squeeze=False
     )
@@ -195,7 +193,7 @@ def plot(rows, path, title=""):
             for m in methods:
                 pts = [(r["V"], nbytes(r) / r[m] / 1e9) for r in sel if m in r]
                 if pts:
-                    compiled = m in COMPILED
+                    compiled = m in compiled_names
                     (line,) = ax.plot(*zip(*pts), "-o" if compiled else "--.", color=color[m],
                                       lw=2.2 if compiled else 1, label=m)
                     handles.setdefault(m, line)
@@ -267,7 +265,7 @@ def main(argv=None):
         dims = [int(d) for d in a.dims.split(",")]
         rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
         header = (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
-                  f"`python -m benchmarks.roofline {' '.join(argv or [])}`; {_blas()}")
+                  f"`python -m tools.roofline {' '.join(argv or [])}`; {_blas()}")
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"header": header, "rows": rows}, f, indent=0)

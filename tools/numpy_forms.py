@@ -1,21 +1,18 @@
 """Which pure-NumPy form of the gather and of the scatter-add is fastest (numpy_take's choice).
 
-    python -m benchmarks.numpy_forms [-n 16384]
+    python -m tools.numpy_forms [-n 16384]
 
-Times, interleaved in one process over several rounds, the candidate forms at a few (V, D) and
-prints each one's best per-round median in microseconds and its ratio to the fastest.
+Times, interleaved in one process over several rounds (kernels._timing.interleaved_best), the
+candidate forms at a few (V, D) and prints each one's best per-round median in microseconds and
+its ratio to the fastest.
 """
 import argparse
 
 import numpy as np
 
-from benchmarks.roofline import median_time
+from kernels._timing import interleaved_best
 
 SIZES = [(1_000, 16), (1_000, 256), (100_000, 64), (1_000_000, 16), (1_000_000, 64)]
-
-
-def _median_us(fn, reps):
-    return median_time(fn, reps) * 1e6
 
 
 def forward_forms(W, ids, out):
@@ -75,15 +72,11 @@ def main(argv=None):
         np.add.at(ref, ids, G.astype(np.float64))
         for label, forms in (("forward", forward_forms(W, ids, out)),
                              ("backward", backward_forms(G, ids, dW))):
-            best = {}
-            for name, fn in forms.items():
-                fn()
-                if label == "backward":
+            if label == "backward":
+                for name, fn in forms.items():  # each form is right before it is timed
+                    fn()
                     np.testing.assert_allclose(dW, ref, atol=1e-3, err_msg=name)
-                best[name] = float("inf")
-            for _ in range(a.rounds):
-                for name, fn in forms.items():
-                    best[name] = min(best[name], _median_us(fn, a.reps))
+            best = {name: t * 1e6 for name, t in interleaved_best(forms, a.rounds, a.reps).items()}
             top = min(best.values())
             cells = ", ".join(f"{k} {v:.0f} (x{v / top:.2f})" for k, v in best.items())
             print(f"{label:8} V={V:>9,} D={D:>3}: {cells}")

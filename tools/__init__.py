@@ -1,0 +1,1 @@
+"""Command-line tools beside the asv suite (roofline, overhead, NumPy forms, auto check, report)."""
