@@ -182,6 +182,15 @@ def expected_index_message(ids, V: int) -> str:
     return index_error_message(found[0], found[1], V)
 
 
+def outcome(fn):
+    """(exception type, message) of calling fn, or (None, None) if it returned."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - the type and message are what is compared
+        return type(e), str(e)
+    return None, None
+
+
 def sentinel_like(shape, dtype) -> np.ndarray:
     return np.full(shape, SENTINEL, dtype=dtype)
 

@@ -26,7 +26,7 @@ from asv.results import Results
 from asv.runner import BenchmarkResult
 
 import kernels
-from conftest import assert_bitwise_equal, make_weights
+from conftest import assert_bitwise_equal, make_weights, outcome
 
 F = importlib.import_module("kernels.decisions")  # the table kernels.fastest decides from
 T = importlib.import_module("kernels._decision_table")  # python -m kernels: builds tables
@@ -725,14 +725,6 @@ def test_auto_works_from_the_shipped_table_alone(env):
     assert_bitwise_equal(dW, ref)
 
 
-def _outcome(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - the type and message are what is compared
-        return type(e), str(e)
-    return None, None
-
-
 W_OK = make_weights(10, 4, np.float32)
 
 FORWARD_ERRORS = {
@@ -772,17 +764,17 @@ BACKWARD_ERRORS = {
 @pytest.mark.parametrize("case", sorted(FORWARD_ERRORS))
 def test_auto_lookup_raises_exactly_what_the_named_kernels_raise(env, case):
     write_standard(env.results)
-    auto = _outcome(lambda: FORWARD_ERRORS[case]("auto"))
+    auto = outcome(lambda: FORWARD_ERRORS[case]("auto"))
     assert auto[0] is not None, "kernel='auto' accepted bad input"
     for name in ALL:
-        assert _outcome(lambda: FORWARD_ERRORS[case](name)) == auto, name
+        assert outcome(lambda: FORWARD_ERRORS[case](name)) == auto, name
 
 
 @pytest.mark.parametrize("case", sorted(BACKWARD_ERRORS))
 def test_auto_lookup_grad_raises_exactly_what_the_named_kernels_raise(env, case):
     write_standard(env.results)
-    auto = _outcome(lambda: BACKWARD_ERRORS[case]("auto"))
-    named = {name: _outcome(lambda: BACKWARD_ERRORS[case](name)) for name in ALL}
+    auto = outcome(lambda: BACKWARD_ERRORS[case]("auto"))
+    named = {name: outcome(lambda: BACKWARD_ERRORS[case](name)) for name in ALL}
     assert named["numpy_take"][0] is not None, "test bug: the case is not an error"
     for name in ALL:
         assert auto == named[name], f"auto: {auto}, {name}: {named[name]}"

@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 
 import kernels
-from conftest import KERNEL_NAMES
+from conftest import KERNEL_NAMES, outcome
 
 ALL = KERNEL_NAMES + ["auto"]
-
-
-def _outcome(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - the type and message are what is compared
-        return type(e), str(e)
-    return None, None
 
 
 @pytest.mark.parametrize("kernel", ALL)
@@ -99,7 +91,7 @@ def test_lists_of_integer_scalars_numpy_types_as_float_are_accepted(ids):
 ])
 def test_ids_beyond_int64_are_named_with_their_real_value(ids, message):
     W = np.ones((10, 4), np.float32)
-    outcomes = {k: _outcome(lambda k=k: kernels.lookup(W, ids, kernel=k)) for k in ALL}
+    outcomes = {k: outcome(lambda k=k: kernels.lookup(W, ids, kernel=k)) for k in ALL}
     for k, (etype, text) in outcomes.items():
         assert etype is IndexError and message in text, (k, etype, text)
 
