@@ -1,0 +1,159 @@
+"""Hardening of the compiled kernels and the thread knob: forked children, Numba's workqueue
+layer, ids changed by another thread during a call, accuracy of float32 gradients with heavy
+duplicates, and the thread count across asyncio tasks and generators.
+
+Tests that could crash or hang the interpreter run their scenario in a subprocess with a timeout,
+so that a regression fails the test instead of killing the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numba
+import numpy as np
+import pytest
+
+import kernels
+from conftest import assert_bitwise_equal, grad_reference, shared_weights
+
+try:
+    CPUS = len(os.sched_getaffinity(0))
+except AttributeError:
+    CPUS = os.cpu_count() or 1
+COMPILED = ["cython_gather", "numba_gather"]
+
+
+def _run(code, timeout, env=None):
+    """Run code in a fresh interpreter; fail (not hang, not crash) on timeout or a bad exit.
+
+    The interpreter gets its own process group, killed as a whole on timeout: a hung fork pool
+    leaves no orphaned workers behind."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        hung = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        hung = True
+    if hung:
+        pytest.fail(f"timed out after {timeout} s (hang)\nstdout:\n{out}\nstderr:\n{err}")
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # workers it may have left behind
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == 0, f"exit code {proc.returncode}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+# --------------------------------------------------------------------------
+# 5. the thread knob: asyncio tasks, generators, Numba's own setting
+# --------------------------------------------------------------------------
+
+
+def test_num_threads_follows_asyncio_tasks(restore_num_threads):
+    kernels.set_num_threads(CPUS)
+    seen = {}
+
+    async def one():
+        with kernels.num_threads(1):
+            await asyncio.sleep(0.01)
+            seen["one, after 1st await"] = kernels.get_num_threads()
+            await asyncio.sleep(0.02)
+            seen["one, after 2nd await"] = kernels.get_num_threads()
+
+    async def default():
+        await asyncio.sleep(0.005)
+        seen["default, before"] = kernels.get_num_threads()
+        await asyncio.sleep(0.02)
+        seen["default, after"] = kernels.get_num_threads()
+
+    async def main():
+        await asyncio.gather(one(), default())
+        seen["main, after both"] = kernels.get_num_threads()
+
+    asyncio.run(main())
+    assert seen == {
+        "one, after 1st await": 1,
+        "one, after 2nd await": 1,
+        "default, before": CPUS,
+        "default, after": CPUS,
+        "main, after both": CPUS,
+    }
+    assert kernels.get_num_threads() == CPUS
+
+
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 cores")
+def test_asyncio_tasks_run_the_compiled_kernels_with_their_own_count(restore_num_threads):
+    kernels.set_num_threads(CPUS)
+    W = shared_weights(1000, 16, np.float32, seed=13)
+    ids = np.random.default_rng(14).integers(0, 1000, 300_000)
+    used = {}
+
+    async def task(label, n):
+        with kernels.num_threads(n):
+            for _ in range(3):
+                await asyncio.sleep(0.005)
+                used.setdefault(label, []).append(
+                    [kernels.cython_gather.threads_used(W, ids),
+                     kernels.numba_gather.threads_used(W, ids)])
+
+    async def main():
+        await asyncio.gather(task("one", 1), task("two", 2))
+
+    asyncio.run(main())
+    assert used == {"one": [[1, 1]] * 3, "two": [[2, 2]] * 3}
+
+
+def test_interleaved_generators_leave_the_count_as_it_was(restore_num_threads):
+    """A generator shares its caller's context (documented); blocks closing out of order must
+    still leave no setting behind once both are closed."""
+    kernels.set_num_threads(CPUS)
+
+    def gen(n):
+        with kernels.num_threads(n):
+            yield kernels.get_num_threads()
+            yield kernels.get_num_threads()
+
+    a, b = gen(1), gen(CPUS)
+    assert next(a) == 1
+    assert next(b) == CPUS
+    next(a)
+    assert next(a, "closed") == "closed"  # a's block closes while b's is open
+    assert kernels.get_num_threads() == CPUS  # b's block, still open
+    assert next(b) == CPUS
+    assert next(b, "closed") == "closed"
+    assert kernels.get_num_threads() == CPUS
+
+    c, d = gen(1), gen(1)
+    next(c)
+    next(d)
+    c.close()
+    assert kernels.get_num_threads() == 1  # d's block is open
+    d.close()
+    assert kernels.get_num_threads() == CPUS
+
+
+def test_a_generator_block_does_not_outlive_it_in_the_caller(restore_num_threads):
+    kernels.set_num_threads(CPUS)
+
+    def gen():
+        with kernels.num_threads(1):
+            yield kernels.get_num_threads()
+
+    g = gen()
+    assert next(g) == 1
+    g.close()
+    assert kernels.get_num_threads() == CPUS
