@@ -5,7 +5,13 @@ are not contiguous take an element loop.
 Backward: rows of dW are split among threads; each thread zeroes its rows and scans every id,
 adding only those in its range. No atomics, no sort, and the same sum order every call
 (bitwise deterministic).
+
+Threads: the threading layer is chosen and started under a lock before the first parallel call
+(omp, then tbb, then workqueue); under workqueue, which aborts the process when two Python threads
+enter it at once, parallel calls are serialized. numba.set_num_threads is restored after each
+parallel call (the caller's own Numba thread count is left as it was).
 """
+import contextlib
 import threading
 
 import numba
@@ -21,7 +27,39 @@ from kernels._validate import lookup_args
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-_serialize = None  # a lock, if Numba fell back to the workqueue layer
+_layer = None  # Numba's threading layer, once started by _start_layer
+_serialize = contextlib.nullcontext()  # a lock around parallel calls under workqueue
+_start_lock = threading.Lock()
+
+
+def _start_layer():
+    """Start Numba's threading layer (once, under a lock) and decide whether calls serialize.
+
+    Done before the first parallel call, not after it: Python threads making their first
+    parallel calls at once would otherwise all enter an unserialized workqueue layer."""
+    global _layer, _serialize
+    with _start_lock:
+        if _layer is None:
+            numba.get_num_threads()  # starts the layer (no parallel region runs)
+            layer = numba.threading_layer()
+            if layer == "workqueue":
+                _serialize = threading.Lock()
+            _layer = layer
+    return _layer
+
+
+def _run_parallel(fn, *args):
+    """Call a prange kernel whose last argument is its thread count (> 1), leaving Numba's own
+    thread count for this Python thread as it was."""
+    if _layer is None:
+        _start_layer()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
+    try:
+        with _serialize:
+            return fn(*args)
+    finally:
+        numba.set_num_threads(previous)
 
 
 @njit(cache=True, nogil=True)
@@ -67,20 +105,6 @@ def _scatter_parallel(G, ids, dW, zeroed, nthreads):
     V = dW.shape[0]
     for c in prange(nthreads):
         _scatter_rows(G, ids, dW, zeroed, V * c // nthreads, V * (c + 1) // nthreads)
-
-
-def _run_parallel(fn, *args):
-    """Call a prange kernel whose last argument is its thread count."""
-    global _serialize
-    numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
-    if _serialize is None:
-        result = fn(*args)
-        _serialize = threading.Lock() if numba.threading_layer() == "workqueue" else False
-        return result
-    if _serialize:
-        with _serialize:
-            return fn(*args)
-    return fn(*args)
 
 
 def _gather_threads(W, ids, out):

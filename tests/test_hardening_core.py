@@ -59,6 +59,48 @@ def _run(code, timeout, env=None):
 
 
 # --------------------------------------------------------------------------
+# 2. Numba's workqueue layer: first parallel calls from several threads at once
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_first_parallel_calls_from_four_threads_under_workqueue():
+    out = _run("""
+    import threading
+    import numba, numpy as np
+    import kernels
+
+    V, D, N = 1000, 64, 300_000
+    W = np.random.default_rng(0).standard_normal((V, D)).astype(np.float32)
+    ids = np.random.default_rng(1).integers(0, V, N)
+    G = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
+    with kernels.num_threads(1):  # the serial path starts no threading layer
+        ref = kernels.lookup_grad(G, ids, V, kernel="numba_gather")
+    barrier = threading.Barrier(4)
+    results = []
+
+    def run(i):
+        barrier.wait()
+        if i % 2:
+            ok = np.array_equal(kernels.lookup(W, ids, kernel="numba_gather"), W[ids])
+            ok = ok and np.array_equal(kernels.lookup_grad(G, ids, V, kernel="numba_gather"), ref)
+        else:
+            ok = np.array_equal(kernels.lookup_grad(G, ids, V, kernel="numba_gather"), ref)
+            ok = ok and np.array_equal(kernels.lookup(W, ids, kernel="numba_gather"), W[ids])
+        results.append(bool(ok))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(numba.threading_layer(), results)
+    assert results == [True] * 4
+    """, timeout=120, env={"NUMBA_THREADING_LAYER": "workqueue"})
+    assert out.startswith("workqueue")
+
+
+# --------------------------------------------------------------------------
 # 5. the thread knob: asyncio tasks, generators, Numba's own setting
 # --------------------------------------------------------------------------
 
@@ -157,3 +199,20 @@ def test_a_generator_block_does_not_outlive_it_in_the_caller(restore_num_threads
     assert next(g) == 1
     g.close()
     assert kernels.get_num_threads() == CPUS
+
+
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 cores")
+def test_numba_gather_leaves_numbas_own_thread_count_as_it_was():
+    W = shared_weights(1000, 16, np.float32, seed=13)
+    ids = np.random.default_rng(14).integers(0, 1000, 300_000)
+    G = np.ones((ids.size, 16), np.float32)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        with kernels.num_threads(2):
+            assert kernels.numba_gather.threads_used(W, ids) == 2
+            kernels.lookup_grad(G, ids, 1000, kernel="numba_gather")
+            kernels.lookup(W, ids[:16], kernel="numba_gather")  # serial path
+        assert numba.get_num_threads() == 1
+    finally:
+        numba.set_num_threads(before)
