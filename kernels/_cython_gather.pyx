@@ -93,7 +93,7 @@ cdef int _gather(const char* W, Py_ssize_t row_stride, Py_ssize_t col_stride,
     cdef Py_ssize_t c
     cdef int t, used = 0
     cdef int worker[MAX_THREADS]
-    if nthreads <= 1:
+    if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
         _gather_range(W, row_stride, col_stride, ids, out, D, 0, n, prefetch)
         return 1
     for t in range(nthreads):
@@ -128,7 +128,7 @@ cdef void _scatter_rows(const floating* G, const index_t* ids, Py_ssize_t n,
 cdef void _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating* dW,
                    Py_ssize_t V, Py_ssize_t D, bint zeroed, int nthreads) noexcept nogil:
     cdef Py_ssize_t c
-    if nthreads <= 1:
+    if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
         _scatter_rows(G, ids, n, dW, D, zeroed, 0, V)
         return
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):

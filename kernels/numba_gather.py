@@ -9,7 +9,9 @@ adding only those in its range. No atomics, no sort, and the same sum order ever
 Threads: the threading layer is chosen and started under a lock before the first parallel call
 (omp, then tbb, then workqueue); under workqueue, which aborts the process when two Python threads
 enter it at once, parallel calls are serialized. numba.set_num_threads is restored after each
-parallel call (the caller's own Numba thread count is left as it was).
+parallel call (the caller's own Numba thread count is left as it was). One thread (small calls,
+num_threads(1), a forked child where OpenMP is unsafe: see kernels._threads) runs the plain njit
+loops and never enters a parallel function.
 """
 import contextlib
 import threading
@@ -21,7 +23,7 @@ from numba import njit, prange
 from kernels._cpu import prefetch_distance
 from kernels._kernel import Kernel
 from kernels._numba_intrinsics import copy_row, prefetch_row, zero_rows
-from kernels._threads import threads_for
+from kernels._threads import openmp_threads, threads_for
 from kernels._validate import lookup_args
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
@@ -48,11 +50,18 @@ def _start_layer():
     return _layer
 
 
+def _numba_threads(n):
+    """The thread count to run with: n, or 1 where a parallel region must not start."""
+    if n == 1:
+        return 1
+    if (_layer or _start_layer()) == "omp":
+        return openmp_threads(n)  # 1 in a forked child where libgomp is unsafe
+    return n
+
+
 def _run_parallel(fn, *args):
     """Call a prange kernel whose last argument is its thread count (> 1), leaving Numba's own
     thread count for this Python thread as it was."""
-    if _layer is None:
-        _start_layer()
     previous = numba.get_num_threads()
     numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
     try:
@@ -108,7 +117,7 @@ def _scatter_parallel(G, ids, dW, zeroed, nthreads):
 
 
 def _gather_threads(W, ids, out):
-    nthreads = threads_for(out.nbytes)
+    nthreads = _numba_threads(threads_for(out.nbytes))
     contiguous_rows = W.strides[1] == W.itemsize
     prefetch = prefetch_distance(W) if contiguous_rows else 0
     if nthreads == 1:
@@ -122,7 +131,7 @@ def _gather(W, ids, out):
 
 
 def _scatter_add(G, ids, dW, zeroed):
-    nthreads = threads_for(G.nbytes + (0 if zeroed else dW.nbytes))
+    nthreads = _numba_threads(threads_for(G.nbytes + (0 if zeroed else dW.nbytes)))
     if nthreads == 1:
         _scatter_rows(G, ids, dW, zeroed, 0, dW.shape[0])
     else:

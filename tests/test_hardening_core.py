@@ -59,6 +59,87 @@ def _run(code, timeout, env=None):
 
 
 # --------------------------------------------------------------------------
+# 1. forked children
+# --------------------------------------------------------------------------
+
+_FORK_SETUP = """
+    import multiprocessing as mp, os, sys
+    import numpy as np
+    import kernels
+    from kernels import cython_gather, numba_gather
+
+    V, D, N = 1000, 64, 300_000   # 300k x 64 float32: above the serial threshold, 2 threads
+    W = np.random.default_rng(0).standard_normal((V, D)).astype(np.float32)
+    ids = np.random.default_rng(1).integers(0, V, N)
+    G = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
+    FWD = W[ids]
+    with kernels.num_threads(1):  # serial: starts no OpenMP region; the same bits as 2 threads
+        REF = {n: kernels.lookup_grad(G, ids, V, kernel=n) for n in ("cython_gather", "numba_gather")}
+
+    def call(name, backward):
+        if backward:
+            got = kernels.lookup_grad(G, ids, V, kernel=name)
+            return bool(np.array_equal(got.view(np.uint32), REF[name].view(np.uint32)))
+        return bool(np.array_equal(kernels.lookup(W, ids, kernel=name), FWD))
+"""
+
+
+@pytest.mark.slow
+def test_forked_pool_completes_correct_calls_after_parallel_calls_in_the_parent():
+    """The parent runs both compiled kernels on 2 threads, forward and backward; then a fork pool
+    of 2 workers makes 4 calls per kernel and direction: all complete and are correct, on one
+    thread (inherited counts read as 1); a child that sets 2 threads itself still completes."""
+    out = _run(_FORK_SETUP + """
+    def task(args):
+        name, backward, i = args
+        ok = call(name, backward)
+        used = getattr(kernels, name).threads_used(W, ids)
+        return name, backward, ok, kernels.get_num_threads(), used
+
+    def reenabled(name):
+        kernels.set_num_threads(2)
+        return call(name, False), call(name, True), getattr(kernels, name).threads_used(W, ids)
+
+    parent = [call(n, b) for n in ("cython_gather", "numba_gather") for b in (False, True)]
+    assert all(parent), parent
+    used = [m.threads_used(W, ids) for m in (cython_gather, numba_gather)]
+    print("parent threads_used", used)
+    tasks = [(n, b, i) for n in ("cython_gather", "numba_gather") for b in (False, True)
+             for i in range(4)]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        results = pool.map(task, tasks, chunksize=1)
+    bad = [r for r in results if not r[2]]
+    assert not bad, bad
+    assert all(r[3] == 1 and r[4] == 1 for r in results), results
+    with ctx.Pool(1) as pool:
+        again = pool.map(reenabled, ["cython_gather", "numba_gather"])
+    assert all(a and b for a, b, _ in again), again
+    print("re-enabled threads_used", [u for _, _, u in again])
+    print("OK", len(results))
+    """, timeout=120)
+    assert "OK 16" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CPUS < 2, reason="needs 2 cores")
+def test_child_forked_before_any_parallel_call_keeps_its_threads():
+    """asv's forkserver and pools created first: nothing was started before the fork, so the
+    child keeps the parent's thread count and runs parallel."""
+    out = _run(_FORK_SETUP + """
+    def task(name):
+        return call(name, False), call(name, True), getattr(kernels, name).threads_used(W, ids)
+
+    with mp.get_context("fork").Pool(1) as pool:
+        results = pool.map(task, ["cython_gather", "numba_gather"])
+    assert all(a and b for a, b, _ in results), results
+    assert [u for _, _, u in results] == [2, 2], results
+    print("OK")
+    """, timeout=120)
+    assert "OK" in out
+
+
+# --------------------------------------------------------------------------
 # 2. Numba's workqueue layer: first parallel calls from several threads at once
 # --------------------------------------------------------------------------
 
