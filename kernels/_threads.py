@@ -151,3 +151,13 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def ids_changed_error(vocab_size):
+    """The error of a compiled kernel whose loop read an id outside [0, vocab_size): the ids
+    passed the shared check, so another thread changed them during the call. The output is
+    unspecified (the loops never read or write outside their arrays)."""
+    return RuntimeError(
+        f"an id read during the call was outside [0, {vocab_size}) although every id passed the "
+        "bounds check: another thread changed ids during the call; the result is unspecified"
+    )

@@ -182,6 +182,116 @@ def test_first_parallel_calls_from_four_threads_under_workqueue():
 
 
 # --------------------------------------------------------------------------
+# 3. ids rewritten by another thread during a call
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
+def test_ids_rewritten_during_calls_never_crash(name):
+    """A thread keeps writing out-of-range garbage into the ids buffer (and restoring it) while
+    the main thread calls the kernel on it: every call either raises (IndexError from the check,
+    RuntimeError from the loops) or returns rows of the table; the process never crashes."""
+    out = _run(f"""
+    import threading, time
+    import numpy as np
+    import kernels
+
+    name = {name!r}
+    V, D = 1000, 16
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    Ws = np.asfortranarray(W)  # rows not contiguous: the element-loop path
+    row_of = {{W[j].tobytes(): j for j in range(V)}}
+    stop = False
+    seen = {{"ok": 0, "IndexError": 0, "RuntimeError": 0}}
+
+    def writer(buf, valid):
+        r = np.random.default_rng(1)
+        garbage = np.array([-1, V, 2**31 - 1, -2**31, 10**6], buf.dtype)
+        while not stop:
+            pos = r.integers(0, buf.shape[0], 64)
+            buf[pos] = r.choice(garbage, 64)
+            buf[pos] = valid[pos]
+
+    for n in (300_000, 20_000):        # parallel and serial paths
+        for dtype in (np.int64, np.int32):
+            valid = rng.integers(0, V, n).astype(dtype)
+            buf = valid.copy()
+            G = rng.standard_normal((n, D)).astype(np.float32)
+            stop = False
+            t = threading.Thread(target=writer, args=(buf, valid))
+            t.start()
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                for call in ("fwd", "fwd_strided", "grad", "grad_f64"):
+                    try:
+                        if call == "fwd":
+                            out = kernels.lookup(W, buf, kernel=name)
+                        elif call == "fwd_strided":
+                            out = kernels.lookup(Ws, buf, kernel=name)
+                        elif call == "grad":
+                            kernels.lookup_grad(G, buf, V, kernel=name)
+                        else:
+                            kernels.lookup_grad(G.astype(np.float64), buf, V, kernel=name)
+                    except (IndexError, RuntimeError) as e:
+                        seen[type(e).__name__] += 1
+                        continue
+                    seen["ok"] += 1
+                    if call.startswith("fwd"):
+                        rows = np.ascontiguousarray(out)
+                        assert all(rows[i].tobytes() in row_of for i in range(0, n, 997))
+            stop = True
+            t.join()
+    print("OK", seen)
+    """, timeout=180)
+    assert out.startswith("OK")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COMPILED)
+def test_compiled_loops_reject_ids_outside_the_table_and_stay_inside_their_arrays(name):
+    """The loops' own check, called directly (the shared check bypassed, as when a racing writer
+    changes ids after it): an id outside [0, V) raises RuntimeError, the gather writes only into
+    out, the scatter only into dW; good ids are still handled. In a subprocess: a regression
+    would read or write out of bounds."""
+    out = _run(f"""
+    import os
+    import numpy as np, pytest
+    import kernels
+
+    mod = getattr(kernels, {name!r})
+    rng = np.random.default_rng(4)
+    V, D, n = 100, 8, 100_000
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    for dtype in (np.int64, np.int32):
+        ids = rng.integers(0, V, n).astype(dtype)
+        ids[[5, n - 1]] = [-7, 2**31 - 1]
+        good = np.ones(n, bool)
+        good[[5, n - 1]] = False
+        for threads in (1, min(2, len(os.sched_getaffinity(0)))):
+            with kernels.num_threads(threads):
+                for table in (W, np.asfortranarray(W)):
+                    out = np.zeros((n + 8, D), np.float32)
+                    with pytest.raises(RuntimeError, match="another thread changed ids"):
+                        mod._gather(table, ids, out[:n])
+                    assert np.all(out[n:] == 0)
+                    np.testing.assert_array_equal(out[:n][good], W[ids[good]])
+                for gdtype in (np.float32, np.float64):
+                    dW = np.zeros((V + 1, D), gdtype)
+                    G = np.ones((n, D), gdtype)
+                    with pytest.raises(RuntimeError, match="another thread changed ids"):
+                        mod._scatter_add(G, ids, dW[:V], True)
+                    assert np.all(dW[V] == 0)
+                    ref = np.zeros((V, D))
+                    np.add.at(ref, ids[good], 1.0)
+                    np.testing.assert_array_equal(dW[:V], ref)
+    print("OK")
+    """, timeout=120)
+    assert "OK" in out
+
+
+# --------------------------------------------------------------------------
 # 5. the thread knob: asyncio tasks, generators, Numba's own setting
 # --------------------------------------------------------------------------
 
