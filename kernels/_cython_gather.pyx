@@ -10,7 +10,8 @@ is replaced by row 0 in the gather and skipped in the scatter, and the call rais
 afterwards (kernels._threads.ids_changed_error)."""
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from kernels._threads import ids_changed_error
@@ -27,6 +28,12 @@ ctypedef fused index_t:
 
 cdef enum:
     MAX_THREADS = 256
+    # float32 scatter (_scatter_rows_f32): a float64 copy of the row slice up to 4 MiB (it fits
+    # the caches; beyond, twice the float32 footprint cost 2-4x: measured), a count byte per row
+    # up to 64 rows per id, else the count kept in the rows themselves.
+    DENSE_BYTES = 4 << 20
+    COUNTED_ROWS_PER_ID = 64
+    CHUNK = 2048  # ids per _own call
 
 cdef extern from *:
     """
@@ -37,6 +44,12 @@ cdef extern from *:
     #else
     #define EK_PREFETCH(p) ((void)0)
     #endif
+
+    static inline void ek_prefetch_w(char* p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p, 1, 3);
+    #endif
+    }
 
     static inline void ek_prefetch_row(const char* p, Py_ssize_t nbytes) {
         Py_ssize_t off;
@@ -82,6 +95,7 @@ cdef extern from *:
     EK_DEFINE_GATHER(ek_gather_i32, int32_t, ek_load_i32)
     EK_DEFINE_GATHER(ek_gather_i64, int64_t, ek_load_i64)
     """
+    void ek_prefetch_w(char* p) noexcept nogil
     Py_ssize_t ek_load_i32(const int32_t* p) noexcept nogil
     Py_ssize_t ek_load_i64(const int64_t* p) noexcept nogil
     Py_ssize_t ek_gather_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
@@ -156,13 +170,15 @@ cdef int _gather(const char* W, Py_ssize_t V, Py_ssize_t row_stride, Py_ssize_t 
 # Scatter status codes (per thread, the largest wins)
 cdef enum:
     SCATTER_OK = 0
-    SCATTER_BAD_ID = 1      # an id outside [0, V)
+    SCATTER_BAD_ID = 1      # an id outside [0, V), or ids changed between the two passes
+    SCATTER_NO_MEMORY = 2
 
 
 cdef int _scatter_rows(const floating* G, const index_t* ids, Py_ssize_t n,
                        floating* dW, Py_ssize_t V, Py_ssize_t D, bint zeroed,
                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """dW[r0:r1] = the contributions to those rows, added in id order."""
+    """dW[r0:r1] = the contributions to those rows, added in id order in dW's own precision
+    (the float64 path: one recursive sum per row)."""
     cdef Py_ssize_t i, j, k
     cdef floating* row
     cdef const floating* g
@@ -181,16 +197,217 @@ cdef int _scatter_rows(const floating* G, const index_t* ids, Py_ssize_t n,
     return status
 
 
+cdef inline Py_ssize_t _own(const index_t* ids, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t r0,
+                            Py_ssize_t m, Py_ssize_t V, int32_t* buf,
+                            int* status) noexcept nogil:
+    """Write the offsets i - i0 of the positions i in [i0, i1) whose id lies in [r0, r0 + m)
+    into buf, without a branch per id (with several threads, which thread owns an id is a coin
+    toss a branch mispredicts); flag an id outside [0, V). Returns how many."""
+    cdef Py_ssize_t i, j, c = 0
+    cdef int bad = 0
+    for i in range(i0, i1):
+        j = _load(ids, i)
+        buf[c] = <int32_t>(i - i0)
+        c += <size_t>(j - r0) < <size_t>m
+        bad |= <size_t>j >= <size_t>V
+    if bad:
+        status[0] = SCATTER_BAD_ID
+    return c
+
+
+cdef int _scatter_rows_f32(const float* G, const index_t* ids, Py_ssize_t n,
+                           float* dW, Py_ssize_t V, Py_ssize_t D, bint zeroed,
+                           Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """dW[r0:r1] for float32: every row equals the float64 sum of its contributions in id order,
+    rounded once to float32. Three ways to the same bits, by the slice's rows per id:
+
+    - dense (a slice of at most n / 2 rows whose float64 copy takes at most DENSE_BYTES): the
+      slice is summed in that copy, then rounded into dW.
+    - counted (at most COUNTED_ROWS_PER_ID * n rows): pass 1 counts each row's contributions
+      (0, 1, 2, 3 = three or more) in a byte per row. Pass 2 adds rows with one or two straight
+      into the zeroed float32 row (0 + g1 + g2 rounds as the float64 sum does: 53 >= 2 * 24 + 2
+      bits, so rounding twice is innocuous), and rows with three or more into a float64 scratch
+      row of their own, whose index is kept in the dW row's first 4 bytes; a flush rounds them.
+    - word (larger slices: calls with few ids): the count (0, 1, 2 = two or more) lives in the dW
+      row's first 4 bytes, which are still zero; a row with one contribution is written as
+      0 + g, rows with more go to float64 scratch rows as above. No array the size of the slice.
+    Scratch of the last two: 8 * D bytes per row hit three (two) times or more. The adding
+    passes visit the slice's own positions, found CHUNK ids at a time by _own (all of them
+    when the slice is the whole table)."""
+    cdef Py_ssize_t i, i0, i1, ch, p, q, j, k, s, x, m = r1 - r0, nheavy = 0, nslots = 0
+    cdef int32_t c, w
+    cdef uint8_t b
+    cdef bint counted, inr, whole = r0 == 0 and r1 == V  # one thread: every id is its own
+    cdef int bad = 0
+    cdef uint8_t* cnt = NULL
+    cdef float* row
+    cdef const float* g
+    cdef double* acc = NULL
+    cdef double* a
+    cdef Py_ssize_t* rows = NULL
+    cdef int32_t buf[CHUNK]
+    cdef int status = SCATTER_OK
+    if m <= 0:
+        return status
+    if 2 * m <= n and m * D * <Py_ssize_t>sizeof(double) <= DENSE_BYTES:
+        acc = <double*>calloc(m * D, sizeof(double))
+        if acc == NULL:
+            return SCATTER_NO_MEMORY
+        for ch in range((n + CHUNK - 1) // CHUNK):
+            i0 = ch * CHUNK
+            i1 = min(n, i0 + CHUNK)
+            q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+            for p in range(q):
+                i = i0 + (p if whole else buf[p])
+                j = _load(ids, i)
+                if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                    status = SCATTER_BAD_ID
+                    continue
+                a = acc + (j - r0) * D
+                g = G + i * D
+                for k in range(D):
+                    a[k] += g[k]
+        for i in range(m):
+            row = dW + (r0 + i) * D
+            a = acc + i * D
+            for k in range(D):
+                row[k] = <float>a[k]
+        free(acc)
+        return status
+    if not zeroed:
+        memset(dW + r0 * D, 0, m * D * sizeof(float))
+    counted = m <= COUNTED_ROWS_PER_ID * n
+    # pass 1: count
+    if counted:
+        cnt = <uint8_t*>calloc(m + 1, 1)  # cnt[m]: where the other slices' ids are counted
+        if cnt == NULL:
+            return SCATTER_NO_MEMORY
+        for i in range(n):
+            j = _load(ids, i)
+            inr = <size_t>(j - r0) < <size_t>m
+            x = (j - r0) if inr else m
+            b = cnt[x]
+            cnt[x] = b + (b < 3)
+            nheavy += inr & (b == 2)
+            bad |= <size_t>j >= <size_t>V
+        if bad:
+            status = SCATTER_BAD_ID
+    else:
+        for ch in range((n + CHUNK - 1) // CHUNK):
+            i0 = ch * CHUNK
+            i1 = min(n, i0 + CHUNK)
+            q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+            for p in range(q):
+                j = _load(ids, i0 + (p if whole else buf[p]))
+                if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                    status = SCATTER_BAD_ID
+                    continue
+                row = dW + j * D
+                memcpy(&c, row, 4)
+                if c == 0 or c == 1:
+                    c = c + 1
+                    memcpy(row, &c, 4)
+                    nheavy += c == 2
+    if nheavy >= INT32_MAX:
+        free(cnt)
+        return SCATTER_NO_MEMORY
+    if nheavy:
+        acc = <double*>calloc(nheavy * D, sizeof(double))
+        rows = <Py_ssize_t*>malloc(nheavy * sizeof(Py_ssize_t))
+        if acc == NULL or rows == NULL:
+            free(acc)
+            free(rows)
+            free(cnt)
+            return SCATTER_NO_MEMORY
+    # pass 2: add (rows prefetched 8 positions ahead: the count decides a branch per id, which
+    # otherwise stalls the overlapping of the random row reads)
+    for ch in range((n + CHUNK - 1) // CHUNK):
+        i0 = ch * CHUNK
+        i1 = min(n, i0 + CHUNK)
+        q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+        for p in range(q):
+            if p + 8 < q:
+                k = _load(ids, i0 + ((p + 8) if whole else buf[p + 8]))
+                if <size_t>(k - r0) < <size_t>m:
+                    ek_prefetch_w(<char*>(dW + k * D))
+            i = i0 + (p if whole else buf[p])
+            j = _load(ids, i)
+            if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                status = SCATTER_BAD_ID
+                continue
+            row = dW + j * D
+            g = G + i * D
+            if counted:
+                b = cnt[j - r0]
+                if b == 1 or b == 2:
+                    for k in range(D):
+                        row[k] += g[k]
+                    continue
+                if b == 3 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    w = <int32_t>s
+                    memcpy(row, &w, 4)
+                    cnt[j - r0] = 4
+                elif b == 4:
+                    memcpy(&w, row, 4)
+                    s = w
+                    if not 0 <= s < nslots:  # only if ids changed between the passes
+                        status = SCATTER_BAD_ID
+                        continue
+                else:  # only if ids changed between the passes
+                    status = SCATTER_BAD_ID
+                    continue
+            else:
+                memcpy(&c, row, 4)
+                if c == 1:
+                    for k in range(D):
+                        row[k] = <float>0.0 + g[k]
+                    continue
+                if c == 2 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    c = <int32_t>(-1 - s)
+                    memcpy(row, &c, 4)
+                elif c < 0 and -1 - <Py_ssize_t>c < nslots:
+                    s = -1 - <Py_ssize_t>c
+                else:  # only if ids changed between the passes
+                    status = SCATTER_BAD_ID
+                    continue
+            a = acc + s * D
+            for k in range(D):
+                a[k] += g[k]
+    # flush
+    for s in range(nslots):
+        row = dW + rows[s] * D
+        a = acc + s * D
+        for k in range(D):
+            row[k] = <float>a[k]
+    free(acc)
+    free(rows)
+    free(cnt)
+    return status
+
+
 cdef int _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating* dW,
                   Py_ssize_t V, Py_ssize_t D, bint zeroed, int nthreads) noexcept nogil:
     cdef Py_ssize_t c
     cdef int t, status = SCATTER_OK
     cdef int st[MAX_THREADS]
     if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
-        return _scatter_rows(G, ids, n, dW, V, D, zeroed, 0, V)
+        if floating is float:
+            return _scatter_rows_f32(G, ids, n, dW, V, D, zeroed, 0, V)
+        else:
+            return _scatter_rows(G, ids, n, dW, V, D, zeroed, 0, V)
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        st[c] = _scatter_rows(G, ids, n, dW, V, D, zeroed,
-                              V * c // nthreads, V * (c + 1) // nthreads)
+        if floating is float:
+            st[c] = _scatter_rows_f32(G, ids, n, dW, V, D, zeroed,
+                                      V * c // nthreads, V * (c + 1) // nthreads)
+        else:
+            st[c] = _scatter_rows(G, ids, n, dW, V, D, zeroed,
+                                  V * c // nthreads, V * (c + 1) // nthreads)
     for t in range(nthreads):
         status = max(status, st[t])
     return status
@@ -236,7 +453,10 @@ def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW
                 bint zeroed, int nthreads):
     """dW[r] = sum of G[i] over ids[i] == r, rows split among threads (zeroed: dW is zero).
 
-    Raises RuntimeError if an id read in the loop was outside [0, V) (ids changed meanwhile)."""
+    float32: each row is the float64 sum in id order rounded once (see _scatter_rows_f32);
+    float64: the sum in id order. The same bits for any thread count.
+    Raises RuntimeError if an id read in the loops was outside [0, V) (ids changed meanwhile),
+    MemoryError if the float64 scratch could not be allocated."""
     cdef void* g = cnp.PyArray_DATA(G)
     cdef void* p = cnp.PyArray_DATA(ids)
     cdef void* d = cnp.PyArray_DATA(dW)
@@ -259,5 +479,7 @@ def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW
         else:
             status = _scatter(<const double*>g, <const int64_t*>p, n, <double*>d, V, D, zeroed,
                               nthreads)
+    if status == SCATTER_NO_MEMORY:
+        raise MemoryError("cython_gather: no memory for the float64 scratch rows of the gradient")
     if status == SCATTER_BAD_ID:
         raise ids_changed_error(V)

@@ -1,4 +1,4 @@
-"""LLVM intrinsics for the Numba gather: one memcpy per row, a row prefetch, a single id load.
+"""LLVM intrinsics for the Numba gather: one memcpy per row, row prefetches, a single id load.
 
 A Numba row copy written as a loop or a slice compiles to per-element work; llvm.memcpy of the
 whole row was measured faster for small rows (see README, "Speed").
@@ -51,6 +51,24 @@ def prefetch_row(typingctx, W, j):
         line = context.get_constant(types.intp, 64)
         with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
             builder.call(fn, [builder.gep(i8p, [offset]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_line(typingctx, A, j):
+    """Ask the CPU to start loading the first cache line of row A[j, :], to be written."""
+    sig = types.void(A, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aty, _ = signature.args
+        src, _ = _row_pointer(context, builder, aty, args[0], args[1])
+        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [i8p, i32(1), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -4,7 +4,10 @@ Rows are copied with constant-size memcpy for the common row sizes (inlined as v
 and prefetched a few ids ahead when the table does not fit in L2 (measured: it helps beyond L2
 and costs where the table is cached). Tables whose rows are not contiguous take an element loop.
 
-Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics).
+Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics). A
+float32 gradient row is the float64 sum of its contributions in id order, rounded once to
+float32 (the same bits as numba_gather, for any thread count); float64 rows are summed in id
+order.
 Built without OpenMP (a compiler lacking it), the same code runs on one thread. One thread
 starts no OpenMP region; in a forked child where OpenMP is unsafe every call runs on one thread
 (kernels._threads explains the rule).

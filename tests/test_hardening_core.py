@@ -292,6 +292,110 @@ def test_compiled_loops_reject_ids_outside_the_table_and_stay_inside_their_array
 
 
 # --------------------------------------------------------------------------
+# 4. accuracy of float32 gradients with heavy duplicates
+# --------------------------------------------------------------------------
+
+ROUNDED_ONCE = ["cython_gather", "numba_gather", "onehot_sparse"]
+"""Kernels whose float32 gradient row is exactly the float64 sum in id order, rounded once."""
+
+BOUND = {name: 1.0 for name in kernels.KERNELS}
+"""|dW - exact| <= BOUND * eps32 * sum|g| for every entry. Promised (float64 accumulation rounded
+once: 0.5 * eps32 * |exact| + k * 2**-53 * sum|g| <= eps32 * sum|g| for k <= 2**29
+contributions) by every kernel except numpy_take, whose np.add.reduceat is NumPy's pairwise
+sum in float32 (its worst case grows like log2(k)); the bound is checked for it on these inputs."""
+BOUND["numpy_take"] = 2.0
+
+
+def _heavy_cases():
+    rng = np.random.default_rng(20)
+    # the issue's case: 1e6 copies of 0.1 into one row
+    yield "1e6 x 0.1", np.full((1_000_000, 1), 0.1, np.float32), np.zeros(1_000_000, np.int64), 1
+    # mixed magnitudes and signs, a few very heavy rows, rows hit once, twice, never
+    n, D, V = 400_000, 4, 50
+    ids = rng.choice(4, n, p=[0.7, 0.2, 0.09, 0.01]).astype(np.int32)
+    ids[:20] = np.arange(10, 30)  # rows hit once
+    ids[20:40] = np.repeat(np.arange(30, 40), 2)  # rows hit twice
+    g = (rng.standard_normal((n, D)) * 10.0 ** rng.integers(-3, 4, (n, 1))).astype(np.float32)
+    g[5] = -0.0  # a row hit once with -0.0: comes back +0.0, as from the float64 sum
+    yield "mixed", g, ids, V
+    # all positive, uniform over a few rows: recursive float32 sums drift most here
+    n, D, V = 300_000, 8, 3
+    yield "positive", rng.uniform(0.5, 1.5, (n, D)).astype(np.float32), rng.integers(0, V, n), V
+
+
+HEAVY = list(_heavy_cases())
+
+
+@pytest.mark.parametrize("case", range(len(HEAVY)), ids=[c[0] for c in HEAVY])
+@pytest.mark.parametrize("name", sorted(kernels.KERNELS))
+def test_float32_gradient_with_heavy_duplicates_within_eps_times_sum_abs(name, case):
+    _, g, ids, V = HEAVY[case]
+    got = kernels.KERNELS[name].lookup_grad(g, ids, V)
+    ref, _, absref = grad_reference(g, ids, V)
+    err = np.abs(got.astype(np.float64) - ref)
+    bound = BOUND[name] * float(np.finfo(np.float32).eps) * absref
+    worst = float(np.max(err / np.maximum(bound, 1e-300)))
+    assert np.all(err <= bound), f"{name}: error up to {worst:.3g} x the bound"
+
+
+@pytest.mark.parametrize("case", range(len(HEAVY)), ids=[c[0] for c in HEAVY])
+@pytest.mark.parametrize("name", ROUNDED_ONCE)
+def test_float32_gradient_is_the_float64_sum_in_id_order_rounded_once(name, case):
+    _, g, ids, V = HEAVY[case]
+    ref = np.zeros((V, g.shape[1]))
+    np.add.at(ref, ids, g.astype(np.float64))  # in id order, unbuffered
+    expected = ref.astype(np.float32)
+    for threads in sorted({1, CPUS}):
+        with kernels.num_threads(threads):
+            assert_bitwise_equal(kernels.KERNELS[name].lookup_grad(g, ids, V), expected,
+                                 f"{name}, {threads} threads")
+            out = np.full((V, g.shape[1]), 7.0, np.float32)
+            kernels.KERNELS[name].lookup_grad(g, ids, V, out=out)
+            assert_bitwise_equal(out, expected, f"{name} into out=, {threads} threads")
+
+
+@pytest.mark.parametrize("name", sorted(kernels.KERNELS))
+def test_float32_gradient_is_bitwise_the_same_for_1_and_2_threads_and_every_call(name):
+    _, g, ids, V = HEAVY[1]
+    k = kernels.KERNELS[name]
+    with kernels.num_threads(1):
+        first = k.lookup_grad(g, ids, V)
+        assert_bitwise_equal(k.lookup_grad(g, ids, V), first, f"{name}, again")
+    with kernels.num_threads(min(2, CPUS)):
+        assert_bitwise_equal(k.lookup_grad(g, ids, V), first, f"{name}, 2 threads")
+        assert_bitwise_equal(k.lookup_grad(g, ids, V), first, f"{name}, 2 threads again")
+
+
+@pytest.mark.parametrize("skewed", [False, True], ids=["uniform", "half-on-one-row"])
+@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("V, n, D", [
+    (7, 150_000, 5), (1000, 150_000, 5),  # dense: a float64 copy of the row slice
+    (30_000, 65_536, 40),  # counted: at most n / 2 rows, but a float64 copy would exceed 4 MiB
+    (200_000, 150_000, 5), (3_000_000, 150_000, 5),  # counted
+    (3_000_000, 20_000, 5),  # word: over 64 rows per id
+])
+def test_compiled_float32_gradient_rounded_once_at_many_sizes(name, V, n, D, skewed):
+    """The three ways of the float32 scatter, rows hit 0, 1, 2, 3 and many times; int32 and
+    int64 ids; fresh and preallocated output; 1 and 2 threads."""
+    rng = np.random.default_rng(V + n)
+    g = rng.standard_normal((n, D)).astype(np.float32)
+    for dtype in (np.int32, np.int64):
+        ids = rng.integers(0, V, n).astype(dtype)
+        if skewed:
+            ids[rng.random(n) < 0.5] = V // 2
+        ref = np.zeros((V, D))
+        np.add.at(ref, ids, g.astype(np.float64))
+        expected = ref.astype(np.float32)
+        for threads in sorted({1, CPUS}):
+            with kernels.num_threads(threads):
+                got = kernels.KERNELS[name].lookup_grad(g, ids, V)
+                assert_bitwise_equal(got, expected, f"{name} {dtype} {threads}")
+                out = np.full((V, D), np.nan, np.float32)
+                kernels.KERNELS[name].lookup_grad(g, ids, V, out=out)
+                assert_bitwise_equal(out, expected, f"{name} {dtype} {threads} out=")
+
+
+# --------------------------------------------------------------------------
 # 5. the thread knob: asyncio tasks, generators, Numba's own setting
 # --------------------------------------------------------------------------
 
