@@ -1,11 +1,20 @@
 # cython: language_level=3
-"""Compiled core of cython_gather. Arguments arrive checked by kernels._validate: no bounds
-checks here. Weights may have any strides (byte strides are used); ids are 1-D C-contiguous
-int32/int64; out and dW are C-contiguous."""
+"""Compiled core of cython_gather. Arguments arrive checked by kernels._validate. Weights may
+have any strides (byte strides are used); ids are 1-D C-contiguous int32/int64; out and dW are
+C-contiguous.
+
+The loops still read each id once (a relaxed atomic load: the compiler may not read it again)
+and check it against V before using it: ids that another thread rewrites during the call
+(after the shared check) must never make a loop read or write outside W, out or dW. Such an id
+is replaced by row 0 in the gather and skipped in the scatter, and the call raises RuntimeError
+afterwards (kernels._threads.ids_changed_error)."""
 cimport numpy as cnp
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
+
+from kernels._threads import ids_changed_error
 
 cnp.import_array()
 
@@ -19,6 +28,12 @@ ctypedef fused index_t:
 
 cdef enum:
     MAX_THREADS = 256
+    # float32 scatter (_scatter_rows_f32): a float64 copy of the row slice up to 4 MiB (it fits
+    # the caches; beyond, twice the float32 footprint cost 2-4x: measured), a count byte per row
+    # up to 64 rows per id, else the count kept in the rows themselves.
+    DENSE_BYTES = 4 << 20
+    COUNTED_ROWS_PER_ID = 64
+    CHUNK = 2048  # ids per _own call
 
 cdef extern from *:
     """
@@ -30,40 +45,72 @@ cdef extern from *:
     #define EK_PREFETCH(p) ((void)0)
     #endif
 
+    static inline void ek_prefetch_w(char* p) {
+    #if defined(__GNUC__)
+        __builtin_prefetch(p, 1, 3);
+    #endif
+    }
+
     static inline void ek_prefetch_row(const char* p, Py_ssize_t nbytes) {
         Py_ssize_t off;
         for (off = 0; off < nbytes; off += 64) EK_PREFETCH(p + off);
     }
 
+    /* One read of ids[i]: a relaxed atomic load is a plain load on x86, but the compiler may
+       not load the element a second time (a racing writer cannot split check and use). */
+    #if defined(__GNUC__)
+    static inline Py_ssize_t ek_load_i32(const int32_t* p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+    static inline Py_ssize_t ek_load_i64(const int64_t* p) { return (Py_ssize_t)__atomic_load_n(p, __ATOMIC_RELAXED); }
+    #else
+    static inline Py_ssize_t ek_load_i32(const int32_t* p) { return *(volatile const int32_t*)p; }
+    static inline Py_ssize_t ek_load_i64(const int64_t* p) { return (Py_ssize_t)*(volatile const int64_t*)p; }
+    #endif
+
     /* Constant-size memcpy of small rows is inlined as vector moves; larger rows call libc's
-       memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes). */
-    #define EK_COPY_LOOP(NB) \\
+       memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes).
+       An id outside [0, V) (only if ids changed after the shared check) copies row 0 and is
+       counted. Prefetching a bad id's address is harmless: a prefetch never faults. */
+    #define EK_COPY_LOOP(NB, LOAD) \\
         for (i = lo; i < hi; i++) { \\
             if (prefetch && i + prefetch < hi) \\
                 ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, NB); \\
-            memcpy(out + i * (NB), W + (Py_ssize_t)ids[i] * rs, NB); \\
+            j = LOAD(&ids[i]); \\
+            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+            memcpy(out + i * (NB), W + j * rs, NB); \\
         }
 
-    #define EK_DEFINE_GATHER(NAME, IDX_T) \\
-    static void NAME(const char* W, Py_ssize_t rs, const IDX_T* ids, char* out, \\
-                     Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes, int prefetch) { \\
-        Py_ssize_t i; \\
+    #define EK_DEFINE_GATHER(NAME, IDX_T, LOAD) \\
+    static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, \\
+                           char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes, \\
+                           int prefetch) { \\
+        Py_ssize_t i, j, bad = 0; \\
         switch (rowbytes) { \\
-        case 32: EK_COPY_LOOP(32) break; \\
-        case 64: EK_COPY_LOOP(64) break; \\
-        case 128: EK_COPY_LOOP(128) break; \\
-        default: EK_COPY_LOOP(rowbytes) \\
+        case 32: EK_COPY_LOOP(32, LOAD) break; \\
+        case 64: EK_COPY_LOOP(64, LOAD) break; \\
+        case 128: EK_COPY_LOOP(128, LOAD) break; \\
+        default: EK_COPY_LOOP(rowbytes, LOAD) \\
         } \\
+        return bad; \\
     }
-    EK_DEFINE_GATHER(ek_gather_i32, int32_t)
-    EK_DEFINE_GATHER(ek_gather_i64, int64_t)
+    EK_DEFINE_GATHER(ek_gather_i32, int32_t, ek_load_i32)
+    EK_DEFINE_GATHER(ek_gather_i64, int64_t, ek_load_i64)
     """
-    void ek_gather_i32(const char* W, Py_ssize_t rs, const int32_t* ids, char* out,
-                       Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
-                       int prefetch) noexcept nogil
-    void ek_gather_i64(const char* W, Py_ssize_t rs, const int64_t* ids, char* out,
-                       Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
-                       int prefetch) noexcept nogil
+    void ek_prefetch_w(char* p) noexcept nogil
+    Py_ssize_t ek_load_i32(const int32_t* p) noexcept nogil
+    Py_ssize_t ek_load_i64(const int64_t* p) noexcept nogil
+    Py_ssize_t ek_gather_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
+                             char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
+                             int prefetch) noexcept nogil
+    Py_ssize_t ek_gather_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
+                             char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
+                             int prefetch) noexcept nogil
+
+
+cdef inline Py_ssize_t _load(const index_t* ids, Py_ssize_t i) noexcept nogil:
+    if index_t is int32_t:
+        return ek_load_i32(&ids[i])
+    else:
+        return ek_load_i64(&ids[i])
 
 
 cdef inline void _copy_row(floating* dst, const char* src, Py_ssize_t D,
@@ -73,97 +120,343 @@ cdef inline void _copy_row(floating* dst, const char* src, Py_ssize_t D,
         dst[k] = (<const floating*>(src + k * col_stride))[0]
 
 
-cdef inline void _gather_range(const char* W, Py_ssize_t row_stride, Py_ssize_t col_stride,
-                               const index_t* ids, floating* out, Py_ssize_t D,
-                               Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil:
-    cdef Py_ssize_t i
+cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row_stride,
+                                     Py_ssize_t col_stride, const index_t* ids, floating* out,
+                                     Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
+                                     int prefetch) noexcept nogil:
+    """Copy rows lo..hi-1; return how many ids were outside [0, V) (each copied row 0)."""
+    cdef Py_ssize_t i, j, bad = 0
     if col_stride == sizeof(floating):
         if index_t is int32_t:
-            ek_gather_i32(W, row_stride, ids, <char*>out, lo, hi, D * sizeof(floating), prefetch)
+            return ek_gather_i32(W, V, row_stride, ids, <char*>out, lo, hi,
+                                 D * sizeof(floating), prefetch)
         else:
-            ek_gather_i64(W, row_stride, ids, <char*>out, lo, hi, D * sizeof(floating), prefetch)
-    else:
-        for i in range(lo, hi):
-            _copy_row(out + i * D, W + ids[i] * row_stride, D, col_stride)
+            return ek_gather_i64(W, V, row_stride, ids, <char*>out, lo, hi,
+                                 D * sizeof(floating), prefetch)
+    for i in range(lo, hi):
+        j = _load(ids, i)
+        if <size_t>j >= <size_t>V:
+            bad += 1
+            j = 0
+        _copy_row(out + i * D, W + j * row_stride, D, col_stride)
+    return bad
 
 
-cdef int _gather(const char* W, Py_ssize_t row_stride, Py_ssize_t col_stride,
+cdef int _gather(const char* W, Py_ssize_t V, Py_ssize_t row_stride, Py_ssize_t col_stride,
                  const index_t* ids, Py_ssize_t n, floating* out, Py_ssize_t D,
-                 int nthreads, int prefetch) noexcept nogil:
+                 int nthreads, int prefetch, Py_ssize_t* bad) noexcept nogil:
+    """Returns the number of threads that did work; bad receives the number of bad ids."""
     cdef Py_ssize_t c
     cdef int t, used = 0
     cdef int worker[MAX_THREADS]
-    if nthreads <= 1:
-        _gather_range(W, row_stride, col_stride, ids, out, D, 0, n, prefetch)
+    cdef Py_ssize_t nbad[MAX_THREADS]
+    if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
+        bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch)
         return 1
     for t in range(nthreads):
         worker[t] = 0
+        nbad[t] = 0
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        _gather_range(W, row_stride, col_stride, ids, out, D,
-                      n * c // nthreads, n * (c + 1) // nthreads, prefetch)
+        nbad[c] = _gather_range(W, V, row_stride, col_stride, ids, out, D,
+                                n * c // nthreads, n * (c + 1) // nthreads, prefetch)
         worker[threadid()] = 1
+    bad[0] = 0
     for t in range(nthreads):
         used = used + worker[t]
+        bad[0] = bad[0] + nbad[t]
     return used
 
 
-cdef void _scatter_rows(const floating* G, const index_t* ids, Py_ssize_t n,
-                        floating* dW, Py_ssize_t D, bint zeroed,
-                        Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    cdef Py_ssize_t i, k
-    cdef index_t j
+# Scatter status codes (per thread, the largest wins)
+cdef enum:
+    SCATTER_OK = 0
+    SCATTER_BAD_ID = 1      # an id outside [0, V), or ids changed between the two passes
+    SCATTER_NO_MEMORY = 2
+
+
+cdef int _scatter_rows(const floating* G, const index_t* ids, Py_ssize_t n,
+                       floating* dW, Py_ssize_t V, Py_ssize_t D, bint zeroed,
+                       Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """dW[r0:r1] = the contributions to those rows, added in id order in dW's own precision
+    (the float64 path: one recursive sum per row)."""
+    cdef Py_ssize_t i, j, k
     cdef floating* row
     cdef const floating* g
+    cdef int status = SCATTER_OK
     if not zeroed:
         memset(dW + r0 * D, 0, (r1 - r0) * D * sizeof(floating))
     for i in range(n):
-        j = ids[i]
-        if r0 <= j < r1:
+        j = _load(ids, i)
+        if <size_t>(j - r0) < <size_t>(r1 - r0):
             row = dW + j * D
             g = G + i * D
             for k in range(D):
                 row[k] += g[k]
+        elif <size_t>j >= <size_t>V:
+            status = SCATTER_BAD_ID
+    return status
 
 
-cdef void _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating* dW,
-                   Py_ssize_t V, Py_ssize_t D, bint zeroed, int nthreads) noexcept nogil:
+cdef inline Py_ssize_t _own(const index_t* ids, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t r0,
+                            Py_ssize_t m, Py_ssize_t V, int32_t* buf,
+                            int* status) noexcept nogil:
+    """Write the offsets i - i0 of the positions i in [i0, i1) whose id lies in [r0, r0 + m)
+    into buf, without a branch per id (with several threads, which thread owns an id is a coin
+    toss a branch mispredicts); flag an id outside [0, V). Returns how many."""
+    cdef Py_ssize_t i, j, c = 0
+    cdef int bad = 0
+    for i in range(i0, i1):
+        j = _load(ids, i)
+        buf[c] = <int32_t>(i - i0)
+        c += <size_t>(j - r0) < <size_t>m
+        bad |= <size_t>j >= <size_t>V
+    if bad:
+        status[0] = SCATTER_BAD_ID
+    return c
+
+
+cdef int _scatter_rows_f32(const float* G, const index_t* ids, Py_ssize_t n,
+                           float* dW, Py_ssize_t V, Py_ssize_t D, bint zeroed,
+                           Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
+    """dW[r0:r1] for float32: every row equals the float64 sum of its contributions in id order,
+    rounded once to float32. Three ways to the same bits, by the slice's rows per id:
+
+    - dense (a slice of at most n / 2 rows whose float64 copy takes at most DENSE_BYTES): the
+      slice is summed in that copy, then rounded into dW.
+    - counted (at most COUNTED_ROWS_PER_ID * n rows): pass 1 counts each row's contributions
+      (0, 1, 2, 3 = three or more) in a byte per row. Pass 2 adds rows with one or two straight
+      into the zeroed float32 row (0 + g1 + g2 rounds as the float64 sum does: 53 >= 2 * 24 + 2
+      bits, so rounding twice is innocuous), and rows with three or more into a float64 scratch
+      row of their own, whose index is kept in the dW row's first 4 bytes; a flush rounds them.
+    - word (larger slices: calls with few ids): the count (0, 1, 2 = two or more) lives in the dW
+      row's first 4 bytes, which are still zero; a row with one contribution is written as
+      0 + g, rows with more go to float64 scratch rows as above. No array the size of the slice.
+    Scratch of the last two: 8 * D bytes per row hit three (two) times or more. The adding
+    passes visit the slice's own positions, found CHUNK ids at a time by _own (all of them
+    when the slice is the whole table)."""
+    cdef Py_ssize_t i, i0, i1, ch, p, q, j, k, s, x, m = r1 - r0, nheavy = 0, nslots = 0
+    cdef int32_t c, w
+    cdef uint8_t b
+    cdef bint counted, inr, whole = r0 == 0 and r1 == V  # one thread: every id is its own
+    cdef int bad = 0
+    cdef uint8_t* cnt = NULL
+    cdef float* row
+    cdef const float* g
+    cdef double* acc = NULL
+    cdef double* a
+    cdef Py_ssize_t* rows = NULL
+    cdef int32_t buf[CHUNK]
+    cdef int status = SCATTER_OK
+    if m <= 0:
+        return status
+    if 2 * m <= n and m * D * <Py_ssize_t>sizeof(double) <= DENSE_BYTES:
+        acc = <double*>calloc(m * D, sizeof(double))
+        if acc == NULL:
+            return SCATTER_NO_MEMORY
+        for ch in range((n + CHUNK - 1) // CHUNK):
+            i0 = ch * CHUNK
+            i1 = min(n, i0 + CHUNK)
+            q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+            for p in range(q):
+                i = i0 + (p if whole else buf[p])
+                j = _load(ids, i)
+                if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                    status = SCATTER_BAD_ID
+                    continue
+                a = acc + (j - r0) * D
+                g = G + i * D
+                for k in range(D):
+                    a[k] += g[k]
+        for i in range(m):
+            row = dW + (r0 + i) * D
+            a = acc + i * D
+            for k in range(D):
+                row[k] = <float>a[k]
+        free(acc)
+        return status
+    if not zeroed:
+        memset(dW + r0 * D, 0, m * D * sizeof(float))
+    counted = m <= COUNTED_ROWS_PER_ID * n
+    # pass 1: count
+    if counted:
+        cnt = <uint8_t*>calloc(m + 1, 1)  # cnt[m]: where the other slices' ids are counted
+        if cnt == NULL:
+            return SCATTER_NO_MEMORY
+        for i in range(n):
+            j = _load(ids, i)
+            inr = <size_t>(j - r0) < <size_t>m
+            x = (j - r0) if inr else m
+            b = cnt[x]
+            cnt[x] = b + (b < 3)
+            nheavy += inr & (b == 2)
+            bad |= <size_t>j >= <size_t>V
+        if bad:
+            status = SCATTER_BAD_ID
+    else:
+        for ch in range((n + CHUNK - 1) // CHUNK):
+            i0 = ch * CHUNK
+            i1 = min(n, i0 + CHUNK)
+            q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+            for p in range(q):
+                j = _load(ids, i0 + (p if whole else buf[p]))
+                if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                    status = SCATTER_BAD_ID
+                    continue
+                row = dW + j * D
+                memcpy(&c, row, 4)
+                if c == 0 or c == 1:
+                    c = c + 1
+                    memcpy(row, &c, 4)
+                    nheavy += c == 2
+    if nheavy >= INT32_MAX:
+        free(cnt)
+        return SCATTER_NO_MEMORY
+    if nheavy:
+        acc = <double*>calloc(nheavy * D, sizeof(double))
+        rows = <Py_ssize_t*>malloc(nheavy * sizeof(Py_ssize_t))
+        if acc == NULL or rows == NULL:
+            free(acc)
+            free(rows)
+            free(cnt)
+            return SCATTER_NO_MEMORY
+    # pass 2: add (rows prefetched 8 positions ahead: the count decides a branch per id, which
+    # otherwise stalls the overlapping of the random row reads)
+    for ch in range((n + CHUNK - 1) // CHUNK):
+        i0 = ch * CHUNK
+        i1 = min(n, i0 + CHUNK)
+        q = (i1 - i0) if whole else _own(ids, i0, i1, r0, m, V, buf, &status)
+        for p in range(q):
+            if p + 8 < q:
+                k = _load(ids, i0 + ((p + 8) if whole else buf[p + 8]))
+                if <size_t>(k - r0) < <size_t>m:
+                    ek_prefetch_w(<char*>(dW + k * D))
+            i = i0 + (p if whole else buf[p])
+            j = _load(ids, i)
+            if <size_t>(j - r0) >= <size_t>m:  # only if ids changed since _own
+                status = SCATTER_BAD_ID
+                continue
+            row = dW + j * D
+            g = G + i * D
+            if counted:
+                b = cnt[j - r0]
+                if b == 1 or b == 2:
+                    for k in range(D):
+                        row[k] += g[k]
+                    continue
+                if b == 3 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    w = <int32_t>s
+                    memcpy(row, &w, 4)
+                    cnt[j - r0] = 4
+                elif b == 4:
+                    memcpy(&w, row, 4)
+                    s = w
+                    if not 0 <= s < nslots:  # only if ids changed between the passes
+                        status = SCATTER_BAD_ID
+                        continue
+                else:  # only if ids changed between the passes
+                    status = SCATTER_BAD_ID
+                    continue
+            else:
+                memcpy(&c, row, 4)
+                if c == 1:
+                    for k in range(D):
+                        row[k] = <float>0.0 + g[k]
+                    continue
+                if c == 2 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    c = <int32_t>(-1 - s)
+                    memcpy(row, &c, 4)
+                elif c < 0 and -1 - <Py_ssize_t>c < nslots:
+                    s = -1 - <Py_ssize_t>c
+                else:  # only if ids changed between the passes
+                    status = SCATTER_BAD_ID
+                    continue
+            a = acc + s * D
+            for k in range(D):
+                a[k] += g[k]
+    # flush
+    for s in range(nslots):
+        row = dW + rows[s] * D
+        a = acc + s * D
+        for k in range(D):
+            row[k] = <float>a[k]
+    free(acc)
+    free(rows)
+    free(cnt)
+    return status
+
+
+cdef int _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating* dW,
+                  Py_ssize_t V, Py_ssize_t D, bint zeroed, int nthreads) noexcept nogil:
     cdef Py_ssize_t c
-    if nthreads <= 1:
-        _scatter_rows(G, ids, n, dW, D, zeroed, 0, V)
-        return
+    cdef int t, status = SCATTER_OK
+    cdef int st[MAX_THREADS]
+    if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
+        if floating is float:
+            return _scatter_rows_f32(G, ids, n, dW, V, D, zeroed, 0, V)
+        else:
+            return _scatter_rows(G, ids, n, dW, V, D, zeroed, 0, V)
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        _scatter_rows(G, ids, n, dW, D, zeroed, V * c // nthreads, V * (c + 1) // nthreads)
+        if floating is float:
+            st[c] = _scatter_rows_f32(G, ids, n, dW, V, D, zeroed,
+                                      V * c // nthreads, V * (c + 1) // nthreads)
+        else:
+            st[c] = _scatter_rows(G, ids, n, dW, V, D, zeroed,
+                                  V * c // nthreads, V * (c + 1) // nthreads)
+    for t in range(nthreads):
+        status = max(status, st[t])
+    return status
 
 
 def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not None,
            int nthreads, int prefetch=0):
     """out[i] = W[ids[i]]; returns the number of threads that did work.
 
-    prefetch: fetch the row this many ids ahead (0: none; pays off when the table is beyond L2)."""
+    prefetch: fetch the row this many ids ahead (0: none; pays off when the table is beyond L2).
+    nthreads <= 1 runs without starting an OpenMP region.
+    Raises RuntimeError if an id read in the loop was outside [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0), cs = cnp.PyArray_STRIDE(W, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0), D = cnp.PyArray_DIM(W, 1)
+    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0)
     cdef void* o = cnp.PyArray_DATA(out)
     cdef void* p = cnp.PyArray_DATA(ids)
     cdef bint f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
     cdef int used
+    cdef Py_ssize_t bad = 0
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if f32 and i32:
-            used = _gather(w, rs, cs, <const int32_t*>p, n, <float*>o, D, nthreads, prefetch)
+            used = _gather(w, V, rs, cs, <const int32_t*>p, n, <float*>o, D, nthreads, prefetch,
+                           &bad)
         elif f32:
-            used = _gather(w, rs, cs, <const int64_t*>p, n, <float*>o, D, nthreads, prefetch)
+            used = _gather(w, V, rs, cs, <const int64_t*>p, n, <float*>o, D, nthreads, prefetch,
+                           &bad)
         elif i32:
-            used = _gather(w, rs, cs, <const int32_t*>p, n, <double*>o, D, nthreads, prefetch)
+            used = _gather(w, V, rs, cs, <const int32_t*>p, n, <double*>o, D, nthreads, prefetch,
+                           &bad)
         else:
-            used = _gather(w, rs, cs, <const int64_t*>p, n, <double*>o, D, nthreads, prefetch)
+            used = _gather(w, V, rs, cs, <const int64_t*>p, n, <double*>o, D, nthreads, prefetch,
+                           &bad)
+    if bad:
+        raise ids_changed_error(V)
     return used
 
 
 def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW not None,
                 bint zeroed, int nthreads):
-    """dW[r] = sum of G[i] over ids[i] == r, rows split among threads (zeroed: dW is zero)."""
+    """dW[r] = sum of G[i] over ids[i] == r, rows split among threads (zeroed: dW is zero).
+
+    float32: each row is the float64 sum in id order rounded once (see _scatter_rows_f32);
+    float64: the sum in id order. The same bits for any thread count.
+    Raises RuntimeError if an id read in the loops was outside [0, V) (ids changed meanwhile),
+    MemoryError if the float64 scratch could not be allocated."""
     cdef void* g = cnp.PyArray_DATA(G)
     cdef void* p = cnp.PyArray_DATA(ids)
     cdef void* d = cnp.PyArray_DATA(dW)
@@ -171,13 +464,22 @@ def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW
     cdef Py_ssize_t V = cnp.PyArray_DIM(dW, 0), D = cnp.PyArray_DIM(dW, 1)
     cdef bint f32 = cnp.PyArray_TYPE(G) == cnp.NPY_FLOAT32
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
+    cdef int status
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if f32 and i32:
-            _scatter(<const float*>g, <const int32_t*>p, n, <float*>d, V, D, zeroed, nthreads)
+            status = _scatter(<const float*>g, <const int32_t*>p, n, <float*>d, V, D, zeroed,
+                              nthreads)
         elif f32:
-            _scatter(<const float*>g, <const int64_t*>p, n, <float*>d, V, D, zeroed, nthreads)
+            status = _scatter(<const float*>g, <const int64_t*>p, n, <float*>d, V, D, zeroed,
+                              nthreads)
         elif i32:
-            _scatter(<const double*>g, <const int32_t*>p, n, <double*>d, V, D, zeroed, nthreads)
+            status = _scatter(<const double*>g, <const int32_t*>p, n, <double*>d, V, D, zeroed,
+                              nthreads)
         else:
-            _scatter(<const double*>g, <const int64_t*>p, n, <double*>d, V, D, zeroed, nthreads)
+            status = _scatter(<const double*>g, <const int64_t*>p, n, <double*>d, V, D, zeroed,
+                              nthreads)
+    if status == SCATTER_NO_MEMORY:
+        raise MemoryError("cython_gather: no memory for the float64 scratch rows of the gradient")
+    if status == SCATTER_BAD_ID:
+        raise ids_changed_error(V)

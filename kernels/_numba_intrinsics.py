@@ -1,4 +1,4 @@
-"""LLVM intrinsics for the Numba gather: one memcpy per row, and a row prefetch.
+"""LLVM intrinsics for the Numba gather: one memcpy per row, row prefetches, a single id load.
 
 A Numba row copy written as a loop or a slice compiles to per-element work; llvm.memcpy of the
 whole row was measured faster for small rows (see README, "Speed").
@@ -57,6 +57,24 @@ def prefetch_row(typingctx, W, j):
 
 
 @intrinsic
+def prefetch_line(typingctx, A, j):
+    """Ask the CPU to start loading the first cache line of row A[j, :], to be written."""
+    sig = types.void(A, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aty, _ = signature.args
+        src, _ = _row_pointer(context, builder, aty, args[0], args[1])
+        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [i8p, i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def zero_rows(typingctx, A, r0, r1):
     """A[r0:r1, :] = 0 as one llvm.memset; A must be C-contiguous."""
     sig = types.void(A, types.intp, types.intp)
@@ -69,5 +87,22 @@ def zero_rows(typingctx, A, r0, r1):
         nbytes = builder.mul(builder.mul(rows, ncols), context.get_constant(types.intp, itemsize))
         cgutils.memset(builder, start, nbytes, 0)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def load_id(typingctx, ids, i):
+    """ids[i] read with one relaxed atomic load (a plain load on x86): the compiler may not read
+    the element again, so a bounds check on the returned value holds for its use even if another
+    thread is writing ids meanwhile."""
+    sig = ids.dtype(ids, types.intp)
+
+    def codegen(context, builder, signature, args):
+        arrty, _ = signature.args
+        a = context.make_array(arrty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, arrty, a, [args[1]], wraparound=False)
+        align = context.get_abi_sizeof(context.get_data_type(arrty.dtype))
+        return builder.load_atomic(ptr, "monotonic", align)
 
     return sig, codegen

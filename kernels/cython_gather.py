@@ -4,8 +4,13 @@ Rows are copied with constant-size memcpy for the common row sizes (inlined as v
 and prefetched a few ids ahead when the table does not fit in L2 (measured: it helps beyond L2
 and costs where the table is cached). Tables whose rows are not contiguous take an element loop.
 
-Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics).
-Built without OpenMP (a compiler lacking it), the same code runs on one thread.
+Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics). A
+float32 gradient row is the float64 sum of its contributions in id order, rounded once to
+float32 (the same bits as numba_gather, for any thread count); float64 rows are summed in id
+order.
+Built without OpenMP (a compiler lacking it), the same code runs on one thread. One thread
+starts no OpenMP region; in a forked child where OpenMP is unsafe every call runs on one thread
+(kernels._threads explains the rule).
 """
 import numpy as np
 
@@ -14,17 +19,22 @@ from kernels._cpu import prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_GRAD
-from kernels._threads import threads_for
+from kernels._threads import openmp_threads, threads_for
+
+
+def _threads(nbytes):
+    n = threads_for(nbytes)
+    return n if n == 1 else openmp_threads(n)
 
 
 def _gather(W, ids, out):
-    _core.gather(W, ids, out, threads_for(out.nbytes), prefetch_distance(W))
+    _core.gather(W, ids, out, _threads(out.nbytes), prefetch_distance(W))
 
 
 def _scatter_add(G, ids, dW, zeroed):
     if not G.flags.c_contiguous:
         G = np.ascontiguousarray(G)
-    _core.scatter_add(G, ids, dW, zeroed, threads_for(G.nbytes + (0 if zeroed else dW.nbytes)))
+    _core.scatter_add(G, ids, dW, zeroed, _threads(G.nbytes + (0 if zeroed else dW.nbytes)))
 
 
 KERNEL = Kernel(
@@ -44,4 +54,4 @@ def threads_used(weights, ids):
     W, _, flat, out2d, _ = LOOKUP.prepare(weights, ids, None)
     if not out2d.size:
         return 0
-    return _core.gather(W, flat, out2d, threads_for(out2d.nbytes), 0)
+    return _core.gather(W, flat, out2d, _threads(out2d.nbytes), 0)

@@ -4,8 +4,22 @@ are not contiguous take an element loop.
 
 Backward: rows of dW are split among threads; each thread zeroes its rows and scans every id,
 adding only those in its range. No atomics, no sort, and the same sum order every call
-(bitwise deterministic).
+(bitwise deterministic, for any thread count). A float32 row is the float64 sum of its
+contributions in id order rounded once to float32 (the same bits as cython_gather); a float64
+row is the sum in id order.
+
+Every loop reads each id once (load_id) and checks it against V before use: ids rewritten by
+another thread during a call can give wrong rows or a RuntimeError, never an access outside W,
+out or dW.
+
+Threads: the threading layer is chosen and started under a lock before the first parallel call
+(omp, then tbb, then workqueue); under workqueue, which aborts the process when two Python threads
+enter it at once, parallel calls are serialized. numba.set_num_threads is restored after each
+parallel call (the caller's own Numba thread count is left as it was). One thread (small calls,
+num_threads(1), a forked child where OpenMP is unsafe: see kernels._threads) runs the plain njit
+loops and never enters a parallel function.
 """
+import contextlib
 import threading
 
 import numba
@@ -15,83 +29,309 @@ from numba import njit, prange
 from kernels._cpu import prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel
+from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
 from kernels._ops import LOOKUP, LOOKUP_GRAD
-from kernels._numba_intrinsics import copy_row, prefetch_row, zero_rows
-from kernels._threads import threads_for
+from kernels._threads import ids_changed_error, openmp_threads, threads_for
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-_serialize = None  # a lock, if Numba fell back to the workqueue layer
+_layer = None  # Numba's threading layer, once started by _start_layer
+_serialize = contextlib.nullcontext()  # a lock around parallel calls under workqueue
+_start_lock = threading.Lock()
+
+
+def _start_layer():
+    """Start Numba's threading layer (once, under a lock) and decide whether calls serialize.
+
+    Done before the first parallel call, not after it: Python threads making their first
+    parallel calls at once would otherwise all enter an unserialized workqueue layer."""
+    global _layer, _serialize
+    with _start_lock:
+        if _layer is None:
+            numba.get_num_threads()  # starts the layer (no parallel region runs)
+            layer = numba.threading_layer()
+            if layer == "workqueue":
+                _serialize = threading.Lock()
+            _layer = layer
+    return _layer
+
+
+def _numba_threads(n):
+    """The thread count to run with: n, or 1 where a parallel region must not start."""
+    if n == 1:
+        return 1
+    if (_layer or _start_layer()) == "omp":
+        return openmp_threads(n)  # 1 in a forked child where libgomp is unsafe
+    return n
+
+
+def _run_parallel(fn, *args):
+    """Call a prange kernel whose last argument is its thread count (> 1), leaving Numba's own
+    thread count for this Python thread as it was."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
+    try:
+        with _serialize:
+            return fn(*args)
+    finally:
+        numba.set_num_threads(previous)
 
 
 @njit(cache=True, nogil=True)
 def _gather_rows(W, ids, out, lo, hi, contiguous_rows, prefetch):
+    """Copy rows lo..hi-1; return how many ids were outside [0, V) (each copied row 0)."""
+    V = W.shape[0]
+    bad = 0
     if contiguous_rows:
         for i in range(lo, hi):
             if prefetch and i + prefetch < hi:
-                prefetch_row(W, ids[i + prefetch])
-            copy_row(out, i, W, ids[i])
+                prefetch_row(W, ids[i + prefetch])  # a prefetch never faults, whatever the id
+            j = load_id(ids, i)
+            if j < 0 or j >= V:
+                bad += 1
+                j = 0
+            copy_row(out, i, W, j)
     else:
         D = W.shape[1]
         for i in range(lo, hi):
-            j = ids[i]
+            j = load_id(ids, i)
+            if j < 0 or j >= V:
+                bad += 1
+                j = 0
             for k in range(D):
                 out[i, k] = W[j, k]
+    return bad
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _gather_parallel(W, ids, out, contiguous_rows, prefetch, nthreads):
     n = ids.shape[0]
     worker = np.full(nthreads, -1, np.int64)
+    bad = 0
     for c in prange(nthreads):
-        _gather_rows(W, ids, out, n * c // nthreads, n * (c + 1) // nthreads,
-                     contiguous_rows, prefetch)
+        bad += _gather_rows(W, ids, out, n * c // nthreads, n * (c + 1) // nthreads,
+                            contiguous_rows, prefetch)
         worker[c] = numba.get_thread_id()
-    return len(set(worker))
+    return len(set(worker)), bad
 
 
 @njit(cache=True, nogil=True)
 def _scatter_rows(G, ids, dW, zeroed, r0, r1):
+    """dW[r0:r1] = the contributions to those rows, added in id order in dW's precision (the
+    float64 path). Returns 1 if an id outside [0, V) was read, else 0."""
     D = G.shape[1]
+    V = dW.shape[0]
+    bad = 0
     if not zeroed and r1 > r0:
         zero_rows(dW, r0, r1)
     for i in range(ids.shape[0]):
-        j = ids[i]
+        j = load_id(ids, i)
         if r0 <= j < r1:
             for k in range(D):
                 dW[j, k] += G[i, k]
+        elif j < 0 or j >= V:
+            bad = 1
+    return bad
+
+
+DENSE_BYTES = 4 << 20
+COUNTED_ROWS_PER_ID = 64
+CHUNK = 2048
+"""float32 scatter: a float64 copy of a row slice up to 4 MiB (it fits the caches; beyond, twice
+the float32 footprint cost 2-4x: measured), a count byte per row up to 64 rows per id, else the
+count kept in the rows themselves; own positions found CHUNK ids at a time (the same rules as
+cython_gather)."""
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _own(ids, i0, i1, r0, m, V, buf):
+    """Write the offsets i - i0 of the positions i in [i0, i1) whose id lies in [r0, r0 + m)
+    into buf, without a branch per id (with several threads, which thread owns an id is a coin
+    toss a branch mispredicts). Returns (how many, 1 if an id was outside [0, V))."""
+    c = 0
+    bad = 0
+    for i in range(i0, i1):
+        j = load_id(ids, i)
+        buf[c] = i - i0
+        c += np.uint64(j - r0) < np.uint64(m)
+        bad |= np.uint64(j) >= np.uint64(V)
+    return c, bad
+
+
+@njit(cache=True, nogil=True)
+def _scatter_rows_f32(G, ids, dW, state, zeroed, r0, r1):
+    """dW[r0:r1] for float32 (state is dW viewed as int32): every row is the float64 sum of its
+    contributions in id order, rounded once. Returns 1 if an id outside [0, V) was read, or ids
+    changed between the passes, else 0. Three ways to the same bits (as in cython_gather):
+
+    - dense (a slice of at most n / 2 rows whose float64 copy takes at most DENSE_BYTES): the
+      slice is summed in that copy, then rounded into dW.
+    - counted (at most COUNTED_ROWS_PER_ID * n rows): pass 1 counts each row's contributions
+      (0, 1, 2, 3 = three or more) in a byte per row. Pass 2 adds rows with one or two straight
+      into the zeroed float32 row (0 + g1 + g2 rounds as the float64 sum does: 53 >= 2 * 24 + 2
+      bits, so rounding twice is innocuous), and rows with three or more into a float64 scratch
+      row of their own, whose index is kept in the dW row's first 4 bytes; a flush rounds them.
+    - word (larger slices: calls with few ids): the count (0, 1, 2 = two or more) lives in the dW
+      row's first 4 bytes, which are still zero; a row with one contribution is written as
+      0 + g, rows with more go to float64 scratch rows as above. No array the size of the slice.
+    Scratch of the last two: 8 * D bytes per row hit three (two) times or more. The adding
+    passes visit the slice's own positions, found CHUNK ids at a time by _own (all of them when
+    the slice is the whole table)."""
+    D = G.shape[1]
+    V = dW.shape[0]
+    n = ids.shape[0]
+    m = r1 - r0
+    bad = 0
+    if m <= 0:
+        return bad
+    whole = r0 == 0 and r1 == V
+    buf = np.empty(CHUNK, np.int64)
+    if 2 * m <= n and m * D * 8 <= DENSE_BYTES:
+        dense = np.zeros((m, D), np.float64)
+        for i0 in range(0, n, CHUNK):
+            i1 = min(n, i0 + CHUNK)
+            if whole:
+                q = i1 - i0
+            else:
+                q, ob = _own(ids, i0, i1, r0, m, V, buf)
+                bad |= ob
+            for p in range(q):
+                i = i0 + (p if whole else buf[p])
+                j = load_id(ids, i)
+                if not r0 <= j < r1:  # only if ids changed since _own
+                    bad = 1
+                    continue
+                for k in range(D):
+                    dense[j - r0, k] += G[i, k]
+        for r in range(m):
+            for k in range(D):
+                dW[r0 + r, k] = dense[r, k]
+        return bad
+    if not zeroed:
+        zero_rows(dW, r0, r1)
+    counted = m <= COUNTED_ROWS_PER_ID * n
+    nheavy = 0
+    cnt = np.zeros(m + 1 if counted else 0, np.uint8)  # cnt[m]: where other slices' ids count
+    if counted:  # pass 1: count, branch-free
+        for i in range(n):
+            j = load_id(ids, i)
+            inr = np.uint64(j - r0) < np.uint64(m)
+            x = j - r0 if inr else m
+            b = cnt[x]
+            cnt[x] = b + (b < 3)
+            nheavy += inr and b == 2
+            bad |= np.uint64(j) >= np.uint64(V)
+    else:
+        for i0 in range(0, n, CHUNK):
+            i1 = min(n, i0 + CHUNK)
+            if whole:
+                q = i1 - i0
+            else:
+                q, ob = _own(ids, i0, i1, r0, m, V, buf)
+                bad |= ob
+            for p in range(q):
+                j = load_id(ids, i0 + (p if whole else buf[p]))
+                if not r0 <= j < r1:  # only if ids changed since _own
+                    bad = 1
+                    continue
+                c = state[j, 0]
+                if c == 0 or c == 1:
+                    state[j, 0] = c + 1
+                    if c == 1:
+                        nheavy += 1
+    acc = np.zeros((nheavy, D), np.float64)
+    rows = np.empty(nheavy, np.int64)
+    nslots = 0
+    zero = np.float32(0.0)
+    for i0 in range(0, n, CHUNK):  # pass 2: add (rows prefetched 8 positions ahead)
+        i1 = min(n, i0 + CHUNK)
+        if whole:
+            q = i1 - i0
+        else:
+            q, ob = _own(ids, i0, i1, r0, m, V, buf)
+            bad |= ob
+        for p in range(q):
+            if p + 8 < q:
+                pk = load_id(ids, i0 + ((p + 8) if whole else buf[p + 8]))
+                if r0 <= pk < r1:
+                    prefetch_line(dW, pk)
+            i = i0 + (p if whole else buf[p])
+            j = load_id(ids, i)
+            if not r0 <= j < r1:  # only if ids changed since _own
+                bad = 1
+                continue
+            s = -1
+            if counted:
+                b = cnt[j - r0]
+                if b == 1 or b == 2:
+                    for k in range(D):
+                        dW[j, k] += G[i, k]
+                    continue
+                if b == 3 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    state[j, 0] = s
+                    cnt[j - r0] = 4
+                elif b == 4 and 0 <= state[j, 0] < nslots:
+                    s = state[j, 0]
+            else:
+                c = state[j, 0]
+                if c == 1:
+                    for k in range(D):
+                        dW[j, k] = zero + G[i, k]
+                    continue
+                if c == 2 and nslots < nheavy:
+                    s = nslots
+                    nslots += 1
+                    rows[s] = j
+                    state[j, 0] = -1 - s
+                elif c < 0 and -1 - np.int64(c) < nslots:
+                    s = -1 - np.int64(c)
+            if s < 0:  # only if ids changed between the passes
+                bad = 1
+                continue
+            for k in range(D):
+                acc[s, k] += G[i, k]
+    for s in range(nslots):  # flush
+        j = rows[s]
+        for k in range(D):
+            dW[j, k] = acc[s, k]
+    return bad
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _scatter_parallel(G, ids, dW, zeroed, nthreads):
     V = dW.shape[0]
+    bad = 0
     for c in prange(nthreads):
-        _scatter_rows(G, ids, dW, zeroed, V * c // nthreads, V * (c + 1) // nthreads)
+        bad += _scatter_rows(G, ids, dW, zeroed, V * c // nthreads, V * (c + 1) // nthreads)
+    return bad
 
 
-def _run_parallel(fn, *args):
-    """Call a prange kernel whose last argument is its thread count."""
-    global _serialize
-    numba.set_num_threads(args[-1])  # thread-local to the calling Python thread
-    if _serialize is None:
-        result = fn(*args)
-        _serialize = threading.Lock() if numba.threading_layer() == "workqueue" else False
-        return result
-    if _serialize:
-        with _serialize:
-            return fn(*args)
-    return fn(*args)
+@njit(parallel=True, cache=True, nogil=True)
+def _scatter_parallel_f32(G, ids, dW, state, zeroed, nthreads):
+    V = dW.shape[0]
+    bad = 0
+    for c in prange(nthreads):
+        bad += _scatter_rows_f32(G, ids, dW, state, zeroed,
+                                 V * c // nthreads, V * (c + 1) // nthreads)
+    return bad
 
 
 def _gather_threads(W, ids, out):
-    nthreads = threads_for(out.nbytes)
+    nthreads = _numba_threads(threads_for(out.nbytes))
     contiguous_rows = W.strides[1] == W.itemsize
     prefetch = prefetch_distance(W) if contiguous_rows else 0
     if nthreads == 1:
-        _gather_rows(W, ids, out, 0, ids.shape[0], contiguous_rows, prefetch)
-        return 1
-    return _run_parallel(_gather_parallel, W, ids, out, contiguous_rows, prefetch, nthreads)
+        used, bad = 1, _gather_rows(W, ids, out, 0, ids.shape[0], contiguous_rows, prefetch)
+    else:
+        used, bad = _run_parallel(_gather_parallel, W, ids, out, contiguous_rows, prefetch,
+                                  nthreads)
+    if bad:
+        raise ids_changed_error(W.shape[0])
+    return used
 
 
 def _gather(W, ids, out):
@@ -99,11 +339,19 @@ def _gather(W, ids, out):
 
 
 def _scatter_add(G, ids, dW, zeroed):
-    nthreads = threads_for(G.nbytes + (0 if zeroed else dW.nbytes))
-    if nthreads == 1:
-        _scatter_rows(G, ids, dW, zeroed, 0, dW.shape[0])
+    nthreads = _numba_threads(threads_for(G.nbytes + (0 if zeroed else dW.nbytes)))
+    if G.dtype == np.float32:
+        state = dW.view(np.int32)
+        if nthreads == 1:
+            bad = _scatter_rows_f32(G, ids, dW, state, zeroed, 0, dW.shape[0])
+        else:
+            bad = _run_parallel(_scatter_parallel_f32, G, ids, dW, state, zeroed, nthreads)
+    elif nthreads == 1:
+        bad = _scatter_rows(G, ids, dW, zeroed, 0, dW.shape[0])
     else:
-        _run_parallel(_scatter_parallel, G, ids, dW, zeroed, nthreads)
+        bad = _run_parallel(_scatter_parallel, G, ids, dW, zeroed, nthreads)
+    if bad:
+        raise ids_changed_error(dW.shape[0])
 
 
 KERNEL = Kernel(
