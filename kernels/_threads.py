@@ -41,6 +41,7 @@ import os
 import sys
 
 import numba
+import numpy as np
 
 
 def _cores():
@@ -71,7 +72,9 @@ kill this process, so the kernels that would start one stay serial."""
 
 
 def _checked(n):
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)):
+        raise TypeError(f"the number of threads must be an integer, got {n!r}")
+    if not isinstance(n, int):
         try:
             n = operator.index(n)
         except TypeError:

@@ -152,3 +152,15 @@ def check_out(out, shape, dtype, inputs):
         if isinstance(source, np.ndarray) and np.may_share_memory(out, source):
             raise ValueError(f"out must not overlap {name}")
     return out
+
+
+def private_ids(ids, vocab_size):
+    """A private copy of checked ids, checked again: for kernels that hand ids to code that
+    trusts them (scipy's CSR indices, NumPy's two-pass fancy assignment), so that ids another
+    thread rewrites during the call give an error, never an access outside an array."""
+    from kernels._threads import ids_changed_error
+
+    own = ids.copy()
+    if own.shape[0] and any_out_of_range(own, vocab_size):
+        raise ids_changed_error(vocab_size)
+    return own

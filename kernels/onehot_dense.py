@@ -18,6 +18,7 @@ import numpy as np
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._validate import private_ids
 
 MEMORY_BUDGET = 256 * 2**20
 """The most bytes one one-hot block may take: the kernel works in chunks of ids below it."""
@@ -44,6 +45,7 @@ def onehot(ids, vocab_size, dtype):
 
 def _gather(W, ids, out):
     V = W.shape[0]
+    ids = private_ids(ids, V)
     step = chunk_rows(V, W.itemsize)
     for start in range(0, ids.shape[0], step):
         stop = min(start + step, ids.shape[0])
@@ -52,6 +54,7 @@ def _gather(W, ids, out):
 
 def _scatter_add(G, ids, dW, zeroed):
     V = dW.shape[0]
+    ids = private_ids(ids, V)
     dtype = np.float64  # float32 is summed in float64 too, and rounded once at the end
     acc = dW if G.dtype == dtype else np.empty(dW.shape, dtype)
     step = chunk_rows(V, np.dtype(dtype).itemsize)

@@ -8,6 +8,10 @@ dtype, so a float32 gradient is computed in float64 and rounded once: every row 
 sum in id order rounded to float32, the same bits as the compiled kernels (a float32 product
 summed 1e6 equal values with an error of 1%). When V exceeds the number of ids, only the rows
 that are hit take part (the float64 result then has at most n rows, not V).
+
+The ids are copied and checked again before scipy sees them (it does not bounds-check CSR
+indices). A table that is not C-contiguous (a column slice, a broadcast table) is never copied:
+the product runs over the rows the ids use.
 """
 import numpy as np
 import scipy.sparse as sp
@@ -15,6 +19,7 @@ import scipy.sparse as sp
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._validate import private_ids
 
 
 def onehot(ids, vocab_size, dtype):
@@ -26,11 +31,20 @@ def onehot(ids, vocab_size, dtype):
 
 
 def _gather(W, ids, out):
-    out[...] = onehot(ids, W.shape[0], W.dtype) @ W
+    V = W.shape[0]
+    ids = private_ids(ids, V)
+    if W.flags.c_contiguous:
+        out[...] = onehot(ids, V, W.dtype) @ W
+        return
+    # scipy would copy the whole table into a contiguous one: take the product over the rows
+    # the ids use (the same one nonzero per output row, so the same bits), memory ~ the output.
+    rows, slot = np.unique(ids, return_inverse=True)
+    out[...] = onehot(slot.astype(ids.dtype, copy=False), rows.shape[0], W.dtype) @ W[rows]
 
 
 def _scatter_add(G, ids, dW, zeroed):
     V = dW.shape[0]
+    ids = private_ids(ids, V)
     if G.dtype != np.float32:
         dW[...] = onehot(ids, V, G.dtype).T @ G
         return

@@ -187,7 +187,7 @@ def test_first_parallel_calls_from_four_threads_under_workqueue():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("name", sorted(kernels.KERNELS))
 def test_ids_rewritten_during_calls_never_crash(name):
     """A thread keeps writing out-of-range garbage into the ids buffer (and restoring it) while
     the main thread calls the kernel on it: every call either raises (IndexError from the check,

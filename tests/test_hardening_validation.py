@@ -115,3 +115,45 @@ def test_fastest_refuses_a_format_it_has_no_measurement_rule_for():
         kernels.fastest(100, 8, dtype=np.float16)
     with pytest.raises(TypeError, match="vocab_size must be an integer"):
         kernels.fastest(True, 8)
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    fn()  # compile (Numba specializes on the layout), first touch
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kernel", [k for k in KERNEL_NAMES if k != "onehot_dense"] + ["auto"])
+def test_a_lookup_of_a_strided_or_broadcast_table_allocates_about_its_output_not_the_table(kernel):
+    big = np.random.default_rng(0).standard_normal((200_000, 128)).astype(np.float32)
+    column_slice = big[:, ::2]  # 51 MB that np.take or scipy would copy whole
+    broadcast = np.broadcast_to(np.arange(64, dtype=np.float32)[None], (3_000_000_000, 64))
+    ids = np.array([[1, 2], [3, 199_999]])
+    for W, want in ((column_slice, column_slice[ids]), (broadcast, broadcast[ids])):
+        got = kernels.lookup(W, ids, kernel=kernel)
+        assert (got == want).all()
+        assert _peak_bytes(lambda: kernels.lookup(W, ids, kernel=kernel)) < 2**20, kernel
+
+
+def test_the_dense_one_hot_on_a_strided_table_allocates_its_one_hot_block_only():
+    big = np.random.default_rng(0).standard_normal((200_000, 128)).astype(np.float32)
+    W = big[:, ::2]
+    ids = np.array([1, 2, 3, 199_999])
+    assert (kernels.lookup(W, ids, kernel="onehot_dense") == W[ids]).all()
+    block = ids.size * W.shape[0] * 4
+    assert _peak_bytes(lambda: kernels.lookup(W, ids, kernel="onehot_dense")) < block + 2**20
+
+
+@pytest.mark.parametrize("bad", [True, False, np.True_])
+def test_a_bool_is_not_a_thread_count(bad, restore_num_threads):
+    with pytest.raises(TypeError, match="must be an integer"):
+        kernels.set_num_threads(bad)
+    with pytest.raises(TypeError, match="must be an integer"):
+        with kernels.num_threads(bad):
+            pass
