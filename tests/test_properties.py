@@ -5,6 +5,7 @@ bit, or raises the same IndexError naming the first offending id."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -116,3 +117,59 @@ def test_every_kernel_gradient_is_within_bound_or_raises_the_same_index_error(ca
             else:
                 raise AssertionError(f"{name} did not raise IndexError for {ids!r}")
             assert np.all(out == SENTINEL), f"{name} wrote to out before raising"
+
+
+@st.composite
+def aliased_calls(draw):
+    """A forward or backward call whose inputs and output are views of one byte buffer, at
+    random offsets: sometimes overlapping (the call must refuse, writing nothing), sometimes
+    not (the call must give the same result as on private copies)."""
+    kernel = draw(st.sampled_from(sorted(kernels.KERNELS) + ["auto"]))
+    backward = draw(st.booleans())
+    V, D, n = draw(st.integers(1, 6)), draw(st.integers(1, 4)), draw(st.integers(1, 8))
+    ids_dtype = np.dtype(draw(st.sampled_from([np.int32, np.int64])))
+    fdtype = np.dtype(np.float32)
+    sizes = {"ids": n * ids_dtype.itemsize, "src": (n if backward else V) * D * 4,
+             "out": (V if backward else n) * D * 4}
+    total = sum(sizes.values()) + 64
+    offsets = {k: draw(st.integers(0, (total - s) // 8)) * 8 for k, s in sizes.items()}
+    return kernel, backward, V, D, n, ids_dtype, fdtype, sizes, offsets, total, draw(
+        st.integers(0, 2**32 - 1))
+
+
+def _overlap(a, b, sizes, offsets):
+    return offsets[a] < offsets[b] + sizes[b] and offsets[b] < offsets[a] + sizes[a]
+
+
+@SETTINGS
+@given(aliased_calls())
+def test_aliased_inputs_and_output_are_refused_or_computed_as_on_copies(case):
+    kernel, backward, V, D, n, ids_dtype, fdtype, sizes, offsets, total, seed = case
+    rng = np.random.default_rng(seed)
+    buf = np.zeros(total, np.uint8)
+    view = lambda name, dtype, shape: buf[offsets[name]:offsets[name] + sizes[name]].view(dtype).reshape(shape)  # noqa: E731
+    src_values = rng.integers(-8, 8, (n if backward else V, D)).astype(fdtype)
+    ids_values = rng.integers(0, V, n).astype(ids_dtype)
+    src = view("src", fdtype, src_values.shape)
+    src[...] = src_values
+    ids = view("ids", ids_dtype, (n,))
+    ids[...] = ids_values  # written last: ids wins where src and ids overlap
+    out = view("out", fdtype, (V, D) if backward else (n, D))
+    src_copy, ids_copy = src.copy(), ids.copy()
+    if backward:
+        want = kernels.lookup_grad(src_copy, ids_copy, V) if ids_copy.max() < V else None
+        call = lambda: kernels.lookup_grad(src, ids, V, kernel=kernel, out=out)  # noqa: E731
+    else:
+        want = kernels.lookup(src_copy, ids_copy) if ids_copy.max() < V and ids_copy.min() >= 0 else None
+        call = lambda: kernels.lookup(src, ids, kernel=kernel, out=out)  # noqa: E731
+    if want is None:  # src overlapping ids put a float's bytes into an id: out of range
+        return
+    before = buf.copy()
+    if _overlap("out", "ids", sizes, offsets) or _overlap("out", "src", sizes, offsets):
+        with pytest.raises(ValueError, match="out must not overlap"):
+            call()
+        assert (buf == before).all(), "a refused call wrote into the buffer"
+    else:
+        got = call()
+        assert got is out
+        assert_grad_close(out, src_copy, ids_copy, V) if backward else assert_bitwise_equal(out, want)
