@@ -157,3 +157,14 @@ def test_a_bool_is_not_a_thread_count(bad, restore_num_threads):
     with pytest.raises(TypeError, match="must be an integer"):
         with kernels.num_threads(bad):
             pass
+
+
+def test_auto_accepts_torch_tensors_as_the_named_kernels_do():
+    torch = pytest.importorskip("torch")
+    W = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = torch.tensor([[3, 1], [9, 0]])
+    want = W[ids.numpy()]
+    for kernel in ALL:
+        assert (kernels.lookup(W, ids, kernel=kernel) == want).all(), kernel
+        got = kernels.lookup_grad(torch.ones(2, 2, 4), ids, 10, kernel=kernel)
+        assert got.sum() == 16 and got[3].sum() == 4, kernel
