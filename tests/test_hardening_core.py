@@ -373,6 +373,7 @@ def test_float32_gradient_is_bitwise_the_same_for_1_and_2_threads_and_every_call
     (30_000, 65_536, 40),  # counted: at most n / 2 rows, but a float64 copy would exceed 4 MiB
     (200_000, 150_000, 5), (3_000_000, 150_000, 5),  # counted
     (3_000_000, 20_000, 5),  # word: over 64 rows per id
+    (10_000, 65_536, 256), (40_000, 300_000, 64),  # numba: sorted (n >= 4 rows, copy > 4 MiB)
 ])
 def test_compiled_float32_gradient_rounded_once_at_many_sizes(name, V, n, D, skewed):
     """The three ways of the float32 scatter, rows hit 0, 1, 2, 3 and many times; int32 and
@@ -511,3 +512,45 @@ def test_numba_gather_leaves_numbas_own_thread_count_as_it_was():
         assert numba.get_num_threads() == 1
     finally:
         numba.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_ids_rewritten_during_the_sorted_numba_backward_never_crash():
+    """The counting-sort path of numba_gather's float32 backward (at most n / 4 rows a thread,
+    their float64 copy over 4 MiB): ids rewritten during the call give an error or a gradient,
+    never an access outside grad or dW."""
+    out = _run("""
+    import threading, time
+    import numpy as np
+    import kernels
+
+    V, D, n = 40_000, 64, 400_000
+    rng = np.random.default_rng(0)
+    valid = rng.integers(0, V, n)
+    buf = valid.copy()
+    G = rng.standard_normal((n, D)).astype(np.float32)
+    stop = False
+
+    def writer():
+        r = np.random.default_rng(1)
+        garbage = np.array([-1, V, 2**40, -2**40], np.int64)
+        while not stop:
+            pos = r.integers(0, n, 64)
+            buf[pos] = r.choice(garbage, 64)
+            buf[pos] = valid[pos]
+
+    t = threading.Thread(target=writer)
+    t.start()
+    seen = {"ok": 0, "err": 0}
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        try:
+            kernels.lookup_grad(G, buf, V, kernel="numba_gather")
+            seen["ok"] += 1
+        except (IndexError, RuntimeError):
+            seen["err"] += 1
+    stop = True
+    t.join()
+    print(seen)
+    """, timeout=300)
+    assert "ok" in out
