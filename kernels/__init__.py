@@ -19,7 +19,7 @@ from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_GRAD, OPERATIONS, Operation
 from kernels._registry import KERNELS, get_kernel, kernels_implementing, register
 from kernels._threads import get_num_threads, num_threads, set_num_threads
-from kernels._validate import _float_array, check_vocab_size, check_weights, float_format_of
+from kernels._validate import check_vocab_size, check_weights, float_array
 from kernels.decisions import Decision, explain, fastest, for_call
 from kernels.decisions import reload as reload_measurements
 
@@ -62,9 +62,8 @@ def lookup(weights, ids, *, kernel: str | Kernel = "numpy_take", out: np.ndarray
 
     kernel="auto" takes the kernel measured fastest for these sizes (kernels.fastest)."""
     if kernel == "auto":
-        W = check_weights(weights)
+        W, fmt = check_weights(weights)
         V, D = W.shape
-        fmt = float_format_of(W)
         return for_call(LOOKUP, V, D, _n_ids(ids), fmt).lookup(W, ids, out=out)
     return get_kernel(kernel).lookup(weights, ids, out=out)
 
@@ -75,9 +74,9 @@ def lookup_grad(grad, ids, vocab_size: int, *, kernel: str | Kernel = "numpy_tak
 
     kernel="auto" takes the kernel measured fastest for the backward at these sizes."""
     if kernel == "auto":
-        G = _float_array(grad, "grad")  # the checks in the order every kernel makes them
+        G, fmt = float_array(grad, "grad")  # the checks in the order every kernel makes them
         V = check_vocab_size(vocab_size)
         D = G.shape[-1] if G.ndim else 0
-        k = for_call(LOOKUP_GRAD, V, D, _n_ids(ids), float_format_of(G))
+        k = for_call(LOOKUP_GRAD, V, D, _n_ids(ids), fmt)
         return k.lookup_grad(G, ids, V, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from kernels._formats import FORMATS, Format
+from kernels._formats import Format, format_named
 from kernels._ops import LOOKUP, LOOKUP_GRAD, Operation, operation_named
 
 
@@ -52,29 +52,32 @@ class Kernel:
         self.colour = colour
         self.over_budget = over_budget
         self.scratch_bytes = scratch_bytes
-        self._impls: dict[str, dict[str, Callable]] = {}
+        self._impls: dict[str, dict[Format, Callable]] = {}
         for (op, formats), fn in implements.items():
             formats = (formats,) if isinstance(formats, Format) else tuple(formats)
             for fmt in formats:
-                self._impls.setdefault(op.name, {})[fmt.name] = fn
-        by_format = {op: {FORMATS[f]: fn for f, fn in fns.items()} for op, fns in self._impls.items()}
-        self._lookup = by_format.get(LOOKUP.name, {})
-        self._lookup_grad = by_format.get(LOOKUP_GRAD.name, {})
+                self._impls.setdefault(op.name, {})[fmt] = fn
+        self._lookup = self._impls.get(LOOKUP.name, {})
+        self._lookup_grad = self._impls.get(LOOKUP_GRAD.name, {})
 
     def implements(self, op, fmt) -> bool:
-        """Whether this kernel has a function for (operation, format) (names or objects)."""
+        """Whether this kernel has a function for (operation, format) (names or objects); False
+        for a format nobody declared."""
         op = operation_named(op)
-        return getattr(fmt, "name", fmt) in self._impls.get(op.name, {})
+        try:
+            return format_named(fmt) in self._impls.get(op.name, {})
+        except ValueError:
+            return False
 
     def pairs(self) -> list[tuple[str, str]]:
         """Every (operation name, format name) this kernel implements."""
-        return [(op, fmt) for op, fmts in self._impls.items() for fmt in fmts]
+        return [(op, fmt.name) for op, fmts in self._impls.items() for fmt in fmts]
 
     def function(self, op, fmt) -> Callable:
         """The function for (operation, format); NotImplementedError naming the kernels that
         implement it when this one does not."""
         op = operation_named(op)
-        fn = self._impls.get(op.name, {}).get(getattr(fmt, "name", fmt))
+        fn = self._impls.get(op.name, {}).get(format_named(fmt))
         if fn is None:
             raise not_implemented(self.name, op, fmt)
         return fn

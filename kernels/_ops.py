@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._validate import (
-    _float_format,
-    check_ids,
-    check_out,
-    check_vocab_size,
-    check_weights_format,
-)
+from kernels._validate import check_ids, check_out, check_vocab_size, check_weights, float_array
 
 _CHUNK_BYTES = 2**20
 """Reference checks work in chunks this big, so checking a large result stays cheap in memory."""
@@ -52,7 +46,7 @@ class Lookup(Operation):
     def prepare(weights, ids, out):
         """Check a call; return (W, format, flat_ids, out2d, result). The kernel's function is
         called as fn(W, flat_ids, out2d) when out2d is not empty."""
-        W, fmt = check_weights_format(weights)
+        W, fmt = check_weights(weights)
         V, D = W.shape
         a, flat = check_ids(ids, V)
         shape = a.shape + (D,)
@@ -110,8 +104,7 @@ class LookupGrad(Operation):
         """Check a call; return (G2d, format, flat_ids, dW, dW_is_zeroed). The kernel's
         function is called as fn(G2d, flat_ids, dW, zeroed) when G2d and dW are not empty; it
         must write all of dW (rows no id hits end up zero; `zeroed` says dW already is)."""
-        G = grad if type(grad) is np.ndarray else np.asarray(grad)
-        fmt = _float_format(G, "grad")
+        G, fmt = float_array(grad, "grad")
         V = check_vocab_size(vocab_size)
         ids_shape = np.shape(ids)
         if G.ndim != len(ids_shape) + 1 or G.shape[:-1] != ids_shape:

@@ -19,41 +19,23 @@ MAX_VOCAB_SIZE = int(np.iinfo(np.intp).max)
 _OUT_TYPES = (np.ndarray, np.memmap)
 
 
-def _float_array(x, name):
+def float_array(x, name):
+    """(x as an array, never copying an ndarray, its Format); TypeError naming `name` unless
+    it is native float32 or float64."""
     a = x if type(x) is np.ndarray else np.asarray(x)
-    _float_format(a, name)
-    return a
-
-
-def _float_format(a, name):
-    """The Format of a native float32/float64 array; TypeError naming `name` otherwise."""
     dt = a.dtype
     fmt = _BY_DTYPE_CHAR.get(dt.char)
     if fmt is None or not dt.isnative:
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
-    return fmt
-
-
-def float_format_of(a):
-    """The Format of a float array already checked by _float_array."""
-    return _BY_DTYPE_CHAR[a.dtype.char]
-
-
-def check_weights_format(weights):
-    """Return (weights as a 2-D float32/float64 array, never copying an ndarray, its Format)."""
-    W = weights if type(weights) is np.ndarray else np.asarray(weights)
-    if W.ndim != 2:
-        raise ValueError(f"weights must be 2-D (vocab_size, dim), got shape {W.shape}")
-    dt = W.dtype
-    fmt = _BY_DTYPE_CHAR.get(dt.char)
-    if fmt is None or not dt.isnative:
-        raise TypeError(f"weights must be float32 or float64, got {dt}")
-    return W, fmt
+    return a, fmt
 
 
 def check_weights(weights):
-    """Return weights as a 2-D float32/float64 array, never copying an ndarray."""
-    return check_weights_format(weights)[0]
+    """(weights as a 2-D float32/float64 array, never copying an ndarray, its Format)."""
+    W = weights if type(weights) is np.ndarray else np.asarray(weights)
+    if W.ndim != 2:
+        raise ValueError(f"weights must be 2-D (vocab_size, dim), got shape {W.shape}")
+    return float_array(W, "weights")
 
 
 def check_vocab_size(vocab_size):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._asv_results import ResultsError, read_json_file
+from kernels._asv_results import ResultsError, is_time, read_json_file
 from kernels._formats import FLOAT32, Format, format_named
 from kernels._ops import LOOKUP, LOOKUP_GRAD, OPERATIONS, Operation, operation_named
 
@@ -63,11 +63,10 @@ def _warn_once(message: str) -> None:
         warnings.warn(f"kernels.fastest: {message}", stacklevel=3)
 
 
-def _size(x, name, allow_zero=False):
+def _size(x, name):
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         raise ValueError(f"{name} is {x!r}, not a number")
-    if not (math.isfinite(x) and (x >= 0 if allow_zero else x > 0) and x < _MAX_SIZE
-            and x == int(x)):
+    if not (is_time(x) and x < _MAX_SIZE and x == int(x)):
         raise ValueError(f"{name} is {x!r}, not a positive whole number below 2**63")
     return int(x)
 
@@ -84,9 +83,7 @@ def _clean_row(row, op: Operation):
     if not isinstance(times, dict):
         raise ValueError("a row has no 'times' object")
     kept = {k: float(t) for k, t in times.items()
-            if k in KERNELS and KERNELS[k].implements(op, fmt)
-            and isinstance(t, (int, float)) and not isinstance(t, bool)
-            and math.isfinite(t) and t > 0}
+            if k in KERNELS and KERNELS[k].implements(op, fmt) and is_time(t)}
     if not kept:
         names = ", ".join(sorted(map(str, times))) or "none"
         raise ValueError(f"no registered kernel with a measured time in a row (kernels: {names})")
@@ -133,9 +130,7 @@ def validate_table(table, source: str) -> dict:
         "commit": str(table.get("commit", "?")),
         "date": str(table.get("date", "?")),
         "ops": clean,
-        "copy": {str(k): float(v) for k, v in copy.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                 and v > 0},
+        "copy": {str(k): float(v) for k, v in copy.items() if is_time(v)},
     }
 
 
