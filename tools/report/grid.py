@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from kernels import OPERATIONS
+from kernels._decision_table import COPY_BENCHMARK
 
 from .results import Run, is_time, records
 
@@ -107,7 +108,7 @@ def _ordered(values):
 def _roofline(run: Run):
     """(param_names, {key: GB/s}) of the copy ceiling (Roofline.track_bandwidth), or None."""
     keys = [k for k in run.benchmarks() if k.endswith(".Roofline.track_bandwidth")]
-    keys.sort(key=lambda k: (k != "bench_lookup.Roofline.track_bandwidth", k))
+    keys.sort(key=lambda k: (k != COPY_BENCHMARK.rsplit(".", 1)[0] + ".track_bandwidth", k))
     for k in keys:
         r = records(run, k)
         if r is not None:

@@ -11,6 +11,8 @@ What the page adds to the reader:
 """
 from __future__ import annotations
 
+from kernels import OPERATIONS
+from kernels._decision_table import COPY_BENCHMARK
 from kernels._asv_results import (
     NoResults,
     ResultsError,
@@ -25,9 +27,9 @@ __all__ = ["NoResults", "ResultsError", "Run", "CONTRACT_PARAM_NAMES", "load", "
            "is_time", "read_config", "this_machine_name"]
 
 CONTRACT_PARAM_NAMES = {
-    "bench_lookup.Lookup": ["kernel", "vocab_size", "dim"],
-    "bench_lookup.Roofline": ["dim"],
-    "bench_grad.LookupGrad": ["kernel", "vocab_size", "dim"],
+    **{op.benchmark.rsplit(".", 1)[0]: ["kernel", "vocab_size", "dim"]
+       for op in OPERATIONS.values()},
+    COPY_BENCHMARK.rsplit(".", 1)[0]: ["dim"],
 }
 """Used only for benchmarks that results_dir/benchmarks.json does not name."""
 
