@@ -35,7 +35,12 @@ def check_weights(weights):
     W = weights if type(weights) is np.ndarray else np.asarray(weights)
     if W.ndim != 2:
         raise ValueError(f"weights must be 2-D (vocab_size, dim), got shape {W.shape}")
-    return float_array(W, "weights")
+    # float_array's test, inlined: the call to it cost every lookup 0.05-0.07 us (of 2.6) at n = 16
+    dt = W.dtype
+    fmt = _BY_DTYPE_CHAR.get(dt.char)
+    if fmt is None or not dt.isnative:
+        raise TypeError(f"weights must be float32 or float64, got {dt}")
+    return W, fmt
 
 
 def check_vocab_size(vocab_size):
