@@ -3,6 +3,7 @@
     import kernels
     out = kernels.lookup(W, ids, kernel="numba_gather")
     dW = kernels.lookup_grad(grad, ids, vocab_size, kernel="cython_gather")
+    bags = kernels.lookup_bag(W, ids, offsets, mode="mean", kernel="cython_gather")
 
 `kernels.KERNELS` maps each name to its Kernel (callable as the lookup); each kernel is also a
 module of the same name (`from kernels import numba_gather; numba_gather.lookup(W, ids)`).
@@ -16,7 +17,7 @@ import numpy as np
 from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, onehot_sparse
 from kernels._formats import FORMATS, Format
 from kernels._kernel import Kernel
-from kernels._ops import LOOKUP, LOOKUP_GRAD, OPERATIONS, Operation
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, OPERATIONS, Operation
 from kernels._registry import KERNELS, get_kernel, kernels_implementing, register
 from kernels._threads import get_num_threads, num_threads, set_num_threads
 from kernels._validate import check_vocab_size, check_weights, float_array
@@ -36,6 +37,8 @@ __all__ = [
     "Decision",
     "lookup",
     "lookup_grad",
+    "lookup_bag",
+    "lookup_bag_grad",
     "get_kernel",
     "kernels_implementing",
     "get_num_threads",
@@ -80,3 +83,55 @@ def lookup_grad(grad, ids, vocab_size: int, *, kernel: str | Kernel = "numpy_tak
         k = for_call(LOOKUP_GRAD, V, D, _n_ids(ids), fmt)
         return k.lookup_grad(G, ids, V, out=out)
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)
+
+
+def _bag_kernel(kernel, op, V, D, n_ids, n_bags, fmt, mode):
+    if kernel != "auto":
+        return get_kernel(kernel)
+    return for_call(op, V, D, n_ids, fmt, bag_length=n_ids // max(1, n_bags), mode=mode)
+
+
+def lookup_bag(weights, ids, offsets=None, *, mode: str = "sum", per_sample_weights=None,
+               padding_idx: int | None = None, include_last_offset: bool = False,
+               kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None) -> np.ndarray:
+    """Pooled lookups (torch's EmbeddingBag): out[b] = the reduction of the rows of bag b.
+
+    ids are 1-D with `offsets` (B bag starts, or B + 1 bounds with include_last_offset=True) or
+    2-D (B, N) with offsets=None. mode: "sum", "mean", "max" or "sqrtn" (sum / sqrt(sum of
+    squared weights), as TF's combiner). per_sample_weights (one per id, the table's dtype) weight
+    sum, mean (sum(w e) / sum(w)) and sqrtn. Ids equal to padding_idx (negative: from the end)
+    are left out. A bag with no id, or a divisor of 0, is zeros. Returns (B, dim)."""
+    if kernel == "auto":
+        W, fmt = check_weights(weights)
+        n = _n_ids(ids)
+        B = np.shape(ids)[0] if offsets is None else np.shape(offsets)[0] - bool(include_last_offset)
+        kernel = _bag_kernel(kernel, LOOKUP_BAG, W.shape[0], W.shape[1], n, B, fmt, mode)
+        weights = W
+    return get_kernel(kernel).lookup_bag(
+        weights, ids, offsets, mode=mode, per_sample_weights=per_sample_weights,
+        padding_idx=padding_idx, include_last_offset=include_last_offset, out=out)
+
+
+def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, *,
+                    mode: str = "sum", per_sample_weights=None, padding_idx: int | None = None,
+                    include_last_offset: bool = False, weights=None,
+                    kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None):
+    """The gradient of lookup_bag with respect to the table: dW (vocab_size, dim), each
+    non-padding id's row receiving its bag's grad_out row times d out / d row (w or 1 for sum,
+    divided by the divisor for mean and sqrtn; max sends each column to its bag's arg-max row,
+    the first on ties). `weights` (the forward's table) is needed for mode="max" and with
+    per_sample_weights; then (dW, the gradient of per_sample_weights) is returned. vocab_size
+    defaults to len(weights)."""
+    if kernel == "auto":
+        G, fmt = float_array(grad_out, "grad_out")
+        V = check_vocab_size(np.shape(weights)[0] if vocab_size is None and weights is not None
+                             else vocab_size)
+        n = _n_ids(ids)
+        D = G.shape[-1] if G.ndim else 0
+        kernel = _bag_kernel(kernel, LOOKUP_BAG_GRAD, V, D, n, G.shape[0] if G.ndim else 0, fmt,
+                             mode)
+        grad_out = G
+    return get_kernel(kernel).lookup_bag_grad(
+        grad_out, ids, offsets, vocab_size, mode=mode, per_sample_weights=per_sample_weights,
+        padding_idx=padding_idx, include_last_offset=include_last_offset, weights=weights,
+        out=out)

@@ -43,9 +43,10 @@ def build_table(run: results.Run) -> dict:
                 continue
             kernel, V, D = combo
             grid.setdefault((V, D), {})[str(kernel)] = t
-        ops[name] = [{"vocab_size": V, "dim": D, "n_ids": F.DEFAULT_N_IDS,
-                      "dtype": FLOAT32.name, "times": times}
-                     for (V, D), times in sorted(grid.items(), key=_point_order)]
+        if grid:
+            ops[name] = [{"vocab_size": V, "dim": D, "n_ids": F.DEFAULT_N_IDS,
+                          "dtype": FLOAT32.name, "times": times}
+                         for (V, D), times in sorted(grid.items(), key=_point_order)]
     copy = {str(c[0]): t for c, t in run.points(COPY_BENCHMARK).items() if len(c) == 1}
     date = (datetime.datetime.fromtimestamp(run.date / 1000, datetime.timezone.utc)
             .strftime("%Y-%m-%d") if run.date else "?")

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
+import numpy as np
+
 from kernels._formats import Format, format_named
-from kernels._ops import LOOKUP, LOOKUP_GRAD, Operation, operation_named
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, Operation, \
+    operation_named
+from kernels._validate import BAG_MODES
 
 
 _prepare_lookup = LOOKUP.prepare
 _prepare_lookup_grad = LOOKUP_GRAD.prepare
+_prepare_bag = LOOKUP_BAG.prepare
+_prepare_bag_grad = LOOKUP_BAG_GRAD.prepare
 
 
 def _no_budget(op, vocab_size, dim, n_ids, itemsize):
@@ -30,7 +36,8 @@ class Kernel:
     - `colour`: its colour in every picture and report;
     - `over_budget(op, V, D, n, itemsize)`: why a call of these sizes is too costly to run in a
       benchmark (a sentence), or None; the one definition of that kernel's limits;
-    - `scratch_bytes(op, V, D, n, itemsize)`: memory a call allocates beyond its output.
+    - `scratch_bytes(op, V, D, n, itemsize)`: memory a call allocates beyond its output;
+    - `bag_modes`: the bag modes its lookup_bag (and lookup_bag_grad) functions handle.
     """
 
     def __init__(
@@ -44,6 +51,7 @@ class Kernel:
         colour: str,
         over_budget: Callable = _no_budget,
         scratch_bytes: Callable = _no_scratch,
+        bag_modes: Iterable[str] = BAG_MODES,
     ):
         self.name = name
         self.summary = summary
@@ -52,6 +60,7 @@ class Kernel:
         self.colour = colour
         self.over_budget = over_budget
         self.scratch_bytes = scratch_bytes
+        self.bag_modes = frozenset(bag_modes)
         self._impls: dict[str, dict[Format, Callable]] = {}
         for (op, formats), fn in implements.items():
             formats = (formats,) if isinstance(formats, Format) else tuple(formats)
@@ -82,6 +91,20 @@ class Kernel:
             raise not_implemented(self.name, op, fmt)
         return fn
 
+    def _bag_function(self, op, fmt, mode):
+        fn = self.function(op, fmt)
+        if mode not in self.bag_modes:
+            from kernels._registry import KERNELS
+
+            others = [k.name for k in KERNELS.values()
+                      if mode in k.bag_modes and k.implements(op, fmt)]
+            raise NotImplementedError(
+                f"kernel {self.name!r} does not implement mode={mode!r} bags "
+                f"({'a maximum is not a matmul' if self.family == 'onehot' else 'not built'}); "
+                f"implemented by: {', '.join(others) or 'no registered kernel'}"
+            )
+        return fn
+
     def lookup(self, weights, ids, *, out=None):
         """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given."""
         W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out)
@@ -100,6 +123,43 @@ class Kernel:
         run_grad(fn, G, flat, dW, zeroed)
         return dW
 
+    def lookup_bag(self, weights, ids, offsets=None, *, mode="sum", per_sample_weights=None,
+                   padding_idx=None, include_last_offset=False, out=None):
+        """Return the (B, dim) pooled bags (kernels.lookup_bag), written into `out` if given."""
+        W, fmt, flat, off, mode, psw, pad, out = _prepare_bag(
+            weights, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset,
+            out)
+        fn = self._bag_function(LOOKUP_BAG, fmt, mode)
+        if out.size:
+            if flat.shape[0]:
+                fn(W, flat, off, mode, psw, pad, out)
+            else:
+                out.fill(0)
+        return out
+
+    def lookup_bag_grad(self, grad_out, ids, offsets=None, vocab_size=None, *, mode="sum",
+                        per_sample_weights=None, padding_idx=None, include_last_offset=False,
+                        weights=None, out=None):
+        """Return dW (vocab_size, dim) of the bags' output gradient (kernels.lookup_bag_grad);
+        with per_sample_weights, (dW, their gradient)."""
+        from kernels._bag_math import psw_grad
+
+        if vocab_size is None:
+            if weights is None:
+                raise TypeError("lookup_bag_grad needs vocab_size (or weights=)")
+            vocab_size = np.shape(weights)[0]
+        G, fmt, flat, off, mode, psw, pad, W, dW, zeroed = _prepare_bag_grad(
+            grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+            include_last_offset, weights, out)
+        fn = self._bag_function(LOOKUP_BAG_GRAD, fmt, mode)
+        if flat.shape[0] and dW.size:
+            fn(G, flat, off, mode, psw, pad, W, dW, zeroed)
+        elif not zeroed:
+            dW.fill(0)
+        if psw is None:
+            return dW
+        return dW, psw_grad(G, W, flat, off, mode, psw, pad).reshape(np.shape(ids))
+
     def __repr__(self) -> str:
         return f"<kernel {self.name}: {self.summary}>"
 
@@ -110,6 +170,24 @@ def run_grad(fn, G, flat, dW, zeroed):
         fn(G, flat, dW, zeroed)
     elif not zeroed:
         dW.fill(0)
+
+
+def bag_grad_by_scatter(scatter):
+    """A lookup_bag_grad function from a kernel's lookup_grad function: the shared expansion of
+    kernels._bag_math (rows c * G[bag] for the non-padding ids, or the max routing) scattered by
+    the kernel's own scatter-add, so its summation rule (order, precision) carries over."""
+    from kernels import _bag_math as bm
+
+    def bag_grad(G, ids, offsets, mode, psw, pad, W, dW, zeroed):
+        if mode == "max":
+            if not zeroed:
+                dW.fill(0)
+            bm.max_grad(G, W, ids, offsets, pad, dW)
+            return
+        E, ids_kept = bm.expanded_rows(G, ids, offsets, mode, psw, pad)
+        run_grad(scatter, E, ids_kept, dW, zeroed)
+
+    return bag_grad
 
 
 def not_implemented(kernel_name, op, fmt) -> NotImplementedError:

@@ -202,3 +202,156 @@ def operation_named(op) -> Operation:
         raise ValueError(
             f"unknown operation {op!r}; known operations: {', '.join(OPERATIONS)}"
         ) from None
+
+
+def _bag_args(weights_or_fmt, ids, offsets, mode, per_sample_weights, padding_idx,
+              include_last_offset, vocab_size):
+    from kernels._validate import check_bags, check_mode, check_padding_idx, \
+        check_per_sample_weights
+
+    mode = check_mode(mode)
+    ids, off = check_bags(ids, offsets, include_last_offset)
+    a, flat = check_ids(ids, vocab_size)
+    pad = check_padding_idx(padding_idx, vocab_size)
+    psw = check_per_sample_weights(per_sample_weights, a.shape, weights_or_fmt, mode)
+    return a, flat, off, mode, psw, pad
+
+
+class LookupBag(Operation):
+    """out[b] = the reduction (sum, mean, max, sqrtn) of the rows of bag b, optionally weighted
+    per id, padding ids left out: shape (B, dim), the table's dtype (kernels.lookup_bag)."""
+
+    name = "lookup_bag"
+    title = "Bags: pooled W[ids] per bag (EmbeddingBag)"
+    benchmark = "bench_bags.Bags.time_bag"
+    extra_param = "bag_length"
+    """The benchmark's parameter after (kernel, vocab_size, dim) that decision rows also key on."""
+
+    @staticmethod
+    def prepare(weights, ids, offsets, mode, per_sample_weights, padding_idx,
+                include_last_offset, out):
+        """Check a call; return (W, format, flat_ids, offsets, mode, psw, pad, out). offsets are
+        B + 1 private int64 bounds, psw a flat array or None, pad the padding row or -1. The
+        kernel's function is called as fn(W, flat_ids, offsets, mode, psw, pad, out) when out
+        and ids are not empty and must write every row of out (zeros for a bag with no id)."""
+        W, fmt = check_weights(weights)
+        V, D = W.shape
+        a, flat, off, mode, psw, pad = _bag_args(
+            fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V)
+        shape = (off.shape[0] - 1, D)
+        if out is None:
+            return W, fmt, flat, off, mode, psw, pad, np.empty(shape, W.dtype)
+        inputs = ((W, "weights"), (a, "ids"), (psw, "per_sample_weights"))
+        return W, fmt, flat, off, mode, psw, pad, check_out(out, shape, W.dtype, inputs)
+
+    @staticmethod
+    def moved_bytes(n_ids, vocab_size, dim, itemsize=4, bag_length=1):
+        """Read n rows, write n / bag_length output rows."""
+        return (n_ids + n_ids // max(1, bag_length)) * dim * itemsize
+
+    @staticmethod
+    def reference(weights, ids, offsets, mode="sum", per_sample_weights=None, padding_idx=None,
+                  include_last_offset=False):
+        """(ref, tol, zero) in float64, from kernels._bag_math.reference."""
+        from kernels._bag_math import reference
+
+        W, fmt = check_weights(weights)
+        a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
+                                                 padding_idx, include_last_offset, W.shape[0])
+        return reference(W, flat, off, mode, psw, pad)
+
+    @classmethod
+    def assert_matches(cls, got, weights, ids, offsets=None, mode="sum", per_sample_weights=None,
+                       padding_idx=None, include_last_offset=False, what="lookup_bag"):
+        """got must be each bag's reduction within the bound of `reference` (NaN fails), torch's
+        max bit for bit, and exactly +0.0 for bags with no id (or a zero divisor)."""
+        W = np.asarray(weights)
+        ref, tol, zero = cls.reference(W, ids, offsets, mode, per_sample_weights, padding_idx,
+                                       include_last_offset)
+        if got.shape != ref.shape or got.dtype != W.dtype:
+            raise AssertionError(f"{what}: got {got.shape} {got.dtype}, expected {ref.shape} "
+                                 f"{W.dtype}")
+        if mode == "max":
+            want = ref.astype(W.dtype)
+            bad = (_bits(got) != _bits(want)) & ~(np.isnan(got) & np.isnan(want))
+        else:
+            bad = ~(np.abs(got - ref) <= tol)
+        bad |= zero[:, None] & (_bits(got) != 0)
+        if bad.any():
+            b, k = (int(x) for x in np.argwhere(bad)[0])
+            raise AssertionError(
+                f"{what} ({mode}): out[{b}, {k}] = {got[b, k]!r}, reference {ref[b, k]!r} "
+                f"(tolerance {tol[b, k]!r}{', must be +0.0' if zero[b] else ''})"
+            )
+
+
+class LookupBagGrad(Operation):
+    """dW (vocab_size, dim) of a bag's output gradient: each non-padding id's row receives its
+    bag's gradient times d out / d row (w, 1/d, w/d; for max the gradient goes, column by column,
+    to the arg-max row). With per_sample_weights, their gradient too."""
+
+    name = "lookup_bag_grad"
+    title = "Bags backward: scatter-add of scaled bag gradients"
+    benchmark = "bench_bags.BagGrad.time_bag_grad"
+    extra_param = "bag_length"
+
+    @staticmethod
+    def prepare(grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+                include_last_offset, weights, out):
+        """Check a call; return (G, format, flat_ids, offsets, mode, psw, pad, W, dW, zeroed).
+        W is the checked table (None unless mode is max or psw is given: the arg-max rows and
+        the weights' gradient need it). The kernel's function is called as
+        fn(G, flat_ids, offsets, mode, psw, pad, W, dW, zeroed) when ids and dW are not empty,
+        and must write all of dW."""
+        G, fmt = float_array(grad_out, "grad_out")
+        V = check_vocab_size(vocab_size)
+        a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
+                                                 padding_idx, include_last_offset, V)
+        B = off.shape[0] - 1
+        if G.ndim != 2 or G.shape[0] != B:
+            raise ValueError(f"grad_out must have shape (number of bags, dim) = ({B}, dim), "
+                             f"got {G.shape}")
+        D = G.shape[1]
+        W = None
+        if mode == "max" or psw is not None:
+            if weights is None:
+                need = "mode='max' (its arg-max rows)" if mode == "max" else \
+                    "the gradient of per_sample_weights"
+                raise ValueError(f"weights= (the table of the forward) is needed for {need}")
+            W, wfmt = check_weights(weights)
+            if W.shape != (V, D) or wfmt is not fmt:
+                raise ValueError(f"weights must be the ({V}, {D}) {G.dtype} table of the forward, "
+                                 f"got {W.shape} {W.dtype}")
+        if out is None:
+            return G, fmt, flat, off, mode, psw, pad, W, np.zeros((V, D), G.dtype), True
+        inputs = ((G, "grad_out"), (a, "ids"), (psw, "per_sample_weights"), (W, "weights"))
+        dW = check_out(out, (V, D), G.dtype, inputs)
+        return G, fmt, flat, off, mode, psw, pad, W, dW, False
+
+    @staticmethod
+    def moved_bytes(n_ids, vocab_size, dim, itemsize=4, bag_length=1):
+        """Read the bag gradients, read and write n rows of dW, zero the V rows of dW."""
+        return (n_ids // max(1, bag_length) + 2 * n_ids + vocab_size) * dim * itemsize
+
+    @staticmethod
+    def reference(grad_out, ids, offsets, vocab_size, mode="sum", per_sample_weights=None,
+                  padding_idx=None, include_last_offset=False, weights=None):
+        """The float64 dW: LOOKUP_GRAD's reference of the expanded rows c * G[bag] (see
+        kernels._bag_math.coefficients), or the max routing in float64."""
+        from kernels import _bag_math as bm
+
+        G, fmt, flat, off, mode, psw, pad, W, dW, _ = LookupBagGrad.prepare(
+            grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+            include_last_offset, weights, None)
+        G64 = G.astype(np.float64)
+        if mode == "max":
+            dW = np.zeros(dW.shape)
+            bm.max_grad(G64, W, flat, off, pad, dW)
+            return dW
+        c = bm.coefficients(flat, off, mode, None if psw is None else psw, pad)
+        return LOOKUP_GRAD.reference(G64[bm.bag_of_ids(off)] * c[:, None], flat, vocab_size)[0]
+
+
+LOOKUP_BAG = LookupBag()
+LOOKUP_BAG_GRAD = LookupBagGrad()
+OPERATIONS.update({op.name: op for op in (LOOKUP_BAG, LOOKUP_BAG_GRAD)})

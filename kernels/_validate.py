@@ -151,3 +151,128 @@ def private_ids(ids, vocab_size):
     if own.shape[0] and any_out_of_range(own, vocab_size):
         raise ids_changed_error(vocab_size)
     return own
+
+
+BAG_MODES = ("sum", "mean", "max", "sqrtn")
+"""The reductions a bag supports (kernels.lookup_bag's `mode`)."""
+
+
+def check_mode(mode):
+    """The mode's name if it is one of BAG_MODES, else ValueError naming them."""
+    if not isinstance(mode, str) or mode not in BAG_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, BAG_MODES))}, got {mode!r}")
+    return mode
+
+
+def check_padding_idx(padding_idx, vocab_size):
+    """-1 for None, else padding_idx in [0, vocab_size) (a negative one counts from the end, as
+    in torch); ValueError when it is outside [-vocab_size, vocab_size)."""
+    if padding_idx is None:
+        return -1
+    if isinstance(padding_idx, (bool, np.bool_)):
+        raise TypeError(f"padding_idx must be an integer or None, got {padding_idx!r}")
+    try:
+        p = operator.index(padding_idx)
+    except TypeError:
+        raise TypeError(f"padding_idx must be an integer or None, got {padding_idx!r}") from None
+    if not -vocab_size <= p < vocab_size:
+        raise ValueError(
+            f"padding_idx must be within [-vocab_size, vocab_size) = [{-vocab_size}, "
+            f"{vocab_size}), got {p}"
+        )
+    return p + vocab_size if p < 0 else p
+
+
+def _offsets_array(offsets):
+    a = offsets if isinstance(offsets, np.ndarray) else np.asarray(offsets)
+    if a.dtype.kind == "f" and a.size == 0 and not isinstance(offsets, np.ndarray):
+        a = a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"offsets must have an integer dtype, got {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"offsets must be 1-D, got shape {a.shape}")
+    if a.dtype == _UINT64 and a.size and int(a.max()) > MAX_VOCAB_SIZE:
+        raise ValueError(f"offsets must be at most 2**63 - 1, got {int(a.max())}")
+    return a.astype(_INT64)  # a private copy: another thread cannot change it during the call
+
+
+def check_bags(ids, offsets, include_last_offset):
+    """Return (ids array, offsets) where offsets is a private int64 array of B + 1 bag bounds,
+    CSR style (bag b is ids[offsets[b]:offsets[b + 1]], offsets[0] = 0, offsets[B] = n). ids are
+    1-D with `offsets` (B starts, or B + 1 bounds with include_last_offset) or 2-D (B, N) with
+    offsets None. ValueError/TypeError naming the problem; ids themselves are checked later."""
+    if isinstance(include_last_offset, (bool, np.bool_)):
+        include_last_offset = bool(include_last_offset)
+    else:
+        raise TypeError(f"include_last_offset must be a bool, got {include_last_offset!r}")
+    a = ids if isinstance(ids, np.ndarray) else np.asarray(ids)
+    if a.ndim == 2:
+        if offsets is not None:
+            raise ValueError(
+                f"offsets must be None when ids are 2-D (fixed-size bags), got ids of shape "
+                f"{a.shape} and offsets"
+            )
+        if include_last_offset:
+            raise ValueError("include_last_offset applies to 1-D ids with offsets, not 2-D ids")
+        B, N = a.shape
+        return ids, np.arange(B + 1, dtype=np.int64) * N
+    if a.ndim != 1:
+        raise ValueError(
+            f"ids must be 1-D (with offsets) or 2-D (B, N) for bags, got shape {a.shape}"
+        )
+    if offsets is None:
+        raise ValueError("offsets is required when ids are 1-D (or give 2-D ids (B, N))")
+    off = _offsets_array(offsets)
+    n = a.shape[0]
+    if include_last_offset:
+        if off.shape[0] == 0:
+            raise ValueError(
+                "offsets must hold at least one value (the end) with include_last_offset=True"
+            )
+        if off[-1] != n:
+            raise ValueError(
+                f"with include_last_offset=True the last offset must equal len(ids) = {n}, "
+                f"got {int(off[-1])}"
+            )
+    elif off.shape[0] == 0:
+        if n:
+            raise ValueError(f"offsets is empty but ids holds {n} ids: each id must be in a bag")
+        return ids, np.zeros(1, np.int64)
+    else:
+        off = np.append(off, np.int64(n))
+    if off[0] != 0:
+        raise ValueError(f"offsets[0] must be 0, got {int(off[0])}")
+    past = off > n
+    if past.any():
+        pos = int(np.argmax(past))
+        raise ValueError(f"offset {int(off[pos])} at position {pos} is past len(ids) = {n}")
+    step = np.diff(off)
+    if step.size and step.min() < 0:
+        pos = int(np.argmax(step < 0)) + 1
+        raise ValueError(
+            f"offsets must be non-decreasing: offsets[{pos}] = {int(off[pos])} < "
+            f"offsets[{pos - 1}] = {int(off[pos - 1])}"
+        )
+    return ids, off
+
+
+def check_per_sample_weights(psw, ids_shape, fmt, mode):
+    """None, or per_sample_weights as a flat C-contiguous array of the table's dtype with one
+    weight per id; ValueError for mode max (a maximum has no weights) or a wrong shape, TypeError
+    for a wrong dtype."""
+    if psw is None:
+        return None
+    if mode == "max":
+        raise ValueError("per_sample_weights is not supported with mode='max' "
+                         "(sum, mean and sqrtn take them)")
+    p = psw if type(psw) is np.ndarray else np.asarray(psw)
+    if p.dtype != fmt.storage_dtype or not p.dtype.isnative:
+        raise TypeError(
+            f"per_sample_weights must have the table's dtype {fmt.storage_dtype}, got {p.dtype}"
+        )
+    if p.shape != tuple(ids_shape):
+        raise ValueError(
+            f"per_sample_weights must have the shape of ids {tuple(ids_shape)}, got {p.shape}"
+        )
+    flat = p.reshape(-1)
+    return flat if flat.flags.c_contiguous else np.ascontiguousarray(flat)

@@ -279,11 +279,16 @@ def fastest(vocab_size: int, dim: int, n_ids: int = DEFAULT_N_IDS, dtype=np.floa
     return explain(vocab_size, dim, n_ids, dtype, op=op, backward=backward).kernel
 
 
-def for_call(op: Operation, vocab_size: int, dim: int, n_ids: int, fmt: Format):
+def for_call(op: Operation, vocab_size: int, dim: int, n_ids: int, fmt: Format, *,
+             bag_length=None, mode=None):
     """fastest() for a call about to run, its sizes already checked: one dict look-up."""
     d = _CACHE.get((op.name, vocab_size, dim, n_ids.bit_length(), fmt.name))
     if d is None:
         d = _cached(op.name, vocab_size, dim, n_ids.bit_length(), fmt.name)
+    if mode is not None and mode not in d.kernel.bag_modes:
+        from kernels._registry import KERNELS
+
+        return KERNELS[DEFAULT_KERNEL]  # TODO(bags): decide among the kernels that have the mode
     return d.kernel
 
 

@@ -7,6 +7,10 @@ of the chunk that was not gathered from row r is NaN (rows gathered from r keep 
 W[r, c], or an inf in a row not gathered, or +inf and -inf in one column, turn all of column c of
 the chunk NaN. And -0.0 comes back as +0.0 (W[j] + 0 * W[other] rounds -0.0 to +0.0).
 
+Bags: the multi-hot block (bags x V, each id's factor c = per_sample_weights or 1 over the mode's
+divisor) @ W, chunked by bags under the same budget; max is not a matmul (NotImplementedError
+naming the kernels that have it). Backward: the expanded rows c * G[bag] through onehot.T @ rows.
+
 Backward: onehot.T @ grad, chunked the same way. A float32 gradient is multiplied in float64
 (one-hot block, grad chunk and the running sum) and rounded to float32 once at the end: BLAS
 sums in its own blocked order, so the result is not bitwise the id-order sum of the compiled
@@ -15,9 +19,10 @@ sgemm over 1e6 equal contributions was off by 1.5e-4 relative here).
 """
 import numpy as np
 
+from kernels import _bag_math as bm
 from kernels._formats import FLOAT
-from kernels._kernel import Kernel
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._kernel import Kernel, bag_grad_by_scatter
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._validate import private_ids
 
 MEMORY_BUDGET = 256 * 2**20
@@ -70,9 +75,28 @@ def _scatter_add(G, ids, dW, zeroed):
         dW[...] = acc
 
 
+def _bag(W, ids, offsets, mode, psw, pad, out):
+    """multihot(bags) @ W, chunks of bags whose (bags, V) block fits MEMORY_BUDGET; the block
+    holds each id's factor c (per_sample_weights or 1, over the mode's divisor), summed where an
+    id repeats in a bag. Padding ids contribute nothing."""
+    V = W.shape[0]
+    ids = private_ids(ids, V)
+    c = bm.coefficients(ids, offsets, mode, psw, pad).astype(W.dtype)
+    bag = bm.bag_of_ids(offsets)
+    B = offsets.shape[0] - 1
+    step = chunk_rows(V, W.itemsize)
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        i0, i1 = offsets[b0], offsets[b1]
+        block = np.zeros((b1 - b0, V), W.dtype)
+        np.add.at(block, (bag[i0:i1] - b0, ids[i0:i1]), c[i0:i1])
+        np.matmul(block, W, out=out[b0:b1])
+
+
 def over_budget(op, vocab_size, dim, n_ids, itemsize=4):
     """Why a call of these sizes is beyond what benchmarks and scripts run (a sentence), or None:
-    the one definition of the dense one-hot's limits (ONEHOT_MAX_BYTES, DENSE_MAX_MACS)."""
+    the one definition of the dense one-hot's limits (ONEHOT_MAX_BYTES, DENSE_MAX_MACS). For
+    bags, n_ids is the number of rows of the multi-hot block (the number of bags)."""
     onehot_bytes = n_ids * vocab_size * itemsize
     if onehot_bytes > ONEHOT_MAX_BYTES:
         return (
@@ -94,12 +118,16 @@ def scratch_bytes(op, vocab_size, dim, n_ids, itemsize=4):
 KERNEL = Kernel(
     "onehot_dense",
     "dense one-hot block @ W (BLAS), chunked",
-    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
     compiled=False,
     family="onehot",
     colour="#d62728",
     over_budget=over_budget,
     scratch_bytes=scratch_bytes,
+    bag_modes=("sum", "mean", "sqrtn"),
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
+lookup_bag = KERNEL.lookup_bag
+lookup_bag_grad = KERNEL.lookup_bag_grad

@@ -9,6 +9,11 @@ sum in id order rounded to float32, the same bits as the compiled kernels (a flo
 summed 1e6 equal values with an error of 1%). When V exceeds the number of ids, only the rows
 that are hit take part (the float64 result then has at most n rows, not V).
 
+Bags: the CSR matrix (c, ids, offsets) @ W, c = per_sample_weights (or 1) divided by the mode's
+divisor: exactly the Dense layer on a weighted multi-hot input. max is not a product
+(NotImplementedError naming the kernels that have it). Backward: the expanded rows c * G[bag]
+through the one-hot transpose product above.
+
 The ids are copied and checked again before scipy sees them (it does not bounds-check CSR
 indices). A table that is not C-contiguous (a column slice, a broadcast table) is never copied:
 the product runs over the rows the ids use.
@@ -16,9 +21,10 @@ the product runs over the rows the ids use.
 import numpy as np
 import scipy.sparse as sp
 
+from kernels import _bag_math as bm
 from kernels._formats import FLOAT
-from kernels._kernel import Kernel
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._kernel import Kernel, bag_grad_by_scatter
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._validate import private_ids
 
 
@@ -62,6 +68,31 @@ def _scatter_add(G, ids, dW, zeroed):
     dW[rows] = onehot(slot[ids], rows.shape[0], np.float64).T @ G64
 
 
+def multihot(ids, offsets, coefficients, vocab_size, dtype):
+    """The (B, vocab_size) CSR matrix of bags: row b holds coefficient c at column id for each
+    id of bag b (duplicates stay separate entries; the product adds them)."""
+    return sp.csr_array((coefficients.astype(dtype), ids, offsets),
+                        shape=(offsets.shape[0] - 1, vocab_size))
+
+
+def _bag(W, ids, offsets, mode, psw, pad, out):
+    """CSR (c, ids, offsets) @ W: the bag as a Dense layer on its weighted multi-hot row, where
+    c is the per-id factor (w or 1, divided by the mode's divisor); padding ids left out."""
+    V = W.shape[0]
+    ids = private_ids(ids, V)
+    c = bm.coefficients(ids, offsets, mode, psw, pad)
+    if pad >= 0:
+        keep = ids != pad
+        offsets = np.concatenate(([0], np.cumsum(keep)))[offsets]
+        ids, c = ids[keep], c[keep]
+    if W.flags.c_contiguous:
+        out[...] = multihot(ids, offsets, c, V, W.dtype) @ W
+        return
+    rows, slot = np.unique(ids, return_inverse=True)
+    out[...] = multihot(slot.astype(ids.dtype, copy=False), offsets, c, rows.shape[0],
+                        W.dtype) @ W[rows]
+
+
 def _scratch_bytes(op, vocab_size, dim, n_ids, itemsize):
     """The CSR matrix (values, int64 indices, indptr) and scipy's freshly allocated result,
     copied into the output afterwards."""
@@ -72,11 +103,15 @@ def _scratch_bytes(op, vocab_size, dim, n_ids, itemsize):
 KERNEL = Kernel(
     "onehot_sparse",
     "scipy CSR one-hot @ W",
-    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
     compiled=False,
     family="onehot",
     colour="#ff7f0e",
     scratch_bytes=_scratch_bytes,
+    bag_modes=("sum", "mean", "sqrtn"),
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
+lookup_bag = KERNEL.lookup_bag
+lookup_bag_grad = KERNEL.lookup_bag_grad
