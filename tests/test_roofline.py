@@ -10,13 +10,15 @@ import pathlib
 import re
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools import roofline  # noqa: E402
+import kernels  # noqa: E402
+from tools import bag_roofline, roofline  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARGV_SIZES = [(100, 4), (100, 8), (1000, 4), (1000, 8)]
@@ -261,3 +263,195 @@ def test_replot_redraws_the_same_table_from_the_saved_rows(run):
                    "--plot", str(png2)])
     assert md2.read_text() == run["text"]
     assert png2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------
+# bags: the row-read floor (tools.bag_roofline) and the --bags section
+# --------------------------------------------------------------------------
+
+BAG_ARGV_SIZES = [(V, D, L) for V in (100, 1000) for D in (4, 8) for L in (1, 8)]
+
+
+@pytest.mark.parametrize("group", bag_roofline.GROUPS)
+@pytest.mark.parametrize("prefetch", [0, 3, 12])
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 1001])
+def test_read_rows_checksum_is_the_sum_of_the_rows_it_read(group, prefetch, nthreads, n):
+    # small integers: every float32 partial sum is exact, so the checksum must be too
+    rng = np.random.default_rng(n + 10 * prefetch + group)
+    W = rng.integers(-8, 9, (50, 12)).astype(np.float32)
+    ids = rng.integers(0, 50, n)
+    expected = W[ids].astype(np.float64).sum()
+    assert bag_roofline.read_rows(W, ids, prefetch, group, nthreads) == expected
+
+
+@pytest.mark.parametrize("group", bag_roofline.GROUPS)
+@pytest.mark.parametrize("V,D", [(1000, 16), (300_000, 64)])
+def test_read_rows_checksum_of_real_rows_within_float32_rounding(group, V, D):
+    # beyond the serial sizes and beyond L2 (the prefetching path reads a table of 77 MB)
+    rng = np.random.default_rng(V)
+    W = rng.standard_normal((V, D), dtype=np.float32)
+    ids = rng.integers(0, V, 65_536)
+    rows = W[ids].astype(np.float64)
+    bound = ids.shape[0] * np.finfo(np.float32).eps * np.abs(rows).sum()
+    for prefetch in (0, 12):
+        got = bag_roofline.read_rows(W, ids, prefetch, group)
+        assert abs(got - rows.sum()) <= bound, (got, rows.sum(), bound)
+
+
+def test_read_rows_reads_int32_ids_and_refuses_a_strided_table():
+    W = np.arange(40, dtype=np.float32).reshape(10, 4)
+    ids = np.array([9, 0, 3, 3, 9], np.int32)
+    assert bag_roofline.read_rows(W, ids) == W[ids].sum()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        bag_roofline.read_rows(W[:, ::2], ids)
+    with pytest.raises(ValueError, match="group"):
+        bag_roofline.read_rows(W, ids, group=3)
+
+
+@pytest.fixture(scope="module")
+def bag_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("roofline_bags")
+    md, js = tmp / "b.md", tmp / "b.json"
+    argv = ["--bags", "--vocab", "100,1000", "--dims", "4,8", "-n", "512", "--bag-lengths", "1,8",
+            "--rounds", "1", "--reps", "1", "--markdown", str(md), "--json", str(js)]
+    rows = roofline.main(argv)
+    return {"rows": rows, "md": md, "text": md.read_text(), "json": js, "tmp": tmp}
+
+
+def test_bags_section_runs_end_to_end_and_writes_one_bags_table(bag_run):
+    tables = parse_markdown(bag_run["text"])
+    assert set(tables) == {"bags"}, bag_run["text"]
+    header, rows = tables["bags"]
+    assert header[:4] == ["V", "D", "bag length", "floor ms (which)"]
+    sizes = [(int(float(r["V"])), int(r["D"]), int(r["bag length"])) for r in rows]
+    assert sorted(sizes) == sorted(BAG_ARGV_SIZES), sizes
+
+
+def test_bags_table_has_a_column_per_method_and_the_issue_ratios(bag_run):
+    header, _ = parse_markdown(bag_run["text"])["bags"]
+    bagged = [name for name, k in kernels.KERNELS.items()
+              if k.implements("lookup_bag", "float32") and "sum" in k.bag_modes]
+    assert "numpy_take" in bagged
+    for name in bagged:
+        assert f"{name} ms (% floor)" in header, (name, header)
+    for name, k in kernels.KERNELS.items():
+        if k.compiled:
+            assert f"lookup {name} ms (% floor)" in header, (name, header)
+    assert "best compiled bag % floor" in header
+    assert "bag / lookup (length 1)" in header
+    if bag_roofline._torch() is not None:
+        assert "x torch embedding_bag" in header
+        assert "torch embedding_bag ms (% floor)" in header
+    for name, k in kernels.KERNELS.items():
+        if k.family == "onehot":
+            assert f"{name} / fastest gather bag" in header
+
+
+def test_bags_table_cells_are_times_with_percent_of_floor_or_na(bag_run):
+    header, rows = parse_markdown(bag_run["text"])["bags"]
+    for r in rows:
+        floor = re.fullmatch(r"(\S+) \((\d rows(?:, prefetch \d+)?)\)", r["floor ms (which)"])
+        assert floor and is_positive_number(floor.group(1)), r["floor ms (which)"]
+        for h in header:
+            if h.endswith(" ms (% floor)"):
+                m = re.fullmatch(r"(\S+) \((\d+)%\)", r[h])
+                assert r[h] == "n/a" or (m and is_positive_number(m.group(1))), (h, r[h])
+        # the plain lookup is timed at bag length 1 only, and the bag / lookup ratio with it
+        lookup_cells = [r[h] for h in header if h.startswith("lookup ")]
+        if r["bag length"] == "1":
+            assert all(c != "n/a" for c in lookup_cells), r
+        else:
+            assert all(c == "n/a" for c in lookup_cells) and r["bag / lookup (length 1)"] == "", r
+
+
+def test_bags_numpy_take_is_timed_everywhere_and_the_gather_ratios_follow(bag_run):
+    _, rows = parse_markdown(bag_run["text"])["bags"]
+    for r in rows:
+        assert r["numpy_take ms (% floor)"] != "n/a"
+        assert is_positive_number(r["onehot_sparse / fastest gather bag"])
+
+
+def test_bags_rows_hold_seconds_for_every_method_and_the_floors(bag_run):
+    for row in bag_run["rows"]:
+        for name in bag_roofline.FLOOR:
+            assert row[name] > 0
+        assert row["numpy_take"] > 0
+        assert row["n"] == 512
+        assert (any(m.startswith("lookup ") for m in row)) == (row["bag_length"] == 1)
+
+
+def test_bags_replot_prints_the_same_table_from_the_saved_rows(bag_run):
+    md2 = bag_run["tmp"] / "b2.md"
+    roofline.main(["--bags", "--replot", "--json", str(bag_run["json"]), "--markdown", str(md2)])
+    assert md2.read_text() == bag_run["text"]
+
+
+def test_bags_header_records_the_command_line_blas_and_threads(bag_run):
+    first = bag_run["text"].splitlines()[0]
+    assert "--bags --vocab 100,1000" in first, first
+    assert "BLAS" in first and f"{kernels.get_num_threads()} threads" in first, first
+
+
+def test_bags_a_kernel_without_bags_is_listed_as_not_timed_with_why(bag_run):
+    for name, k in kernels.KERNELS.items():
+        header, rows = parse_markdown(bag_run["text"])["bags"]
+        if f"{name} ms (% floor)" not in header:
+            assert f"- {name} not run where:" in bag_run["text"], name
+
+
+def test_bags_n_must_be_a_multiple_of_every_bag_length():
+    with pytest.raises(ValueError, match="multiple"):
+        bag_roofline.measure_bags([100], [4], [1, 3], n=64, rounds=1, reps=1)
+
+
+def bag_row(L=1, **times):
+    # milliseconds in, seconds stored
+    row = {"V": 1000, "D": 8, "bag_length": L, "n": 1000,
+           "floor (4 rows)": 2.0, "floor (4 rows, prefetch 12)": 1.0,
+           "floor (8 rows)": 3.0, "floor (8 rows, prefetch 12)": 4.0,
+           "onehot_dense": 40.0, "onehot_sparse": 8.0, "numpy_take": 4.0,
+           "numba_gather": 2.0, "cython_gather": 1.25, "torch embedding_bag": 2.5}
+    if L == 1:
+        row.update({"lookup numba_gather": 1.0, "lookup cython_gather": 2.0})
+    row.update(times)
+    return {k: v * 1e-3 if isinstance(v, float) else v for k, v in row.items() if v is not None}
+
+
+def only_bag_row(rows):
+    _, parsed = parse_markdown(bag_roofline.bag_table(rows))["bags"]
+    return parsed
+
+
+def test_bag_table_floor_is_the_fastest_read_loop_and_percent_is_floor_over_time():
+    r = only_bag_row([bag_row()])[0]
+    assert r["floor ms (which)"] == "1.00 (4 rows, prefetch 12)"
+    assert r["numba_gather ms (% floor)"] == "2.00 (50%)"
+    assert r["cython_gather ms (% floor)"] == "1.25 (80%)"
+    assert r["onehot_dense ms (% floor)"] == "40.00 (2%)"
+    assert r["best compiled bag % floor"] == "80%"
+
+
+def test_bag_table_ratios_torch_lookup_and_onehot_against_fastest_gather():
+    r1, r8 = only_bag_row([bag_row(), bag_row(8)])
+    assert r1["x torch embedding_bag"] == "2.00"  # 2.5 / 1.25
+    assert r1["bag / lookup (length 1)"] == "1.25"  # 1.25 / 1.0
+    assert r1["onehot_dense / fastest gather bag"] == "32.0"  # 40 / 1.25
+    assert r1["onehot_sparse / fastest gather bag"] == "6.4"
+    assert r8["bag / lookup (length 1)"] == ""
+
+
+def test_bag_table_without_compiled_bags_or_torch_says_na():
+    row = bag_row(cython_gather=None, numba_gather=None, onehot_dense=None)
+    r = only_bag_row([row])[0]
+    assert r["best compiled bag % floor"] == "n/a"
+    assert r["bag / lookup (length 1)"] == "n/a"
+    assert r["onehot_sparse / fastest gather bag"] == "2.0"  # against numpy_take
+    assert r["x torch embedding_bag"] == "n/a"
+    assert "onehot_dense / fastest gather bag" not in r  # never measured: no column
+
+
+def test_bag_table_torch_ratio_appears_only_when_torch_was_measured():
+    rows = [bag_row(**{"torch embedding_bag": None})]
+    header, _ = parse_markdown(bag_roofline.bag_table(rows))["bags"]
+    assert not any("torch" in h for h in header), header

@@ -2,6 +2,7 @@
 
     python -m tools.roofline                  # default grid, forward and backward
     python -m tools.roofline --vocab 1000 --dims 16 --rounds 2   # a small look
+    python -m tools.roofline --bags [--quick] # bags against the row-read floor (tools.bag_roofline)
 
 For each (V, D) it times, interleaved in one process and in several rounds, a plain copy of an
 array of the output's size, every kernel into a preallocated output, the best NumPy form, and
@@ -20,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 
 import numpy as np
 
@@ -242,20 +244,45 @@ def _blas():
     ) + (f" (OPENBLAS_CORETYPE={env} set in the environment)" if env else "")
 
 
+SECTION_DEFAULTS = {
+    "lookup": {"vocab": "1000,10000,100000,1000000", "dims": "8,16,64,256", "rounds": 5,
+               "reps": 7, "plot": "docs/roofline.png", "markdown": "docs/roofline.md",
+               "json": "docs/roofline.json"},
+    "bags": {"plot": "", "markdown": "docs/roofline_bags.md", "json": "docs/roofline_bags.json"},
+}
+"""Each section's defaults for the options not given (the bags grid: tools.bag_roofline)."""
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vocab", default="1000,10000,100000,1000000", help="comma-separated V")
-    p.add_argument("--dims", default="8,16,64,256", help="comma-separated D")
+    p.add_argument("--vocab", help="comma-separated V (default 1000,10000,100000,1000000; "
+                                   "--bags: 10000,1000000,2000000)")
+    p.add_argument("--dims", help="comma-separated D (default 8,16,64,256; --bags: 16,64,256)")
     p.add_argument("-n", type=int, default=65_536, help="number of ids")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
+    p.add_argument("--reps", type=int, help="calls per method and round (default 7; --bags: 5)")
     p.add_argument("--no-backward", action="store_true")
-    p.add_argument("--plot", default="docs/roofline.png")
-    p.add_argument("--markdown", default="docs/roofline.md")
-    p.add_argument("--json", default="docs/roofline.json", help="where the measured rows go")
+    p.add_argument("--bags", action="store_true",
+                   help="the bags section instead: every lookup_bag, torch's embedding_bag and "
+                        "the plain lookup against the row-read floor (tools.bag_roofline)")
+    p.add_argument("--bag-lengths", help="with --bags: comma-separated bag lengths (default 1,8,64)")
+    p.add_argument("--quick", action="store_true",
+                   help="with --bags: V 1e4,1e6 x D 16,256 x bag length 1,8, 3 rounds of 3")
+    p.add_argument("--plot", help="picture path (default docs/roofline.png; --bags: none)")
+    p.add_argument("--markdown", help="table path (default docs/roofline.md; --bags: "
+                                      "docs/roofline_bags.md; '' for none)")
+    p.add_argument("--json", help="where the measured rows go (default docs/roofline.json; "
+                                  "--bags: docs/roofline_bags.json; '' for none)")
     p.add_argument("--replot", action="store_true",
                    help="do not measure: redraw the table and picture from --json")
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
+    section = "bags" if a.bags else "lookup"
+    for key, value in SECTION_DEFAULTS[section].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.bags:
+        return bags_main(a, argv)
     if a.replot:
         with open(a.json) as f:
             saved = json.load(f)
@@ -264,8 +291,7 @@ def main(argv=None):
         vocab = [int(float(v)) for v in a.vocab.split(",")]
         dims = [int(d) for d in a.dims.split(",")]
         rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
-        header = (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
-                  f"`python -m tools.roofline {' '.join(argv or [])}`; {_blas()}")
+        header = _header(argv)
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"header": header, "rows": rows}, f, indent=0)
@@ -277,6 +303,44 @@ def main(argv=None):
     if a.plot:
         plot(rows, a.plot, header.split(", `")[0].replace("Measured ", ""))
         print(f"picture: {a.plot}")
+
+
+def _header(argv):
+    return (f"Measured {_machine()}, {kernels.get_num_threads()} threads, "
+            f"`python -m tools.roofline {' '.join(argv or [])}`; {_blas()}")
+
+
+def bags_main(a, argv):
+    """The bags section of main(): measure (or reload) and print the table; returns the rows."""
+    from tools import bag_roofline as br
+
+    if a.replot:
+        with open(a.json) as f:
+            saved = json.load(f)
+        rows, header, skipped = saved["rows"], saved["header"], saved["skipped"]
+    else:
+        grid = br.QUICK if a.quick else br.FULL
+        vocab = [int(float(v)) for v in a.vocab.split(",")] if a.vocab else grid["vocab"]
+        dims = [int(d) for d in a.dims.split(",")] if a.dims else grid["dims"]
+        lengths = ([int(x) for x in a.bag_lengths.split(",")] if a.bag_lengths
+                   else grid["bag_lengths"])
+        rows, skipped = br.measure_bags(vocab, dims, lengths, a.n, a.rounds or grid["rounds"],
+                                        a.reps or grid["reps"])
+        torch = br._torch()
+        header = _header(argv) + (
+            f"; torch {torch.__version__} on {torch.get_num_threads()} threads"
+            if torch is not None else "; torch not importable")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"header": header, "rows": rows, "skipped": skipped}, f, indent=0)
+    text = header + "\n" + br.bag_table(rows)
+    if skipped:
+        text += "\n\nNot timed:\n" + br.skipped_text(skipped)
+    print(text)
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write(text + "\n")
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,0 +1,330 @@
+"""The bags section of the roofline script: every bag form against the row-read floor.
+
+    python -m tools.roofline --bags            # V 1e4,1e6,2e6 x D 16,64,256 x bag length 1,8,64
+    python -m tools.roofline --bags --quick    # a 2 x 2 x 2 subset, fewer rounds
+
+A bag reads n rows and writes B = n / bag_length rows. The time to read the same n rows, summed
+into a per-thread accumulator of D floats and written nowhere (`read_rows`), is the floor of any
+bag. Four read loops are timed: 4 or 8 rows summed a step, each without and with row prefetch
+(kernels._cpu.PREFETCH_DISTANCE ids ahead, as the compiled gathers prefetch beyond L2); the
+fastest is the floor and the table names it. They run on kernels.get_num_threads() threads, the
+ids split in equal contiguous chunks as the compiled gathers split them.
+
+Timed at each (V, D), interleaved round after round in a shuffled order (kernels._timing's
+median_seconds; the best per-round median kept): the four floors, every registered kernel's
+lookup_bag (mode sum, offsets of equal bags, into a preallocated out) unless the kernel does not
+implement it (NotImplementedError, no float32 function, no sum mode) or is over its budget (its
+`over_budget` trait, called with the number of bags, the rows of a multi-hot block),
+torch.nn.functional.embedding_bag on the same number of threads when torch is importable (it
+allocates its output: no `out=` exists), and at bag length 1 the plain lookup of every compiled
+kernel into a preallocated (n, D) out. A method whose first call took long is timed with fewer
+repeats per round (at least one), so the dense one-hot's 1 s calls do not take the whole budget.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+import kernels
+from kernels._cpu import PREFETCH_DISTANCE
+from kernels._numba_intrinsics import prefetch_row
+from kernels._timing import median_seconds, per_call_seconds
+from kernels.numba_gather import _numba_threads, _run_parallel
+
+LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
+FULL = {"vocab": (10_000, 1_000_000, 2_000_000), "dims": (16, 64, 256), "bag_lengths": (1, 8, 64),
+        "rounds": 5, "reps": 5}
+QUICK = {"vocab": (10_000, 1_000_000), "dims": (16, 256), "bag_lengths": (1, 8),
+         "rounds": 3, "reps": 3}
+"""The grids of `--bags` and `--bags --quick` (n = 65,536 float32 ids, uniform, mode sum)."""
+
+FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
+         for p, pf in ((0, ""), (PREFETCH_DISTANCE, f", prefetch {PREFETCH_DISTANCE}"))}
+"""The row-read loops timed, name -> (rows a step, prefetch distance); the fastest is the floor."""
+TORCH = "torch embedding_bag"
+LOOKUP_PREFIX = "lookup "
+ROUND_SECONDS = 0.25
+"""Per method and round, about this long of timed calls (never fewer than one call)."""
+KEYS = ("V", "D", "bag_length", "n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The floor
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _u(j):
+    """An id as an unsigned index: W[j, k] then compiles without the negative-index wrap
+    (measured 20% faster at D = 16); ids are in range by read_rows' contract."""
+    return np.uint64(j)
+
+
+@njit(cache=True, nogil=True)
+def _read_rows4(W, ids, lo, hi, prefetch):
+    """Sum rows W[ids[lo:hi]] into one accumulator of D floats (the table's dtype), four rows a
+    step ((a + b) + (c + d) added to it: four loads in flight, one dependency on the accumulator
+    per four rows), and return the sum of the accumulator. Nothing is written but the
+    accumulator, which stays in L1."""
+    D = W.shape[1]
+    acc = np.zeros(D, W.dtype)
+    i = lo
+    while i + 4 <= hi:
+        if prefetch and i + prefetch + 4 <= hi:
+            for p in range(4):
+                prefetch_row(W, ids[i + prefetch + p])
+        a, b, c, d = _u(ids[i]), _u(ids[i + 1]), _u(ids[i + 2]), _u(ids[i + 3])
+        for k in range(D):
+            acc[k] += (W[a, k] + W[b, k]) + (W[c, k] + W[d, k])
+        i += 4
+    for i in range(i, hi):
+        j = _u(ids[i])
+        for k in range(D):
+            acc[k] += W[j, k]
+    total = 0.0
+    for k in range(D):
+        total += acc[k]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _read_rows8(W, ids, lo, hi, prefetch):
+    """_read_rows4 with eight rows a step (measured faster at D = 256, slower at D = 16)."""
+    D = W.shape[1]
+    acc = np.zeros(D, W.dtype)
+    i = lo
+    while i + 8 <= hi:
+        if prefetch and i + prefetch + 8 <= hi:
+            for p in range(8):
+                prefetch_row(W, ids[i + prefetch + p])
+        a, b, c, d = _u(ids[i]), _u(ids[i + 1]), _u(ids[i + 2]), _u(ids[i + 3])
+        e, f, g, h = _u(ids[i + 4]), _u(ids[i + 5]), _u(ids[i + 6]), _u(ids[i + 7])
+        for k in range(D):
+            acc[k] += (((W[a, k] + W[b, k]) + (W[c, k] + W[d, k]))
+                       + ((W[e, k] + W[f, k]) + (W[g, k] + W[h, k])))
+        i += 8
+    for i in range(i, hi):
+        j = _u(ids[i])
+        for k in range(D):
+            acc[k] += W[j, k]
+    total = 0.0
+    for k in range(D):
+        total += acc[k]
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _read_rows(W, ids, lo, hi, group, prefetch):
+    if group == 8:
+        return _read_rows8(W, ids, lo, hi, prefetch)
+    return _read_rows4(W, ids, lo, hi, prefetch)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _read_rows_parallel(W, ids, group, prefetch, nthreads):
+    n = ids.shape[0]
+    total = 0.0
+    for c in prange(nthreads):
+        total += _read_rows(W, ids, n * c // nthreads, n * (c + 1) // nthreads, group, prefetch)
+    return total
+
+
+GROUPS = (4, 8)
+"""Rows summed per step by the floor's loops."""
+
+
+def read_rows(W, ids, prefetch=0, group=4, nthreads=None):
+    """The floor of a bag: read the rows W[ids] (ids in range, W a C-contiguous table) summing
+    them into a per-thread accumulator, `group` rows a step (4 or 8), on nthreads threads
+    (default kernels.get_num_threads()), each thread a contiguous chunk of ids, prefetching rows
+    `prefetch` ids ahead (0: none). Returns the checksum, the float64 sum of the per-thread
+    float32 (the table's dtype) sums: sum(W[ids]) up to rounding."""
+    if not W.flags.c_contiguous:
+        raise ValueError("read_rows needs a C-contiguous table")
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+    nthreads = _numba_threads(kernels.get_num_threads() if nthreads is None else nthreads)
+    if nthreads == 1:
+        return _read_rows(W, ids, 0, ids.shape[0], group, prefetch)
+    return _run_parallel(_read_rows_parallel, W, ids, group, prefetch, nthreads)
+
+
+# ---------------------------------------------------------------------------------------------
+# What is timed
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def bag_methods(W, ids, bag_lengths, torch=None):
+    """({key: zero-argument callable}, {kernel: why it is not run}) at one table and ids for
+    every bag length; keys are (bag_length, method), bag_length None for the floors."""
+    n, (V, D) = ids.shape[0], W.shape
+    methods = {(None, name): (lambda g=g, p=p: read_rows(W, ids, p, g))
+               for name, (g, p) in FLOOR.items()}
+    skipped = {}
+    if torch is not None:
+        torch.set_num_threads(kernels.get_num_threads())
+        Wt, it = torch.from_numpy(W), torch.from_numpy(ids)
+    for L in bag_lengths:
+        B = n // L
+        offsets = np.arange(0, n, L, dtype=ids.dtype)
+        bag_ids = ids
+        out = np.empty((B, D), W.dtype)
+        for name, k in kernels.KERNELS.items():
+            why = _why_not(k, V, D, B, W, bag_ids, offsets, out)
+            if why:
+                skipped.setdefault(name, set()).add(why)
+                continue
+            methods[L, name] = (lambda k=k, i=bag_ids, o=offsets, out=out:
+                                k.lookup_bag(W, i, o, mode="sum", out=out))
+        if torch is not None:
+            ot = torch.from_numpy(offsets)
+            methods[L, TORCH] = (lambda o=ot:
+                                 torch.nn.functional.embedding_bag(it, Wt, o, mode="sum"))
+        if L == 1:
+            rows = np.empty((n, D), W.dtype)
+            for name, k in kernels.KERNELS.items():
+                if k.compiled and k.implements("lookup", W.dtype.name):
+                    methods[L, LOOKUP_PREFIX + name] = lambda k=k: k.lookup(W, ids, out=rows)
+    return methods, skipped
+
+
+def _why_not(k, V, D, B, W, ids, offsets, out):
+    """Why kernel k's bag is not timed here (a sentence), or None."""
+    if not k.implements(LOOKUP_BAG, W.dtype.name) or "sum" not in k.bag_modes:
+        return f"no lookup_bag (mode sum) for {W.dtype.name} tables"
+    reason = k.over_budget(LOOKUP_BAG, V, D, B, W.itemsize)
+    if reason:
+        return reason
+    try:
+        k.lookup_bag(W, ids[:1], offsets[:1], mode="sum", out=out[:1])
+    except NotImplementedError as e:
+        return f"NotImplementedError: {e}"
+    return None
+
+
+def time_interleaved(methods, rounds, reps, rng, round_seconds=ROUND_SECONDS):
+    """{key: best per-round median seconds}, the methods timed in turn in a new shuffled order
+    each round (kernels._timing.median_seconds), after one warm-up call each; a method whose
+    warm-up took t seconds gets min(reps, round_seconds / t) repeats a round, at least one."""
+    reps_of = {key: max(1, min(reps, int(round_seconds / max(per_call_seconds(fn), 1e-9))))
+               for key, fn in methods.items()}
+    best = {key: math.inf for key in methods}
+    order = list(methods)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            best[key] = min(best[key], median_seconds(methods[key], reps_of[key]))
+    return best
+
+
+def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, seed=0,
+                 log=print):
+    """(rows, skipped): a row {'V','D','bag_length','n', method: seconds} per size and bag
+    length (the floors in every row of their (V, D)); skipped: {kernel: [reasons]}."""
+    uneven = [L for L in bag_lengths if L < 1 or n % L]
+    if uneven:
+        raise ValueError(f"n = {n} must be a multiple of every bag length, not of {uneven}: the "
+                         f"bags and the floor read the same n rows")
+    rng = np.random.default_rng(seed)
+    torch = _torch()
+    for group in GROUPS:  # compile (or load from the cache) once
+        read_rows(np.zeros((2, 1), np.float32), np.zeros(1, np.int64), 0, group)
+    rows, skipped = [], {}
+    for V in vocab_sizes:
+        for D in dims:
+            W = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
+            ids = rng.integers(0, V, n)
+            methods, why = bag_methods(W, ids, bag_lengths, torch)
+            for name, reasons in why.items():
+                skipped.setdefault(name, set()).update(reasons)
+            best = time_interleaved(methods, rounds, reps, rng)
+            floors = {name: best[None, name] for name in FLOOR}
+            for L in bag_lengths:
+                row = {"V": V, "D": D, "bag_length": L, "n": n, **floors}
+                row.update({m: t for (bl, m), t in best.items() if bl == L})
+                rows.append(row)
+            log(f"  measured bags V={V:.0e} D={D}", flush=True)
+            del W, methods
+    return rows, {k: sorted(v) for k, v in skipped.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def floor_of(row):
+    """(seconds, which): the faster of the two row-read floors in a row."""
+    name = min(FLOOR, key=lambda m: row[m])
+    return row[name], name[len("floor ("):-1]
+
+
+def _ms(t):
+    return f"{t * 1e3:.3g}" if t < 1e-3 else f"{t * 1e3:.2f}"
+
+
+def _best(row, names):
+    times = [row[m] for m in names if m in row]
+    return min(times) if times else None
+
+
+def _ratio(a, b, fmt="{:.2f}"):
+    return "n/a" if a is None or b is None else fmt.format(a / b)
+
+
+def bag_table(rows):
+    """Markdown: per (V, D, bag length) the floor, each method's ms and % of the floor
+    (floor / time * 100), and the ratios of the issue."""
+    if not rows:
+        return "\n### bags\n\n(no rows)"
+    known = set(KEYS) | set(FLOOR)
+    methods = list(dict.fromkeys(m for r in rows for m in r if m not in known))
+    names = kernels.KERNELS
+    compiled = [m for m in methods if m in names and names[m].compiled]
+    gathers = [m for m in methods if m in names and names[m].family == "gather"]
+    lookups = [m for m in methods if m.startswith(LOOKUP_PREFIX)]
+    onehots = [m for m in methods if m in names and names[m].family == "onehot"]
+    head = ["V", "D", "bag length", "floor ms (which)"]
+    head += [f"{m} ms (% floor)" for m in methods]
+    torch = TORCH in methods
+    head += ["best compiled bag % floor"] + ([f"x {TORCH}"] if torch else [])
+    head += ["bag / lookup (length 1)"]
+    head += [f"{m} / fastest gather bag" for m in onehots]
+    lines = [f"\n### bags (n = {rows[0]['n']:,} ids, float32, mode sum, uniform ids)\n",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        floor, which = floor_of(r)
+        cells = [f"{r['V']:.0e}", str(r["D"]), str(r["bag_length"]), f"{_ms(floor)} ({which})"]
+        cells += [f"{_ms(r[m])} ({floor / r[m] * 100:.0f}%)" if m in r else "n/a"
+                  for m in methods]
+        best_c = _best(r, compiled)
+        cells.append("n/a" if best_c is None else f"{floor / best_c * 100:.0f}%")
+        if torch:
+            cells.append(_ratio(r.get(TORCH), best_c))
+        cells.append(_ratio(best_c, _best(r, lookups)) if r["bag_length"] == 1 else "")
+        best_g = _best(r, gathers)
+        cells += [_ratio(r.get(m), best_g, "{:.1f}") for m in onehots]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    note = ("bag / lookup: the best compiled bag's time at bag length 1 / the best compiled plain "
+            "lookup of the same ids into a preallocated out. Onehot ratios: time / the fastest "
+            "gather-family bag's time.")
+    if torch:
+        note = (f"x {TORCH}: torch's time / the best compiled bag's (> 1: ours is faster); torch "
+                "allocates its output every call, the kernels write a preallocated out. " + note)
+    lines.append(note)
+    return "\n".join(lines)
+
+
+def skipped_text(skipped):
+    """One line per kernel not timed somewhere, with why."""
+    return "\n".join(f"- {name} not run where: {'; '.join(reasons)}"
+                     for name, reasons in skipped.items())
