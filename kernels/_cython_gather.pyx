@@ -510,24 +510,30 @@ cdef extern from *:
             else { T dd_ = (T)d_; for (k = 0; k < (DIM); k++) ROW[k] = ROW[k] / dd_; } \\
         }
 
-    /* Unweighted sum / mean / sqrtn with the row size a compile-time constant. */
-    #define EK_BAG_FIXED(T, DIM, LOAD) \\
-        for (b = b0; b < b1; b++) { \\
-            T acc[DIM]; \\
-            Py_ssize_t cnt = 0; \\
-            for (k = 0; k < (DIM); k++) acc[k] = (T)0; \\
-            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
-                if (prefetch && i + prefetch < n) \\
-                    ek_bag_prefetch(W + (Py_ssize_t)ids[i + prefetch] * rs, (DIM) * sizeof(T)); \\
-                j = LOAD(&ids[i]); \\
-                if (j == pad) continue; \\
-                if ((size_t)j >= (size_t)V) { bad++; continue; } \\
-                const T* src = (const T*)(W + j * rs); \\
-                for (k = 0; k < (DIM); k++) acc[k] += src[k]; \\
-                cnt++; \\
-            } \\
-            EK_BAG_FINISH(T, acc, DIM, cnt, 0.0, 0) \\
-            memcpy(out + b * (DIM), acc, (DIM) * sizeof(T)); \\
+    /* Unweighted sum / mean / sqrtn with the row size a compile-time constant. The row `prefetch`
+       ids ahead is prefetched one cache line per line added (interleaved, not in a burst); when
+       there is none the current row is named instead (already loaded: no branch in the loop). */
+    #define EK_LINE(T) (64 / (Py_ssize_t)sizeof(T))
+    #define EK_BAG_FIXED(T, DIM, LOAD) \
+        for (b = b0; b < b1; b++) { \
+            T acc[DIM]; \
+            Py_ssize_t cnt = 0; \
+            for (k = 0; k < (DIM); k++) acc[k] = (T)0; \
+            for (i = offsets[b]; i < offsets[b + 1]; i++) { \
+                j = LOAD(&ids[i]); \
+                if (j == pad) continue; \
+                if ((size_t)j >= (size_t)V) { bad++; continue; } \
+                const T* src = (const T*)(W + j * rs); \
+                const char* pf = (prefetch && i + prefetch < n) \
+                    ? W + (Py_ssize_t)ids[i + prefetch] * rs : (const char*)src; \
+                for (Py_ssize_t c = 0; c < (DIM); c += EK_LINE(T)) { \
+                    __builtin_prefetch(pf + c * (Py_ssize_t)sizeof(T), 0, 3); \
+                    for (k = c; k < c + EK_LINE(T) && k < (DIM); k++) acc[k] += src[k]; \
+                } \
+                cnt++; \
+            } \
+            EK_BAG_FINISH(T, acc, DIM, cnt, 0.0, 0) \
+            memcpy(out + b * (DIM), acc, (DIM) * sizeof(T)); \
         }
 
     static inline void ek_bag_prefetch(const char* p, Py_ssize_t nbytes) {

@@ -16,7 +16,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels.numba_gather import MODE_CODES
-from kernels._cpu import prefetch_distance
+from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
@@ -55,7 +55,7 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
             (int(hit[0]) if hit.size else -1)
     nthreads = _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes)
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
-              bag_bounds(offsets, ids.shape[0], nthreads), prefetch_distance(W))
+              bag_bounds(offsets, ids.shape[0], nthreads), bag_prefetch_distance(W))
 
 
 KERNEL = Kernel(

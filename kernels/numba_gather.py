@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels._cpu import prefetch_distance
+from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
@@ -500,8 +500,7 @@ _NO_WEIGHTS = {np.dtype(np.float32): np.zeros(1, np.float32),
 
 def _bag(W, ids, offsets, mode, psw, pad, out):
     nthreads = _numba_threads(threads_for(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes))
-    contiguous_rows = W.strides[1] == W.itemsize
-    prefetch = prefetch_distance(W) if contiguous_rows else 0
+    prefetch = bag_prefetch_distance(W) if W.strides[1] == W.itemsize else 0
     weighted = psw is not None
     p = psw if weighted else _NO_WEIGHTS[W.dtype]
     code = MODE_CODES[mode]
