@@ -6,7 +6,7 @@
 A bag reads n rows and writes B = n / bag_length rows. The time to read the same n rows, summed
 into a per-thread accumulator of D floats and written nowhere (`read_rows`), is the floor of any
 bag. Four read loops are timed: 4 or 8 rows summed a step, each without and with row prefetch
-(kernels._cpu.PREFETCH_DISTANCE ids ahead, as the compiled gathers prefetch beyond L2); the
+(kernels._cpu.BAG_PREFETCH_DISTANCE ids ahead, as the compiled bags prefetch beyond L2); the
 fastest is the floor and the table names it. They run on kernels.get_num_threads() threads, the
 ids split in equal contiguous chunks as the compiled gathers split them.
 
@@ -29,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 import kernels
-from kernels._cpu import PREFETCH_DISTANCE
+from kernels._cpu import BAG_PREFETCH_DISTANCE
 from kernels._numba_intrinsics import prefetch_row
 from kernels._timing import median_seconds, per_call_seconds
 from kernels.numba_gather import _numba_threads, _run_parallel
@@ -42,7 +42,7 @@ QUICK = {"vocab": (10_000, 1_000_000), "dims": (16, 256), "bag_lengths": (1, 8),
 """The grids of `--bags` and `--bags --quick` (n = 65,536 float32 ids, uniform, mode sum)."""
 
 FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
-         for p, pf in ((0, ""), (PREFETCH_DISTANCE, f", prefetch {PREFETCH_DISTANCE}"))}
+         for p, pf in ((0, ""), (BAG_PREFETCH_DISTANCE, f", prefetch {BAG_PREFETCH_DISTANCE}"))}
 """The row-read loops timed, name -> (rows a step, prefetch distance); the fastest is the floor."""
 TORCH = "torch embedding_bag"
 LOOKUP_PREFIX = "lookup "
