@@ -176,15 +176,14 @@ def bag_methods(W, ids, bag_lengths, torch=None):
     for L in bag_lengths:
         B = n // L
         offsets = np.arange(0, n, L, dtype=ids.dtype)
-        bag_ids = ids
         out = np.empty((B, D), W.dtype)
         for name, k in kernels.KERNELS.items():
-            why = _why_not(k, V, D, B, W, bag_ids, offsets, out)
+            why = _why_not(k, V, D, B, W, ids, offsets, out)
             if why:
                 skipped.setdefault(name, set()).add(why)
                 continue
-            methods[L, name] = (lambda k=k, i=bag_ids, o=offsets, out=out:
-                                k.lookup_bag(W, i, o, mode="sum", out=out))
+            methods[L, name] = (lambda k=k, o=offsets, out=out:
+                                k.lookup_bag(W, ids, o, mode="sum", out=out))
         if torch is not None:
             ot = torch.from_numpy(offsets)
             methods[L, TORCH] = (lambda o=ot:
@@ -213,10 +212,14 @@ def _why_not(k, V, D, B, W, ids, offsets, out):
 
 def time_interleaved(methods, rounds, reps, rng, round_seconds=ROUND_SECONDS):
     """{key: best per-round median seconds}, the methods timed in turn in a new shuffled order
-    each round (kernels._timing.median_seconds), after one warm-up call each; a method whose
-    warm-up took t seconds gets min(reps, round_seconds / t) repeats a round, at least one."""
-    reps_of = {key: max(1, min(reps, int(round_seconds / max(per_call_seconds(fn), 1e-9))))
-               for key, fn in methods.items()}
+    each round (kernels._timing.median_seconds), after two warm-up calls each (compilation,
+    first touch of pages); a method whose second call took t seconds gets
+    min(reps, round_seconds / t) repeats a round, at least one."""
+    reps_of = {}
+    for key, fn in methods.items():
+        fn()
+        t = per_call_seconds(fn)
+        reps_of[key] = max(1, min(reps, int(round_seconds / max(t, 1e-9))))
     best = {key: math.inf for key in methods}
     order = list(methods)
     for _ in range(rounds):
