@@ -27,6 +27,7 @@ import numpy as np
 
 import kernels
 from kernels._timing import interleaved_best
+from tools import bag_roofline
 
 PASS_OPERATION = {"forward": kernels.OPERATIONS["lookup"],
                   "backward": kernels.OPERATIONS["lookup_grad"]}
@@ -255,19 +256,30 @@ SECTION_DEFAULTS = {
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--vocab", help="comma-separated V (default 1000,10000,100000,1000000; "
-                                   "--bags: 10000,1000000,2000000)")
-    p.add_argument("--dims", help="comma-separated D (default 8,16,64,256; --bags: 16,64,256)")
+    lookup, bags, quick = SECTION_DEFAULTS["lookup"], bag_roofline.FULL, bag_roofline.QUICK
+
+    def listed(values):
+        return ",".join(str(v) for v in values)
+
+    p.add_argument("--vocab", help=f"comma-separated V (default {lookup['vocab']}; "
+                                   f"--bags: {listed(bags['vocab'])})")
+    p.add_argument("--dims", help=f"comma-separated D (default {lookup['dims']}; "
+                                  f"--bags: {listed(bags['dims'])})")
     p.add_argument("-n", type=int, default=65_536, help="number of ids")
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5)")
-    p.add_argument("--reps", type=int, help="calls per method and round (default 7; --bags: 5)")
+    p.add_argument("--rounds", type=int, help=f"interleaved rounds (default {lookup['rounds']}; "
+                                              f"--bags: {bags['rounds']})")
+    p.add_argument("--reps", type=int, help=f"calls per method and round (default "
+                                            f"{lookup['reps']}; --bags: {bags['reps']})")
     p.add_argument("--no-backward", action="store_true")
     p.add_argument("--bags", action="store_true",
                    help="the bags section instead: every lookup_bag, torch's embedding_bag and "
                         "the plain lookup against the row-read floor (tools.bag_roofline)")
-    p.add_argument("--bag-lengths", help="with --bags: comma-separated bag lengths (default 1,8,64)")
+    p.add_argument("--bag-lengths", help="with --bags: comma-separated bag lengths (default "
+                                         f"{listed(bags['bag_lengths'])})")
     p.add_argument("--quick", action="store_true",
-                   help="with --bags: V 1e4,1e6 x D 16,256 x bag length 1,8, 3 rounds of 3")
+                   help=f"with --bags: V {listed(quick['vocab'])} x D {listed(quick['dims'])} x "
+                        f"bag length {listed(quick['bag_lengths'])}, {quick['rounds']} rounds of "
+                        f"{quick['reps']}")
     p.add_argument("--plot", help="picture path (default docs/roofline.png; --bags: none)")
     p.add_argument("--markdown", help="table path (default docs/roofline.md; --bags: "
                                       "docs/roofline_bags.md; '' for none)")
@@ -312,8 +324,7 @@ def _header(argv):
 
 def bags_main(a, argv):
     """The bags section of main(): measure (or reload) and print the table; returns the rows."""
-    from tools import bag_roofline as br
-
+    br = bag_roofline
     if a.replot:
         with open(a.json) as f:
             saved = json.load(f)
