@@ -36,10 +36,12 @@ from kernels.numba_gather import _numba_threads, _run_parallel
 
 LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
 FULL = {"vocab": (10_000, 1_000_000, 2_000_000), "dims": (16, 64, 256), "bag_lengths": (1, 8, 64),
-        "rounds": 5, "reps": 5}
+        "rounds": 9, "reps": 3}
 QUICK = {"vocab": (10_000, 1_000_000), "dims": (16, 256), "bag_lengths": (1, 8),
          "rounds": 3, "reps": 3}
-"""The grids of `--bags` and `--bags --quick` (n = 65,536 float32 ids, uniform, mode sum)."""
+"""The grids of `--bags` and `--bags --quick` (n = 65,536 float32 ids, uniform, mode sum). Many
+short rounds rather than a few long ones: this machine's noisy episodes (every 2-thread call
+waiting a scheduler slice) last seconds, and a method's best round must fall outside one."""
 
 FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
          for p, pf in ((0, ""), (BAG_PREFETCH_DISTANCE, f", prefetch {BAG_PREFETCH_DISTANCE}"))}
