@@ -457,3 +457,13 @@ def test_bag_table_torch_ratio_appears_only_when_torch_was_measured():
     rows = [bag_row(**{"torch embedding_bag": None})]
     header, _ = parse_markdown(bag_roofline.bag_table(rows))["bags"]
     assert not any("torch" in h for h in header), header
+
+
+def test_bags_several_passes_give_one_row_per_size_with_the_best_of_each_method():
+    rows, _ = bag_roofline.measure_bags([100, 200], [4], [1, 2], n=64, rounds=3, reps=1,
+                                        passes=3, log=lambda *a, **k: None)
+    assert [(r["V"], r["D"], r["bag_length"]) for r in rows] == [
+        (100, 4, 1), (100, 4, 2), (200, 4, 1), (200, 4, 2)]
+    for r in rows:
+        assert all(r[name] > 0 for name in bag_roofline.FLOOR)
+        assert 0 < r["numpy_take"] < float("inf")

@@ -36,12 +36,13 @@ from kernels.numba_gather import _numba_threads, _run_parallel
 
 LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
 FULL = {"vocab": (10_000, 1_000_000, 2_000_000), "dims": (16, 64, 256), "bag_lengths": (1, 8, 64),
-        "rounds": 9, "reps": 3}
+        "rounds": 9, "reps": 3, "passes": 3}
 QUICK = {"vocab": (10_000, 1_000_000), "dims": (16, 256), "bag_lengths": (1, 8),
-         "rounds": 3, "reps": 3}
+         "rounds": 4, "reps": 3, "passes": 2}
 """The grids of `--bags` and `--bags --quick` (n = 65,536 float32 ids, uniform, mode sum). Many
-short rounds rather than a few long ones: this machine's noisy episodes (every 2-thread call
-waiting a scheduler slice) last seconds, and a method's best round must fall outside one."""
+short rounds over several passes of the grid rather than a few long rounds at each size: this
+machine's noisy episodes (every 2-thread call waiting a scheduler slice) last seconds, and a
+method's best round must fall outside one."""
 
 FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
          for p, pf in ((0, ""), (BAG_PREFETCH_DISTANCE, f", prefetch {BAG_PREFETCH_DISTANCE}"))}
@@ -231,34 +232,49 @@ def time_interleaved(methods, rounds, reps, rng, round_seconds=ROUND_SECONDS):
     return best
 
 
-def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, seed=0,
+def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, passes=1, seed=0,
                  log=print):
     """(rows, skipped): a row {'V','D','bag_length','n', method: seconds} per size and bag
-    length (the floors in every row of their (V, D)); skipped: {kernel: [reasons]}."""
+    length (the floors in every row of their (V, D)); skipped: {kernel: [reasons]}.
+
+    The grid is visited `passes` times, each time with rounds // passes rounds (at least one) at
+    every size and the same table and ids (seeded by seed, V, D); a method keeps its best over
+    all passes. So the rounds of one size are spread over the whole run, not bunched into a few
+    seconds that a noisy episode can cover entirely."""
     uneven = [L for L in bag_lengths if L < 1 or n % L]
     if uneven:
         raise ValueError(f"n = {n} must be a multiple of every bag length, not of {uneven}: the "
                          f"bags and the floor read the same n rows")
-    rng = np.random.default_rng(seed)
+    order_rng = np.random.default_rng(seed)
     torch = _torch()
     for group in GROUPS:  # compile (or load from the cache) once
         read_rows(np.zeros((2, 1), np.float32), np.zeros(1, np.int64), 0, group)
-    rows, skipped = [], {}
+    best, skipped = {}, {}
+    for p in range(passes):
+        for V in vocab_sizes:
+            for D in dims:
+                rng = np.random.default_rng([seed, V, D])
+                W = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
+                ids = rng.integers(0, V, n)
+                methods, why = bag_methods(W, ids, bag_lengths, torch)
+                for name, reasons in why.items():
+                    skipped.setdefault(name, set()).update(reasons)
+                times = time_interleaved(methods, max(1, rounds // passes), reps, order_rng)
+                old = best.setdefault((V, D), {})
+                for key, t in times.items():
+                    old[key] = min(t, old.get(key, math.inf))
+                log(f"  measured bags V={V:.0e} D={D}"
+                    + (f" (pass {p + 1} of {passes})" if passes > 1 else ""), flush=True)
+                del W, methods
+    rows = []
     for V in vocab_sizes:
         for D in dims:
-            W = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
-            ids = rng.integers(0, V, n)
-            methods, why = bag_methods(W, ids, bag_lengths, torch)
-            for name, reasons in why.items():
-                skipped.setdefault(name, set()).update(reasons)
-            best = time_interleaved(methods, rounds, reps, rng)
-            floors = {name: best[None, name] for name in FLOOR}
+            times = best[V, D]
+            floors = {name: times[None, name] for name in FLOOR}
             for L in bag_lengths:
                 row = {"V": V, "D": D, "bag_length": L, "n": n, **floors}
-                row.update({m: t for (bl, m), t in best.items() if bl == L})
+                row.update({m: t for (bl, m), t in times.items() if bl == L})
                 rows.append(row)
-            log(f"  measured bags V={V:.0e} D={D}", flush=True)
-            del W, methods
     return rows, {k: sorted(v) for k, v in skipped.items()}
 
 

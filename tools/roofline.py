@@ -276,10 +276,13 @@ def main(argv=None):
                         "the plain lookup against the row-read floor (tools.bag_roofline)")
     p.add_argument("--bag-lengths", help="with --bags: comma-separated bag lengths (default "
                                          f"{listed(bags['bag_lengths'])})")
+    p.add_argument("--passes", type=int,
+                   help=f"with --bags: visit the grid this many times, the rounds shared among "
+                        f"the visits (default {bags['passes']})")
     p.add_argument("--quick", action="store_true",
                    help=f"with --bags: V {listed(quick['vocab'])} x D {listed(quick['dims'])} x "
                         f"bag length {listed(quick['bag_lengths'])}, {quick['rounds']} rounds of "
-                        f"{quick['reps']}")
+                        f"{quick['reps']} in {quick['passes']} passes")
     p.add_argument("--plot", help="picture path (default docs/roofline.png; --bags: none)")
     p.add_argument("--markdown", help="table path (default docs/roofline.md; --bags: "
                                       "docs/roofline_bags.md; '' for none)")
@@ -336,7 +339,7 @@ def bags_main(a, argv):
         lengths = ([int(x) for x in a.bag_lengths.split(",")] if a.bag_lengths
                    else grid["bag_lengths"])
         rows, skipped = br.measure_bags(vocab, dims, lengths, a.n, a.rounds or grid["rounds"],
-                                        a.reps or grid["reps"])
+                                        a.reps or grid["reps"], a.passes or grid["passes"])
         torch = br._torch()
         header = _header(argv) + (
             f"; torch {torch.__version__} on {torch.get_num_threads()} threads"
