@@ -25,8 +25,7 @@ import pytest
 
 import kernels
 from conftest import (
-    FLOAT_DTYPES,
-    IDS_DTYPES,
+    GATHER_KERNEL_NAMES,
     KERNEL_NAMES,
     assert_bitwise_equal,
     assert_untouched,
@@ -34,8 +33,10 @@ from conftest import (
     make_weights,
     outcome,
     sentinel_like,
+    shared_weights,
 )
 from kernels import LOOKUP_BAG, LOOKUP_BAG_GRAD
+from kernels._cpu import L2_BYTES
 from kernels._validate import BAG_MODES
 
 FORWARD = "lookup_bag"
@@ -217,6 +218,8 @@ CASES = [
             padding_idx=7, padding_per_bag=1, all_padding=[3]),
     bags_1d("B0", []),
     bags_1d("B0_include_last_offset", [], include_last_offset=True),
+    Bags("B0_lists", 50, 7, [], []),
+    Bags("B0_lists_include_last_offset", 50, 7, [], [0], include_last_offset=True),
     bags_1d("many_bags", np.random.default_rng(9).integers(0, 12, size=300), V=400, D=33),
     bags_1d("wide_rows", [5, 0, 9, 1], V=30, D=130),
     bags_1d("V1", [3, 0, 2], V=1, D=5),
@@ -227,6 +230,7 @@ CASES = [
     bags_2d("2d_padding", 5, 4, padding_idx=-7, all_padding=[3]),
 ]
 CASE_PARAMS = [pytest.param(c, id=c.label) for c in CASES]
+CASE = {c.label: c for c in CASES}
 
 TORCH_UNSUPPORTED = {"2d_N0"}  # torch: "step must be nonzero" for (B, 0) input
 TORCH_CASE_PARAMS = [pytest.param(c, id=c.label) for c in CASES if c.label not in TORCH_UNSUPPORTED]
@@ -396,7 +400,7 @@ def test_every_kernel_matches_the_float64_reference(kernel_name, wdtype, mode, w
 @pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
 def test_every_entry_point_gives_the_same_bits(kernel_name, mode, weighted):
     k = require(kernel_name, mode)
-    case = CASES[7]  # padding_positive
+    case = CASE["padding_positive"]
     W = table(case, np.float32)
     psw = case.weights(np.float32) if weighted else None
     method = run_forward(k, case, W, mode, psw)
@@ -411,7 +415,8 @@ def test_every_entry_point_gives_the_same_bits(kernel_name, mode, weighted):
 @pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
 def test_out_receives_the_result_and_is_returned(kernel_name, wdtype, mode, weighted):
     k = require(kernel_name, mode, wdtype)
-    for case in (CASES[0], CASES[2], CASES[7], CASES[13]):  # varied, empty_middle, padding, B0
+    for label in ("varied", "empty_middle", "padding_positive", "B0", "B0_lists"):
+        case = CASE[label]
         W = table(case, wdtype)
         psw = case.weights(wdtype) if weighted else None
         out = sentinel_like((case.B, case.D), wdtype)
@@ -452,6 +457,68 @@ def test_every_ids_dtype_gives_the_same_bags(kernel_name, ids_dtype, mode, weigh
     got2d = k.lookup_bag(W, ids2d, mode=mode, per_sample_weights=psw2d,
                          padding_idx=np.int16(base.padding_idx))
     LOOKUP_BAG.assert_matches(got2d, W, ids2d, None, mode, psw2d, base.padding_idx)
+
+
+FIXED_DIMS = [8, 16, 32, 64, 128, 256]
+"""Row sizes cython_gather accumulates in fixed-size local arrays (unweighted sum/mean/sqrtn)."""
+
+
+@pytest.mark.parametrize("kernel_name", GATHER_KERNEL_NAMES)
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=dtype_id)
+@pytest.mark.parametrize("beyond_l2", [False, True], ids=["in_l2", "beyond_l2"])
+@pytest.mark.parametrize("D", FIXED_DIMS + [3, 40])
+@pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
+def test_every_row_size_and_table_size_path(kernel_name, wdtype, mode, weighted, D, beyond_l2,
+                                            index_dtype):
+    """The gather kernels' paths: fixed row sizes or not, a table beyond L2 (rows prefetched
+    ahead) or not, int32 or int64 ids."""
+    k = require(kernel_name, mode, wdtype)
+    itemsize = np.dtype(wdtype).itemsize
+    V = 2 * L2_BYTES // (D * itemsize) if beyond_l2 else 64
+    lengths = np.random.default_rng(D).integers(0, 17, size=150)
+    case = bags_1d("paths", lengths, V=V, D=D, seed=D, padding_idx=-2, padding_per_bag=1,
+                   all_padding=[3], ids_dtype=index_dtype)
+    W = shared_weights(V, D, wdtype, seed=1)
+    assert (W.nbytes > L2_BYTES) == beyond_l2
+    psw = case.weights(wdtype) if weighted else None
+    LOOKUP_BAG.assert_matches(run_forward(k, case, W, mode, psw), W, *case.ref_args(mode, psw))
+
+
+def strided_copy(W, layout):
+    """W's values in another memory layout: every other column or row of a larger array, or
+    Fortran order."""
+    if layout == "fortran":
+        return np.asfortranarray(W)
+    V, D = W.shape
+    big = np.zeros((V, 2 * D) if layout == "column_step" else (2 * V, D), W.dtype)
+    view = big[:, ::2] if layout == "column_step" else big[::2]
+    view[...] = W
+    return view
+
+
+@pytest.mark.parametrize("layout", ["column_step", "row_step", "fortran"])
+@pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
+def test_a_non_contiguous_table_gives_the_contiguous_result(kernel_name, wdtype, mode, weighted,
+                                                            layout):
+    """Within the bound for every kernel; bit for bit for the gather kernels (the same
+    arithmetic on the same rows), forward and backward. The table is beyond L2."""
+    k = require(kernel_name, mode, wdtype)
+    lengths = np.random.default_rng(6).integers(0, 12, size=200)
+    case = bags_1d("strided", lengths, V=2 * L2_BYTES // (16 * np.dtype(wdtype).itemsize), D=16,
+                   seed=6, padding_idx=9, padding_per_bag=1, all_padding=[0])
+    W = table(case, wdtype)
+    Ws = strided_copy(W, layout)
+    assert not Ws.flags.c_contiguous and np.array_equal(Ws, W)
+    psw = case.weights(wdtype) if weighted else None
+    got = run_forward(k, case, Ws, mode, psw)
+    LOOKUP_BAG.assert_matches(got, Ws, *case.ref_args(mode, psw))
+    G = grad_out(case, wdtype)
+    grad = run_backward(k, case, G, Ws, mode, psw)
+    if kernel_name in GATHER_KERNEL_NAMES:
+        assert_bitwise_equal(got, run_forward(k, case, W, mode, psw), f"{layout} forward")
+        want = run_backward(k, case, G, W, mode, psw)
+        for g, w in zip(grad, want) if weighted else [(grad, want)]:
+            assert_bitwise_equal(g, w, f"{layout} backward")
 
 
 # --------------------------------------------------------------------------
@@ -609,6 +676,30 @@ def test_forward_agrees_with_torch(kernel_name, wdtype, mode, weighted, case):
     assert np.all(bits(ours[zero]) == 0) and np.all(theirs[zero] == 0)
 
 
+@pytest.mark.parametrize("label,bags,padding_idx,expected", MAX_CASES,
+                         ids=[c[0] for c in MAX_CASES])
+def test_max_cases_are_torchs_own_results_forward_and_backward(kernel_name, wdtype, label, bags,
+                                                                padding_idx, expected):
+    """The hand-made max table above is what torch computes; the gradient goes where torch's
+    autograd sends it (NaN columns included), bit for bit."""
+    torch = pytest.importorskip("torch")
+    k = require(kernel_name, "max", wdtype, op=BACKWARD)
+    W = MAX_W.astype(wdtype)
+    ids = [i for bag in bags for i in bag]
+    offsets = np.cumsum([0] + [len(bag) for bag in bags])[:-1]
+    case = Bags(label, W.shape[0], W.shape[1], np.array(ids), offsets, False, padding_idx)
+    out, weight, _ = torch_bag(torch, W, case, "max", requires_grad=True)
+    theirs = out.detach().numpy()
+    want = np.array(expected, wdtype)
+    assert np.array_equal(np.isnan(theirs), np.isnan(want))
+    assert_bitwise_equal(np.where(np.isnan(theirs), 0, theirs), np.where(np.isnan(want), 0, want)
+                         .astype(wdtype), f"torch's max on {label}")
+    G = (2.0 ** -np.arange(case.B * case.D)).reshape(case.B, case.D).astype(wdtype)
+    out.backward(torch.as_tensor(G))
+    dW = run_backward(k, case, G, W, "max")
+    assert_bitwise_equal(dW, weight.grad.numpy(), f"max gradient on {label}")
+
+
 @pytest.mark.parametrize("case", TORCH_CASE_PARAMS)
 @pytest.mark.parametrize("mode,weighted", TORCH_MODE_PARAMS)
 def test_gradient_agrees_with_torch_autograd(kernel_name, wdtype, mode, weighted, case):
@@ -646,8 +737,9 @@ def formula_autograd(torch, W, case, G, mode, psw):
     weight = torch.tensor(W, dtype=torch.float64, requires_grad=True)
     w = torch.tensor(psw, dtype=torch.float64, requires_grad=True)
     wk = w.reshape(-1) * keep
-    S = torch.zeros(case.B, case.D, dtype=torch.float64).index_add(0, bag, wk[:, None] * weight[flat])
-    d = torch.zeros(case.B, dtype=torch.float64).index_add(0, bag, wk if mode == "mean" else wk * wk)
+    zeros = torch.zeros(case.B, case.D + 1, dtype=torch.float64)
+    S = zeros[:, 1:].index_add(0, bag, wk[:, None] * weight[flat])
+    d = zeros[:, 0].index_add(0, bag, wk if mode == "mean" else wk * wk)
     ok = d != 0
     d = torch.where(ok, d, 1.0)  # before the sqrt: its gradient at 0 would be a NaN
     out = torch.where(ok[:, None], S / (d if mode == "mean" else d.sqrt())[:, None], 0.0)
@@ -699,7 +791,8 @@ def test_gradient_within_the_summation_bound(kernel_name, wdtype, mode, weighted
 @pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
 def test_gradient_out_is_overwritten(kernel_name, wdtype, mode, weighted):
     k = require(kernel_name, mode, wdtype, op=BACKWARD)
-    for case in (CASES[0], CASES[8], CASES[13], CASES[20]):  # varied, padding, B0, 2d_N0
+    for label in ("varied", "padding_negative", "B0", "B0_lists", "2d_N0"):
+        case = CASE[label]
         W = table(case, wdtype)
         psw = case.weights(wdtype) if weighted else None
         G = grad_out(case, wdtype)
@@ -740,15 +833,26 @@ def test_max_gradient_goes_to_the_first_arg_max_row(kernel_name, wdtype):
 COMPILED_PAIR = ("numba_gather", "cython_gather")
 
 
+PARALLEL_CASES = [
+    # (V, D, layout): a table in L2 and beyond it, a generic and fixed row sizes, 2-D ids
+    (3000, 33, "1d"), (20000, 16, "1d"), (20000, 128, "1d"), (3000, 64, "2d")]
+
+
+@pytest.mark.parametrize("V,D,layout", PARALLEL_CASES, ids=lambda x: str(x))
 @pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
-def test_compiled_kernels_agree_bitwise_for_one_and_two_threads(wdtype, mode, weighted):
+def test_compiled_kernels_agree_bitwise_for_one_and_two_threads(wdtype, mode, weighted, V, D,
+                                                                layout):
     for name in COMPILED_PAIR:
         require(name, mode, wdtype)
         require(name, mode, wdtype, op=BACKWARD)
     # big enough (> PARALLEL_MIN_BYTES) to run on two threads
-    lengths = np.random.default_rng(4).integers(0, 40, size=2000)
-    case = bags_1d("parallel", lengths, V=3000, D=33, seed=4, padding_idx=-11, padding_per_bag=1,
-                   all_padding=[5, 6])
+    if layout == "2d":
+        case = bags_2d("parallel_2d", 4000, 9, V=V, D=D, seed=4, padding_idx=-11,
+                       all_padding=[5, 6])
+    else:
+        lengths = np.random.default_rng(4).integers(0, 40, size=2000)
+        case = bags_1d("parallel", lengths, V=V, D=D, seed=4, padding_idx=-11,
+                       padding_per_bag=1, all_padding=[5, 6])
     W = table(case, wdtype)
     psw = case.weights(wdtype) if weighted else None
     G = grad_out(case, wdtype)
