@@ -222,12 +222,14 @@ class Decision:
             return f"{self.kernel.name}: {what}, no measurement ({self.source})"
         p = self.point
         bag = f", bag length {p['bag_length']}" if "bag_length" in p else ""
-        rows = "" if self.rows_op in (None, self.op) else (
-            f" of {self.rows_op} (no {self.op} measurement of a kernel that has it"
-            f"{' with that mode' if self.mode is not None else ''})")
-        return (f"{self.kernel.name}: fastest {what} at the nearest measured point{rows} "
-                f"V={p['vocab_size']}, D={p['dim']}{bag}, n={p['n_ids']}, {p['dtype']}; "
-                f"source: {self.source}")
+        if self.rows_op in (None, self.op):
+            where = "the nearest measured point"
+        else:
+            mode = f" with mode {self.mode!r}" if self.mode is not None else ""
+            where = (f"the nearest {self.rows_op} measurement (no {self.op} row has a kernel "
+                     f"that implements it{mode})")
+        return (f"{self.kernel.name}: fastest {what} at {where} V={p['vocab_size']}, "
+                f"D={p['dim']}{bag}, n={p['n_ids']}, {p['dtype']}; source: {self.source}")
 
 
 _TABLE: list = []  # [table] once loaded
@@ -338,11 +340,11 @@ def _resolve(vocab_size, dim, n_ids, dtype, op, backward, bag_length, mode):
            n.bit_length(), fmt.name)
     if extra_param(op) is None:
         if bag_length is not None or mode is not None:
-            given = " and ".join(f"{k}=" for k, v in (("bag_length", bag_length), ("mode", mode))
-                                 if v is not None)
+            given = [f"{k}=" for k, v in (("bag_length", bag_length), ("mode", mode))
+                     if v is not None]
             bags = ", ".join(o.name for o in OPERATIONS.values() if extra_param(o) is not None)
-            raise TypeError(f"{given} only apply to the bag operations ({bags}), not "
-                            f"op={op.name!r}")
+            raise TypeError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for the "
+                            f"bag operations ({bags}), not op={op.name!r}")
         return key
     b = DEFAULT_BAG_LENGTH if bag_length is None else _int_size(bag_length, "bag_length")
     return key + (b.bit_length(), check_mode(DEFAULT_MODE if mode is None else mode))

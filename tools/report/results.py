@@ -28,6 +28,7 @@ __all__ = ["NoResults", "ResultsError", "Run", "CONTRACT_PARAM_NAMES", "load", "
 
 CONTRACT_PARAM_NAMES = {
     **{op.benchmark.rsplit(".", 1)[0]: ["kernel", "vocab_size", "dim"]
+       + ([op.extra_param] if getattr(op, "extra_param", None) else [])
        for op in OPERATIONS.values()},
     COPY_BENCHMARK.rsplit(".", 1)[0]: ["dim"],
 }
