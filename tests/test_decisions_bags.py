@@ -140,7 +140,8 @@ def test_bag_parameters_are_read_by_name_when_benchmarks_json_names_them(env):
                                        errcode=0, stderr="", profile=None))
     res.save(str(env.results))
     (env.results / "benchmarks.json").write_text(json.dumps(
-        {BAGS: {"param_names": names}, T.LOOKUP.benchmark: {"param_names": ["kernel", "vocab_size", "dim"]},
+        {BAGS: {"param_names": names},
+         T.LOOKUP.benchmark: {"param_names": ["kernel", "vocab_size", "dim"]},
          "version": 2}))
     table = T.table_from_results()
     assert T.winners(table, BAG.name) == {(100, 8, 1): "numpy_take", (100, 8, 8): "onehot_dense"}
@@ -164,11 +165,9 @@ def test_a_bag_rows_bag_length_is_a_positive_whole_number_and_absent_means_1(val
 
 
 def test_a_table_with_bad_bag_rows_warns_and_keeps_the_good_ones(env):
-    table = {"ops": {"lookup": [{"vocab_size": 100, "dim": 8, "times": {"numpy_take": 1e-6}}],
-                     "lookup_bag": [
-                         {"vocab_size": 100, "dim": 8, "bag_length": 8, "times": {"numpy_take": 1e-6}},
-                         {"vocab_size": 100, "dim": 8, "bag_length": -8, "times": {"numpy_take": 1e-6}},
-                     ]}}
+    row = {"vocab_size": 100, "dim": 8, "times": {"numpy_take": 1e-6}}
+    table = {"ops": {"lookup": [row],
+                     "lookup_bag": [dict(row, bag_length=8), dict(row, bag_length=-8)]}}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         clean = F.validate_table(table, "test table")
@@ -234,7 +233,8 @@ def test_nearest_weighs_bag_length_with_vocab_size_and_row_bytes():
     assert pick(100, 8, 8) == (100, 1)  # log 8 each way; (10_000, 8) is log 100 away in V
     assert pick(1000, 8, 8) == (10_000, 8)  # log 10 in V beats log 8 in bag length + log 10
     # exact bag lengths here (no cache bucket): 3 is nearer 8 than 1 in log scale
-    assert F._nearest(rows[:2] + [dict(rows[0], bag_length=8)], 100, 8, BAG_N, fmt, 3)["bag_length"] == 8
+    three = rows[:2] + [dict(rows[0], bag_length=8)]
+    assert F._nearest(three, 100, 8, BAG_N, fmt, 3)["bag_length"] == 8
     # one bag length only among the candidates: it does not count at all
     one = [dict(r, bag_length=8) for r in rows]
     assert F._nearest(one, 100, 8, BAG_N, fmt, 10**6)["vocab_size"] == 100
@@ -330,8 +330,8 @@ def test_for_call_with_a_mode_lookup_bag_does_not_know_gives_the_default_kernel(
 
 
 @pytest.mark.parametrize("op", ["lookup", "lookup_grad"])
-@pytest.mark.parametrize("kw", [dict(bag_length=8), dict(mode="sum"), dict(bag_length=8, mode="max")],
-                         ids=["bag_length", "mode", "both"])
+@pytest.mark.parametrize("kw", [dict(bag_length=8), dict(mode="sum"),
+                                dict(bag_length=8, mode="max")], ids=["bag_length", "mode", "both"])
 def test_bag_arguments_for_a_lookup_operation_are_a_type_error_naming_them(env, op, kw):
     for f in (kernels.fastest, kernels.explain):
         with pytest.raises(TypeError) as exc:
