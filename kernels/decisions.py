@@ -226,8 +226,8 @@ class Decision:
             where = "the nearest measured point"
         else:
             mode = f" with mode {self.mode!r}" if self.mode is not None else ""
-            where = (f"the nearest {self.rows_op} measurement (no {self.op} row has a kernel "
-                     f"that implements it{mode})")
+            where = (f"the nearest {self.rows_op} measurement (no {self.op} measurement of a "
+                     f"kernel{mode})")
         return (f"{self.kernel.name}: fastest {what} at {where} V={p['vocab_size']}, "
                 f"D={p['dim']}{bag}, n={p['n_ids']}, {p['dtype']}; source: {self.source}")
 
