@@ -38,8 +38,9 @@ def _point_order(item):
     return (0, *point, "") if numeric else (1, *(0 for _ in point), repr(point))
 
 
-def _axes(op) -> list:
-    """The parameters of an operation's benchmark that its rows key on, in row order."""
+def benchmark_params(op) -> list:
+    """The parameters of an operation's benchmark, in the contract's order: kernel, vocab_size,
+    dim, then the operation's extra_param (bag_length for bags) if it has one."""
     extra = F.extra_param(op)
     return ["kernel", "vocab_size", "dim"] + ([extra] if extra else [])
 
@@ -52,7 +53,7 @@ def _op_points(run: results.Run, op) -> dict:
     if r is None:
         return {}
     names, recs = r
-    axes = _axes(op)
+    axes = benchmark_params(op)
     if set(names) == set(axes):
         rename = {n: n for n in names}
     elif names == [f"param{i}" for i in range(len(axes))]:
