@@ -1140,25 +1140,14 @@ def test_auto_is_correct_for_every_mode(mode, weighted, V, D, n, length):
     assert_grad_within_bound(dW, ref, *grad_terms(case, G, W, mode, psw))
 
 
-@pytest.mark.parametrize("onehot", ["onehot_dense", "onehot_sparse"])
-def test_auto_falls_back_when_the_fastest_kernel_lacks_the_mode(monkeypatch, onehot):
-    """Even when the measurements name a one-hot kernel (no max), auto computes max."""
-    from kernels import decisions
-    from kernels._formats import FLOAT32
-
-    case = bags_1d("auto_max", [4] * 16, V=100, D=8, padding_idx=1, padding_per_bag=1)
-    W = table(case, np.float32)
-    n = case.flat_ids.shape[0]
-    picked = type("Picked", (), {"kernel": kernels.KERNELS[onehot]})()
-    for op in (LOOKUP_BAG, LOOKUP_BAG_GRAD):
-        key = (op.name, case.V, case.D, n.bit_length(), FLOAT32.name)
-        monkeypatch.setitem(decisions._CACHE, key, picked)
-    assert decisions.for_call(LOOKUP_BAG, case.V, case.D, n, FLOAT32).name == onehot
-    got = kernels.lookup_bag(W, case.ids, case.offsets, kernel="auto", **case.kwargs("max"))
-    LOOKUP_BAG.assert_matches(got, W, *case.ref_args("max"))
-    G = grad_out(case, np.float32)
-    dW = kernels.lookup_bag_grad(G, case.ids, case.offsets, weights=W, kernel="auto",
-                                 **case.kwargs("max"))
-    ref = LOOKUP_BAG_GRAD.reference(G, case.ids, case.offsets, case.V, "max", None,
-                                    case.padding_idx, False, W)
-    assert_grad_within_bound(dW, ref, *grad_terms(case, G, W, "max"))
+@pytest.mark.parametrize("op", [FORWARD, BACKWARD])
+@pytest.mark.parametrize("mode", BAG_MODES)
+def test_auto_only_picks_kernels_that_have_the_mode(op, mode, wdtype):
+    """Whatever the measurements say (one-hot kernels may be fastest for sum), the kernel auto
+    runs for a mode has that mode, at every size and bag length."""
+    for V in (10, 1000, 10**6):
+        for D in (8, 64, 256):
+            for length in (1, 8, 64):
+                k = kernels.fastest(V, D, 4096, wdtype, op=op, bag_length=length, mode=mode)
+                assert mode in k.bag_modes, (V, D, length, k.name)
+                assert k.implements(op, wdtype.name), (V, D, length, k.name)
