@@ -85,9 +85,19 @@ def lookup_grad(grad, ids, vocab_size: int, *, kernel: str | Kernel = "numpy_tak
     return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)
 
 
-def _bag_kernel(kernel, op, V, D, n_ids, n_bags, fmt, mode):
-    if kernel != "auto":
-        return get_kernel(kernel)
+def _n_bags(ids, offsets, include_last_offset) -> int:
+    """The number of bags of a call, as far as it can be told without checking (0 if not)."""
+    try:
+        if offsets is None:
+            return np.shape(ids)[0]  # 2-D ids (B, N)
+        return len(offsets) - bool(include_last_offset)
+    except (TypeError, ValueError, IndexError):
+        return 0  # the kernel's own checks name the problem
+
+
+def _bag_kernel(op, V, D, n_ids, n_bags, fmt, mode) -> Kernel:
+    """The kernel "auto" runs for a bag call: fastest for its sizes, its bag length
+    (n_ids // n_bags) and among the kernels that have its mode."""
     return for_call(op, V, D, n_ids, fmt, bag_length=n_ids // max(1, n_bags), mode=mode)
 
 
@@ -102,10 +112,9 @@ def lookup_bag(weights, ids, offsets=None, *, mode: str = "sum", per_sample_weig
     sum, mean (sum(w e) / sum(w)) and sqrtn. Ids equal to padding_idx (negative: from the end)
     are left out. A bag with no id, or a divisor of 0, is zeros. Returns (B, dim)."""
     if kernel == "auto":
-        W, fmt = check_weights(weights)
-        n = _n_ids(ids)
-        B = np.shape(ids)[0] if offsets is None else np.shape(offsets)[0] - bool(include_last_offset)
-        kernel = _bag_kernel(kernel, LOOKUP_BAG, W.shape[0], W.shape[1], n, B, fmt, mode)
+        W, fmt = check_weights(weights)  # every kernel's first check
+        kernel = _bag_kernel(LOOKUP_BAG, W.shape[0], W.shape[1], _n_ids(ids),
+                             _n_bags(ids, offsets, include_last_offset), fmt, mode)
         weights = W
     return get_kernel(kernel).lookup_bag(
         weights, ids, offsets, mode=mode, per_sample_weights=per_sample_weights,
@@ -123,14 +132,17 @@ def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, 
     per_sample_weights; then (dW, the gradient of per_sample_weights) is returned. vocab_size
     defaults to len(weights)."""
     if kernel == "auto":
-        G, fmt = float_array(grad_out, "grad_out")
-        V = check_vocab_size(np.shape(weights)[0] if vocab_size is None and weights is not None
-                             else vocab_size)
-        n = _n_ids(ids)
-        D = G.shape[-1] if G.ndim else 0
-        kernel = _bag_kernel(kernel, LOOKUP_BAG_GRAD, V, D, n, G.shape[0] if G.ndim else 0, fmt,
-                             mode)
-        grad_out = G
+        try:  # sizes only: the kernel makes every check, in its own order
+            G, fmt = float_array(grad_out, "grad_out")
+            V = check_vocab_size(np.shape(weights)[0] if vocab_size is None else vocab_size)
+        except (TypeError, ValueError, IndexError):
+            from kernels.decisions import DEFAULT_KERNEL
+
+            kernel = DEFAULT_KERNEL  # whose checks then name the problem
+        else:
+            D, B = (G.shape[-1], G.shape[0]) if G.ndim else (0, 0)
+            kernel = _bag_kernel(LOOKUP_BAG_GRAD, V, D, _n_ids(ids), B, fmt, mode)
+            grad_out = G
     return get_kernel(kernel).lookup_bag_grad(
         grad_out, ids, offsets, vocab_size, mode=mode, per_sample_weights=per_sample_weights,
         padding_idx=padding_idx, include_last_offset=include_last_offset, weights=weights,

@@ -20,33 +20,73 @@ import warnings
 from kernels import _asv_results as results
 from kernels import decisions as F
 from kernels._formats import FLOAT32
-from kernels._ops import LOOKUP, OPERATIONS
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, OPERATIONS
 
 COPY_BENCHMARK = "bench_lookup.Roofline.time_copy"
 """The plain copy of an output's size: the bandwidth ceiling the table's % copy compares with."""
 
+BAG_N_IDS = 65_536
+"""The n ids of one call of the bag benchmarks (benchmarks/common.py BAG_N_IDS: B = n / bag
+length bags); the lookups' benchmarks use decisions.DEFAULT_N_IDS."""
+BENCHMARK_N_IDS = {LOOKUP_BAG.name: BAG_N_IDS, LOOKUP_BAG_GRAD.name: BAG_N_IDS}
+"""n ids of each operation's benchmark where it is not decisions.DEFAULT_N_IDS."""
+
 
 def _point_order(item):
-    (V, D), _ = item
-    numeric = all(isinstance(x, (int, float)) for x in (V, D))
-    return (0, V, D, "") if numeric else (1, 0, 0, repr((V, D)))
+    point, _ = item
+    numeric = all(isinstance(x, (int, float)) for x in point)
+    return (0, *point, "") if numeric else (1, *(0 for _ in point), repr(point))
+
+
+def benchmark_params(op) -> list:
+    """The parameters of an operation's benchmark, in the contract's order: kernel, vocab_size,
+    dim, then the operation's extra_param (bag_length for bags) if it has one."""
+    extra = F.extra_param(op)
+    return ["kernel", "vocab_size", "dim"] + ([extra] if extra else [])
+
+
+def _op_points(run: results.Run, op) -> dict:
+    """{(V, D[, extra]): {kernel: seconds}} of an operation's benchmark: its parameters by name
+    where asv's benchmarks.json names them, else by position (kernel, vocab_size, dim[, extra]).
+    A benchmark with other parameters is not read."""
+    r = run.records(op.benchmark)
+    if r is None:
+        return {}
+    names, recs = r
+    axes = benchmark_params(op)
+    if set(names) == set(axes):
+        rename = {n: n for n in names}
+    elif names == [f"param{i}" for i in range(len(axes))]:
+        rename = dict(zip(names, axes))  # no benchmarks.json: the contract's order
+    else:
+        return {}
+    grid = {}
+    for params, t in recs:
+        if t is not None:
+            values = {rename[k]: v for k, v in params.items()}
+            point = tuple(values[a] for a in axes[1:])
+            grid.setdefault(point, {})[str(values["kernel"])] = t
+    return grid
 
 
 def build_table(run: results.Run) -> dict:
     """A decision table from one asv results file: for every operation, the times of its
-    benchmark (parameters kernel, vocab_size, dim) at each measured (V, D)."""
+    benchmark (parameters kernel, vocab_size, dim, and the operation's extra_param -- bag_length
+    for bags) at each measured point."""
     ops = {}
     for name, op in OPERATIONS.items():
-        grid = {}
-        for combo, t in run.points(op.benchmark).items():
-            if len(combo) != 3:
-                continue
-            kernel, V, D = combo
-            grid.setdefault((V, D), {})[str(kernel)] = t
-        if grid:
-            ops[name] = [{"vocab_size": V, "dim": D, "n_ids": F.DEFAULT_N_IDS,
-                          "dtype": FLOAT32.name, "times": times}
-                         for (V, D), times in sorted(grid.items(), key=_point_order)]
+        grid = _op_points(run, op)
+        extra = F.extra_param(op)
+        n = BENCHMARK_N_IDS.get(name, F.DEFAULT_N_IDS)
+        rows = []
+        for point, times in sorted(grid.items(), key=_point_order):
+            row = {"vocab_size": point[0], "dim": point[1], "n_ids": n, "dtype": FLOAT32.name,
+                   "times": times}
+            if extra:
+                row[extra] = point[2]
+            rows.append(row)
+        if rows:
+            ops[name] = rows
     copy = {str(c[0]): t for c, t in run.points(COPY_BENCHMARK).items() if len(c) == 1}
     date = (datetime.datetime.fromtimestamp(run.date / 1000, datetime.timezone.utc)
             .strftime("%Y-%m-%d") if run.date else "?")
@@ -97,34 +137,47 @@ def write_table(table: dict, path: str, source: str) -> None:
 
 
 def winners(table: dict, op_name: str) -> dict:
-    """{(V, D): fastest kernel} of one operation's rows."""
-    return {(r["vocab_size"], r["dim"]): min(r["times"], key=r["times"].get)
+    """{(V, D): fastest kernel} of one operation's rows; {(V, D, bag_length): ...} for bags."""
+    extra = F.extra_param(OPERATIONS[op_name])
+    return {(r["vocab_size"], r["dim"]) + ((r.get(extra, F.DEFAULT_BAG_LENGTH),) if extra else ()):
+            min(r["times"], key=r["times"].get)
             for r in table["ops"].get(op_name, [])}
 
 
 def format_table(table: dict) -> str:
-    """Text: V x D -> fastest kernel, its time, GB/s (and % of copy), runner-up, per operation."""
+    """Text: V x D (x bag length) -> fastest kernel, its time, GB/s (and % of copy), runner-up,
+    a section per operation."""
     lines = [f"source: {table['source']}",
              f"machine: {table['machine']}, commit {table['commit']}, {table['date']}"]
     for name, op in OPERATIONS.items():
         rows = table["ops"].get(name) or []
         if not rows:
             continue
+        extra = F.extra_param(op)
+        if extra:
+            rows = sorted(rows, key=lambda r: (r.get(extra, F.DEFAULT_BAG_LENGTH),
+                                               r["vocab_size"], r["dim"]))
         lines.append(f"\n{name} (n = {rows[0]['n_ids']:,} ids, {rows[0]['dtype']}; "
                      "% copy = Roofline.time_copy / time, runner-up = its time / the fastest's):")
-        lines.append(f"{'vocab_size':>10} {'dim':>5}  {'fastest':<14} {'time':>10} {'GB/s':>7} "
-                     f"{'% copy':>7}  runner-up")
+        lines.append(f"{'vocab_size':>10} {'dim':>5} " + (f"{extra:>10} " if extra else "")
+                     + f" {'fastest':<14} {'time':>10} {'GB/s':>7} {'% copy':>7}  runner-up")
         for row in rows:
             times = row["times"]
             best = min(times, key=times.get)
             t = times[best]
             V, D, n = row["vocab_size"], row["dim"], row["n_ids"]
-            nbytes = op.moved_bytes(n, V, D, FLOAT32.storage_dtype.itemsize)
+            itemsize = FLOAT32.storage_dtype.itemsize
+            if extra:
+                b = row.get(extra, F.DEFAULT_BAG_LENGTH)
+                nbytes = op.moved_bytes(n, V, D, itemsize, **{extra: b})
+            else:
+                nbytes = op.moved_bytes(n, V, D, itemsize)
             copy = table.get("copy", {}).get(str(D))
             pct = f"{copy / t * 100:6.0f}%" if copy and name == "lookup" else "    n/a"
             others = sorted((s, k) for k, s in times.items() if k != best)
             runner = f"{others[0][1]} x{others[0][0] / t:.2f}" if others else "-"
-            lines.append(f"{V:>10} {D:>5}  {best:<14} {t * 1e6:>8.1f}us "
+            lines.append(f"{V:>10} {D:>5} " + (f"{b:>10} " if extra else "")
+                         + f" {best:<14} {t * 1e6:>8.1f}us "
                          f"{nbytes / t / 1e9:>7.1f} {pct}  {runner}")
     return "\n".join(lines)
 

@@ -32,6 +32,8 @@ F = importlib.import_module("kernels.decisions")  # the table kernels.fastest de
 T = importlib.import_module("kernels._decision_table")  # python -m kernels: builds tables
 FORWARD = kernels.OPERATIONS["lookup"].benchmark
 BACKWARD = kernels.OPERATIONS["lookup_grad"].benchmark
+BAGS = kernels.OPERATIONS["lookup_bag"].benchmark
+BAG_GRADS = kernels.OPERATIONS["lookup_bag_grad"].benchmark
 COPY = T.COPY_BENCHMARK
 
 MACHINE = platform.node()
@@ -127,11 +129,15 @@ def write_results(
     kernels_=ALL,
     grid=GRID,
     publish_table=True,
+    bags=None,
+    bag_grads=None,
+    bag_lengths=(1, 8, 64),
 ):
     """Save one asv results file (version 2) with asv's Results API, then (publish_table) build
     the local decision table from the results as `make bench` does; return the file's path.
 
-    forward/backward: {(kernel, V, D): seconds or None/NaN}; copy: {D: seconds}."""
+    forward/backward: {(kernel, V, D): seconds or None/NaN}; copy: {D: seconds};
+    bags/bag_grads: {(kernel, V, D, bag_length): seconds} over grid x bag_lengths."""
     params = {"machine": machine, "python": "3.11", "arch": "x86_64", "cpu": "test", "os": "test"}
     res = Results(params, {"numpy": ""}, commit, date, "3.11", env_name, {})
     p = _grid_params(kernels_, grid)
@@ -140,6 +146,12 @@ def write_results(
         _add(res, _bench(FORWARD, p, names), _grid_result(forward, kernels_, grid))
     if backward is not None:
         _add(res, _bench(BACKWARD, p, names), _grid_result(backward, kernels_, grid))
+    bag_params = p + [[repr(b) for b in bag_lengths]]
+    for bench, times in ((BAGS, bags), (BAG_GRADS, bag_grads)):
+        if times is not None:
+            values = [times.get((k, V, D, b)) for k in kernels_ for V in sorted({V for V, _ in grid})
+                      for D in sorted({D for _, D in grid}) for b in bag_lengths]
+            _add(res, _bench(bench, bag_params, names + ["bag_length"]), values)
     if copy is not None:
         Ds = sorted(copy)
         _add(res, _bench(COPY, [[repr(D) for D in Ds]], ["dim"]), [copy[D] for D in Ds])
@@ -793,6 +805,8 @@ def _parse_cli_table(text):
             section = out.setdefault("backward", {})
         elif line.startswith("lookup "):
             section = out.setdefault("forward", {})
+        elif line.startswith("lookup_bag"):  # the bag sections: tests/test_decisions_bags.py
+            section = None
         elif section is not None:
             parts = line.split()
             if len(parts) >= 3 and parts[0].isdigit() and parts[1].isdigit():

@@ -611,3 +611,163 @@ def test_benchmark_dir_holds_asv_benchmark_modules_only():
             f"benchmarks/{e} is a command-line script: it belongs in tools/")
     import tools.report
     assert os.path.dirname(tools.report.__file__) == os.path.join(ROOT, "tools", "report")
+
+
+# =============================================================================================
+# bags on the crossover page
+# =============================================================================================
+
+BAG_BENCH = "bench_bags.Bags.time_bag"
+BAG_GRAD_BENCH = "bench_bags.BagGrad.time_bag_grad"
+KB = ["'numpy_take'", "'onehot_sparse'", "'numba_gather'"]
+
+
+def _bags(values):
+    """(kernel x vocab_size 100, 1000 x dim 8 x bag_length 1, 8) in asv's product order."""
+    return [list(KB), ["100", "1000"], ["8"], ["1", "8"]], values
+
+
+# winners: bag length 1 -> numba_gather at V=100, numpy_take at V=1000; bag length 8 ->
+# onehot_sparse everywhere (kernel-major order: k, V, b)
+BAG_VALUES = [2.0, 3.0, 1.0, 3.0,   # numpy_take:    (100,1) (100,8) (1000,1) (1000,8)
+              3.0, 1.0, 2.0, 1.0,   # onehot_sparse
+              1.0, 2.0, 3.0, 2.0]   # numba_gather
+BAG_WINNERS = {1: {(100, 8): "numba_gather", (1000, 8): "numpy_take"},
+               8: {(100, 8): "onehot_sparse", (1000, 8): "onehot_sparse"}}
+
+
+def _bag_run(rd, with_bags=True, benchmarks_json=False):
+    benches = {"bench_lookup.Lookup.time_lookup": _lookup([1.0, 2.0]),
+               "bench_grad.LookupGrad.time_lookup_grad": _lookup([2.0, 1.0])}
+    if with_bags:
+        benches[BAG_BENCH] = _bags(BAG_VALUES)
+        benches[BAG_GRAD_BENCH] = _bags(BAG_VALUES[4:] + BAG_VALUES[:4])
+    write_results(rd, "m", "b" * 40, 1, benches)
+    if benchmarks_json:
+        names = {k: ["kernel", "vocab_size", "dim"] + (["bag_length"] if "bags" in k else [])
+                 for k in benches}
+        write_benchmarks_json(rd, benches, names)
+    return benches
+
+
+@pytest.mark.parametrize("benchmarks_json", [True, False], ids=["benchmarks.json", "contract"])
+def test_bag_results_give_one_grid_per_bag_length_with_its_winners(tmp_path, benchmarks_json):
+    rd = tmp_path / "results"
+    _bag_run(rd, benchmarks_json=benchmarks_json)
+    grids = grid.compute_grids(results.load(str(rd), "m"))
+    bag = [g for g in grids if g.key == BAG_BENCH]
+    assert [g.facets["bag_length"] for g in bag] == [1, 8]
+    for g in bag:
+        assert g.winners() == BAG_WINNERS[g.facets["bag_length"]]
+        assert g.vocab_sizes == [100, 1000] and g.dims == [8]
+    assert [g.facets["bag_length"] for g in grids if g.key == BAG_GRAD_BENCH] == [1, 8]
+    assert bag[0].cells[(100, 8)].speedup == pytest.approx(2.0)
+    assert grid.unmeasured_operations(grids) == []
+    # the grids come after the lookups', in the registry's order of operations
+    assert [g.key for g in grids][:2] == ["bench_lookup.Lookup.time_lookup",
+                                          "bench_grad.LookupGrad.time_lookup_grad"]
+
+
+def test_the_page_shows_the_bag_grids_and_no_not_measured_notice(tmp_path):
+    rd = tmp_path / "results"
+    _bag_run(rd)
+    html_dir = tmp_path / "html"
+    summary = crossover.write_crossover(str(html_dir), str(rd), "m", log=lambda m: None,
+                                        warn=lambda m: None)
+    assert summary["grids"] == 6
+    html = (html_dir / "crossover.html").read_text()
+    assert 'id="not-measured"' not in html
+    for b in (1, 8):
+        slug = f"bench_bags_Bags_time_bag-distribution-uniform-dtype-float32-bag_length-{b}"
+        assert f'id="{slug}"' in html and f"bag_length {b}" in html
+        if page.matplotlib is not None:
+            assert (html_dir / "crossover" / f"{slug}.svg").exists()
+    section = html.split('id="bench_bags_Bags_time_bag-distribution-uniform-dtype-float32-'
+                         'bag_length-8"', 1)[1].split("<h2", 1)[0]
+    assert section.count('data-kernel="onehot_sparse"') == 2
+    assert vendor.external_refs(html) == []
+
+
+def test_a_run_without_bag_results_says_bags_were_not_measured(tmp_path):
+    rd = tmp_path / "results"
+    _bag_run(rd, with_bags=False)
+    html_dir = tmp_path / "html"
+    summary = crossover.write_crossover(str(html_dir), str(rd), "m", log=lambda m: None,
+                                        warn=lambda m: None)
+    assert summary["grids"] == 2
+    html = (html_dir / "crossover.html").read_text()
+    notice = html.split('id="not-measured"', 1)[1].split("</div>", 1)[0]
+    assert "Bags were not measured" in notice
+    for name, bench in (("lookup_bag", BAG_BENCH), ("lookup_bag_grad", BAG_GRAD_BENCH)):
+        assert f'data-op="{name}"' in notice and bench in notice
+    assert 'data-op="lookup"' not in notice and 'data-op="lookup_grad"' not in notice
+    assert html.count("<table class=\"grid\">") == 2  # the lookups' grids are all still there
+
+
+def test_an_unmeasured_lookup_grad_is_named_too_without_calling_it_bags(tmp_path):
+    rd = tmp_path / "results"
+    write_results(rd, "m", "b" * 40, 1, {"bench_lookup.Lookup.time_lookup": _lookup([1.0, 2.0])})
+    run = results.load(str(rd), "m")
+    grids = grid.compute_grids(run)
+    assert [op.name for op in grid.unmeasured_operations(grids)] == [
+        "lookup_grad", "lookup_bag", "lookup_bag_grad"]
+    html = page.render_page(machine="m", grids=grids,
+                            unmeasured=grid.unmeasured_operations(grids))
+    assert "Not measured in this run" in html and 'data-op="lookup_grad"' in html
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_bags", [True, False], ids=["bags", "old-run"])
+def test_the_bag_crossover_page_in_chromium(tmp_path, with_bags):
+    """The page as a browser shows it (Debian's chromium via Playwright, as tests/test_browser.py):
+    with bag results, a grid per bag length; without, the notice; no request leaves 127.0.0.1."""
+    import time
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS, IN_CI, _browser_missing, _free_port
+    why = _browser_missing()
+    if why:
+        (pytest.fail if IN_CI else pytest.skip)(why)
+    from playwright.sync_api import sync_playwright
+
+    rd = tmp_path / "results"
+    _bag_run(rd, with_bags=with_bags)
+    html_dir = tmp_path / "html"
+    crossover.write_crossover(str(html_dir), str(rd), "m", log=lambda m: None, warn=lambda m: None)
+    (html_dir / "swallow.ico").write_bytes(b"")  # asv's icon, which the page names
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1",
+                               "--directory", str(html_dir), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    off_site, errors = [], []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            tab = browser.new_page(viewport={"width": 1200, "height": 900})
+            tab.route("**/*", lambda r: r.continue_() if "//127.0.0.1:" in r.request.url
+                      else (off_site.append(r.request.url), r.abort()))
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            for _ in range(100):  # the server needs a moment to listen
+                try:
+                    tab.goto(f"http://127.0.0.1:{port}/crossover.html", wait_until="load")
+                    break
+                except Exception:  # playwright's Error: connection refused
+                    time.sleep(0.1)
+            tab.wait_for_function("() => Array.from(document.images).every("
+                                  "i => i.complete && (i.naturalWidth > 0))")
+            headings = tab.locator("h2").all_inner_texts()
+            notice = tab.locator("#not-measured")
+            if with_bags:
+                assert notice.count() == 0
+                assert sum("bag_length" in h for h in headings) == 4, headings
+                assert tab.locator("table.grid td[data-kernel]").count() == 2 + 4 * 2
+            else:
+                assert notice.is_visible() and "Bags were not measured" in notice.inner_text()
+                assert len(headings) == 2, headings
+            if page.matplotlib is not None:
+                assert tab.locator("img.grid").count() == len(headings)
+            tab.screenshot(path=str(tmp_path / "crossover.png"), full_page=True)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert off_site == [] and errors == [], (off_site, errors)

@@ -10,7 +10,7 @@ import os
 import shutil
 
 from . import page
-from .grid import compute_grids
+from .grid import compute_grids, unmeasured_operations
 from .results import ResultsError, load, this_machine_name
 
 PICTURE_DIR = "crossover"
@@ -73,7 +73,8 @@ def write_crossover(html_dir: str, results_dir: str, machine: str | None = None,
         machine=run.machine, commit=run.commit, commit_date=page.format_date(run.date),
         run_date=page.format_date(run.started) if run.started else None, env=run.env_name,
         source=os.path.relpath(run.path, os.path.dirname(os.path.abspath(results_dir))),
-        grids=grids, pictures=pictures, notes=notes))
+        grids=grids, pictures=pictures, notes=notes,
+        unmeasured=unmeasured_operations(grids) if grids else ()))
     if not grids:
         warn(f"crossover: {run.path} holds no timing benchmark over kernel x vocab_size x dim")
     log(f"crossover: {page_path} ({len(grids)} grid(s): "

@@ -2,8 +2,9 @@
 
 For every timing benchmark whose parameters include ``kernel``, ``vocab_size`` and ``dim``
 (the operations' benchmarks, ``Lookup.time_lookup``: forward, ``LookupGrad.time_lookup_grad``:
-backward; ``Distribution``'s timings: forward by id distribution ...) and that times the
-reference kernel, and for every value of its other parameters (distribution, dtype, ...), each
+backward; ``Bags.time_bag`` and ``BagGrad.time_bag_grad``: bags, one grid per bag_length;
+``Distribution``'s timings: forward by id distribution ...) and that times the reference
+kernel, and for every value of its other parameters (distribution, dtype, bag_length ...), each
 (vocab_size, dim) cell names
 
 * the fastest kernel (smallest time),
@@ -122,6 +123,13 @@ def is_crossover_benchmark(key: str, pn, recs) -> bool:
     return (key.split(".")[-1].startswith("time_")
             and set(AXIS_PARAMS) <= set(pn)
             and any(p["kernel"] == REFERENCE_KERNEL for p, _ in recs))
+
+
+def unmeasured_operations(grids) -> list:
+    """The operations (kernels.OPERATIONS) whose benchmark has no measured grid: not in the
+    results file at all (a run from before the operation existed) or nothing measured."""
+    measured = {g.key for g in grids if g.measured}
+    return [op for op in OPERATIONS.values() if op.benchmark not in measured]
 
 
 def compute_grids(run: Run) -> list[Grid]:

@@ -9,6 +9,7 @@ import datetime
 import html
 
 import kernels
+from kernels.decisions import extra_param
 
 from .grid import REFERENCE_KERNEL, Grid
 
@@ -149,10 +150,23 @@ def _grid_table(grid: Grid) -> str:
     return "\n".join(rows)
 
 
+def _unmeasured_notice(ops) -> str:
+    """One notice naming the operations the results file has no measurement of."""
+    items = "".join(
+        f"<li data-op=\"{_e(op.name)}\">{_e(op.title)} (<code>{_e(op.name)}</code>, benchmark "
+        f"<code>{_e(op.benchmark)}</code>)</li>" for op in ops)
+    bags = [op for op in ops if extra_param(op)]
+    what = "Bags were not measured" if bags and len(bags) == len(ops) else "Not measured"
+    return (f"<div class=\"notice\" id=\"not-measured\"><strong>{what} in this run.</strong> "
+            f"The results file holds no measured time of:<ul>{items}</ul>(a run from before "
+            f"they were benchmarked, or their benchmarks were left out of it).</div>")
+
+
 def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, env=None,
                 source=None, grids=(), pictures=None, notes=(), error=None,
-                generated=None) -> str:
-    """The whole crossover.html (no external reference of any kind)."""
+                generated=None, unmeasured=()) -> str:
+    """The whole crossover.html (no external reference of any kind). `unmeasured`: operations
+    (kernels.OPERATIONS) with no grid in the results, named in a notice."""
     pictures = pictures or {}
     generated = generated or datetime.datetime.now(datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC")
@@ -185,7 +199,10 @@ def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, e
             f"time; 1.00x where {REFERENCE_KERNEL} itself is fastest); its bandwidth (the "
             "benchmark's <code>track_bandwidth</code>) as a percentage of the plain copy of the "
             "same number of bytes (<code>Roofline.track_bandwidth</code> at the same dim). "
-            "n/a: no kernel measured there, or the number is missing.</p>")
+            "n/a: no kernel measured there, or the number is missing. Bags: one grid per "
+            "bag length (ids per bag).</p>")
+        if unmeasured:
+            out.append(_unmeasured_notice(unmeasured))
         out.append("<ul>" + "".join(f"<li><a href=\"#{_e(g.slug)}\">{_e(g.label)}</a></li>"
                                     for g in grids) + "</ul>")
         for g in grids:

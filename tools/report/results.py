@@ -12,7 +12,7 @@ What the page adds to the reader:
 from __future__ import annotations
 
 from kernels import OPERATIONS
-from kernels._decision_table import COPY_BENCHMARK
+from kernels._decision_table import COPY_BENCHMARK, benchmark_params
 from kernels._asv_results import (
     NoResults,
     ResultsError,
@@ -27,8 +27,7 @@ __all__ = ["NoResults", "ResultsError", "Run", "CONTRACT_PARAM_NAMES", "load", "
            "is_time", "read_config", "this_machine_name"]
 
 CONTRACT_PARAM_NAMES = {
-    **{op.benchmark.rsplit(".", 1)[0]: ["kernel", "vocab_size", "dim"]
-       for op in OPERATIONS.values()},
+    **{op.benchmark.rsplit(".", 1)[0]: benchmark_params(op) for op in OPERATIONS.values()},
     COPY_BENCHMARK.rsplit(".", 1)[0]: ["dim"],
 }
 """Used only for benchmarks that results_dir/benchmarks.json does not name."""
