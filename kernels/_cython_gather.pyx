@@ -510,30 +510,47 @@ cdef extern from *:
             else { T dd_ = (T)d_; for (k = 0; k < (DIM); k++) ROW[k] = ROW[k] / dd_; } \\
         }
 
-    /* Unweighted sum / mean / sqrtn with the row size a compile-time constant. The row `prefetch`
-       ids ahead is prefetched one cache line per line added (interleaved, not in a burst); when
-       there is none the current row is named instead (already loaded: no branch in the loop). */
-    #define EK_LINE(T) (64 / (Py_ssize_t)sizeof(T))
-    #define EK_BAG_FIXED(T, DIM, LOAD) \
+    /* Unweighted sum / mean / sqrtn with the row size a compile-time constant: the bag's sum
+       lives in DIM / lanes vector accumulators (GCC vector extensions: 32-byte vectors, two SSE
+       registers each in the default clone), rows loaded unaligned. Each element is still the
+       sequential sum in id order (the same bits as the scalar loops). Rows wider than
+       EK_BAG_BLOCK vectors are summed a block of columns at a time, each pass over the bag's
+       rows (after the first, they come from L1), so the sums stay in registers (16 vectors
+       a pass measured faster than 8 at D = 128, 0.61 against 0.98 ms; adding four rows per step
+       was slower). The row `prefetch` ids ahead is prefetched one cache line per two vectors
+       added; when there is none the current row is named instead (no branch in the loop). */
+    typedef float ek_vf __attribute__((vector_size(32)));
+    typedef double ek_vd __attribute__((vector_size(32)));
+    #define EK_BAG_BLOCK 16  /* vector accumulators per pass (a power of two) */
+    #define EK_BAG_FIXED(T, VT, DIM, LOAD) \
         for (b = b0; b < b1; b++) { \
-            T acc[DIM]; \
+            enum { NV = (DIM) * (int)sizeof(T) / 32, \
+                   NB = NV < EK_BAG_BLOCK ? NV : EK_BAG_BLOCK }; \
+            T sum[DIM]; \
             Py_ssize_t cnt = 0; \
-            for (k = 0; k < (DIM); k++) acc[k] = (T)0; \
-            for (i = offsets[b]; i < offsets[b + 1]; i++) { \
-                j = LOAD(&ids[i]); \
-                if (j == pad) continue; \
-                if ((size_t)j >= (size_t)V) { bad++; continue; } \
-                const T* src = (const T*)(W + j * rs); \
-                const char* pf = (prefetch && i + prefetch < n) \
-                    ? W + (Py_ssize_t)ids[i + prefetch] * rs : (const char*)src; \
-                for (Py_ssize_t c = 0; c < (DIM); c += EK_LINE(T)) { \
-                    __builtin_prefetch(pf + c * (Py_ssize_t)sizeof(T), 0, 3); \
-                    for (k = c; k < c + EK_LINE(T) && k < (DIM); k++) acc[k] += src[k]; \
+            for (Py_ssize_t v0 = 0; v0 < NV; v0 += NB) { \
+                VT acc[NB]; \
+                for (k = 0; k < NB; k++) acc[k] = (VT){0}; \
+                cnt = 0; \
+                for (i = offsets[b]; i < offsets[b + 1]; i++) { \
+                    j = LOAD(&ids[i]); \
+                    if (j == pad) continue; \
+                    if ((size_t)j >= (size_t)V) { if (v0 == 0) bad++; continue; } \
+                    const char* src = W + j * rs + v0 * 32; \
+                    const char* pf = (prefetch && i + prefetch < n) \
+                        ? W + (Py_ssize_t)ids[i + prefetch] * rs + v0 * 32 : src; \
+                    for (k = 0; k < NB; k++) { \
+                        VT x; \
+                        if ((k & 1) == 0) __builtin_prefetch(pf + k * 32, 0, 3); \
+                        memcpy(&x, src + k * 32, 32); \
+                        acc[k] += x; \
+                    } \
+                    cnt++; \
                 } \
-                cnt++; \
+                memcpy(sum + v0 * (32 / (int)sizeof(T)), acc, sizeof(acc)); \
             } \
-            EK_BAG_FINISH(T, acc, DIM, cnt, 0.0, 0) \
-            memcpy(out + b * (DIM), acc, (DIM) * sizeof(T)); \
+            EK_BAG_FINISH(T, sum, DIM, cnt, 0.0, 0) \
+            memcpy(out + b * (DIM), sum, (DIM) * sizeof(T)); \
         }
 
     static inline void ek_bag_prefetch(const char* p, Py_ssize_t nbytes) {
@@ -541,7 +558,7 @@ cdef extern from *:
         for (off = 0; off < nbytes; off += 64) __builtin_prefetch(p + off, 0, 3);
     }
 
-    #define EK_DEFINE_BAG(NAME, T, IDX_T, LOAD) \\
+    #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD) \\
     EK_CLONES static Py_ssize_t NAME( \\
             const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
             const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
@@ -549,12 +566,12 @@ cdef extern from *:
         Py_ssize_t b, i, j, k, bad = 0; \\
         if (psw == NULL && mode != EK_MAX) { \\
             switch (D) { \\
-            case 8: EK_BAG_FIXED(T, 8, LOAD) return bad; \\
-            case 16: EK_BAG_FIXED(T, 16, LOAD) return bad; \\
-            case 32: EK_BAG_FIXED(T, 32, LOAD) return bad; \\
-            case 64: EK_BAG_FIXED(T, 64, LOAD) return bad; \\
-            case 128: EK_BAG_FIXED(T, 128, LOAD) return bad; \\
-            case 256: EK_BAG_FIXED(T, 256, LOAD) return bad; \\
+            case 8: EK_BAG_FIXED(T, VT, 8, LOAD) return bad; \\
+            case 16: EK_BAG_FIXED(T, VT, 16, LOAD) return bad; \\
+            case 32: EK_BAG_FIXED(T, VT, 32, LOAD) return bad; \\
+            case 64: EK_BAG_FIXED(T, VT, 64, LOAD) return bad; \\
+            case 128: EK_BAG_FIXED(T, VT, 128, LOAD) return bad; \\
+            case 256: EK_BAG_FIXED(T, VT, 256, LOAD) return bad; \\
             default: break; \\
             } \\
         } \\
@@ -587,10 +604,10 @@ cdef extern from *:
         } \\
         return bad; \\
     }
-    EK_DEFINE_BAG(ek_bag_f32_i32, float, int32_t, ek_load_i32)
-    EK_DEFINE_BAG(ek_bag_f32_i64, float, int64_t, ek_load_i64)
-    EK_DEFINE_BAG(ek_bag_f64_i32, double, int32_t, ek_load_i32)
-    EK_DEFINE_BAG(ek_bag_f64_i64, double, int64_t, ek_load_i64)
+    EK_DEFINE_BAG(ek_bag_f32_i32, float, ek_vf, int32_t, ek_load_i32)
+    EK_DEFINE_BAG(ek_bag_f32_i64, float, ek_vf, int64_t, ek_load_i64)
+    EK_DEFINE_BAG(ek_bag_f64_i32, double, ek_vd, int32_t, ek_load_i32)
+    EK_DEFINE_BAG(ek_bag_f64_i64, double, ek_vd, int64_t, ek_load_i64)
     """
     Py_ssize_t ek_bag_f32_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
                               Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
