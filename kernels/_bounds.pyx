@@ -7,7 +7,8 @@ twice, for AVX2 and for the baseline, and the CPU picks at load time (no -march 
 runs on any x86-64); AVX2 compares four int64 ids at once, baseline SSE2 has no 64-bit compare.
 """
 cimport numpy as cnp
-from libc.stdint cimport uint64_t
+import numpy as np
+from libc.stdint cimport int64_t, uint64_t
 
 cnp.import_array()
 
@@ -36,6 +37,19 @@ cdef extern from *:
     EK_DEFINE_CHECK(ek_check_u16, uint16_t, uint64_t)
     EK_DEFINE_CHECK(ek_check_u32, uint32_t, uint64_t)
     EK_DEFINE_CHECK(ek_check_u64, uint64_t, uint64_t)
+
+    /* Copy m int64 bag bounds and tell whether any is past n or below its predecessor. */
+    EK_CLONES static int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) {
+        uint64_t bad = 0;
+        Py_ssize_t i;
+        if (m > 0) r[0] = p[0];
+        for (i = 1; i < m; i++) {
+            int64_t x = p[i];
+            r[i] = x;
+            bad |= (uint64_t)((x > n) | (x < p[i - 1]));
+        }
+        return bad != 0;
+    }
     """
     int ek_check_i8(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_i16(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
@@ -45,6 +59,7 @@ cdef extern from *:
     int ek_check_u16(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u32(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u64(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
+    int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) noexcept nogil
 
 
 def any_out_of_range(cnp.ndarray ids not None, Py_ssize_t vocab_size):
@@ -80,3 +95,50 @@ def any_out_of_range(cnp.ndarray ids not None, Py_ssize_t vocab_size):
             else:
                 bad = ek_check_u8(p, n, V)
     return bool(bad)
+
+
+def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last):
+    """The B + 1 int64 bag bounds of checked offsets: a new array (a private copy), off with n
+    appended unless include_last. `off` is 1-D C-contiguous native int64 (B starts, or B + 1
+    bounds with include_last). ValueError naming the first problem: the last bound is not n
+    (include_last), offsets[0] != 0, an offset past n, a decrease (each with its position)."""
+    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0), i
+    cdef const cnp.int64_t* p = <const cnp.int64_t*>cnp.PyArray_DATA(off)
+    cdef cnp.ndarray result
+    cdef cnp.int64_t* r
+    cdef Py_ssize_t past = -1, down = -1
+    cdef int bad
+    if (cnp.PyArray_NDIM(off) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(off)
+            or cnp.PyArray_TYPE(off) != cnp.NPY_INT64 or not cnp.PyArray_ISNOTSWAPPED(off)):
+        raise ValueError("bag_offsets needs a 1-D C-contiguous native int64 array")
+    if include_last:
+        if m == 0:
+            raise ValueError("offsets must hold at least one value (the end) with "
+                             "include_last_offset=True")
+        if p[m - 1] != n:
+            raise ValueError(f"with include_last_offset=True the last offset must equal "
+                             f"len(ids) = {n}, got {p[m - 1]}")
+    elif m == 0:
+        if n:
+            raise ValueError(f"offsets is empty but ids holds {n} ids: each id must be in a bag")
+        return np.zeros(1, np.int64)
+    if p[0] != 0:
+        raise ValueError(f"offsets[0] must be 0, got {p[0]}")
+    result = np.empty(m + (0 if include_last else 1), np.int64)
+    r = <cnp.int64_t*>cnp.PyArray_DATA(result)
+    with nogil:
+        bad = ek_copy_offsets(<const int64_t*>p, <int64_t*>r, m, n)
+    if bad:
+        for i in range(1, m):
+            if past < 0 and r[i] > n:
+                past = i
+            if down < 0 and r[i] < r[i - 1]:
+                down = i
+    if past >= 0:
+        raise ValueError(f"offset {r[past]} at position {past} is past len(ids) = {n}")
+    if down >= 0:
+        raise ValueError(f"offsets must be non-decreasing: offsets[{down}] = {r[down]} < "
+                         f"offsets[{down - 1}] = {r[down - 1]}")
+    if not include_last:
+        r[m] = n
+    return result

@@ -644,25 +644,39 @@ cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const voi
                           mode, <const double*>psw, pad, prefetch)
 
 
+cdef Py_ssize_t _first_bag_from(const int64_t* offsets, Py_ssize_t B,
+                                Py_ssize_t target) noexcept nogil:
+    """The first bag b < B with offsets[b] >= target, else B (np.searchsorted, side left)."""
+    cdef Py_ssize_t lo = 0, hi = B, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if offsets[mid] < target:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets not None,
-        int mode, psw, Py_ssize_t pad, cnp.ndarray out not None,
-        cnp.ndarray bounds not None, int prefetch=0):
+        int mode, psw, Py_ssize_t pad, cnp.ndarray out not None, int nthreads,
+        int prefetch=0):
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
     or None), ids equal to pad (or -1) left out. W has contiguous rows; offsets are B + 1 int64
-    bounds; bounds (int64, T + 1 entries) split the bags among T threads (T = 1: no OpenMP
-    region). Raises RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
+    bounds. The bags are split among nthreads threads by the ids they hold, each bag whole on
+    one thread (nthreads <= 1: no OpenMP region). Raises RuntimeError if an id read was outside
+    [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
     cdef const void* p = cnp.PyArray_DATA(ids)
     cdef const int64_t* off = <const int64_t*>cnp.PyArray_DATA(offsets)
-    cdef const int64_t* bd = <const int64_t*>cnp.PyArray_DATA(bounds)
+    cdef Py_ssize_t B = cnp.PyArray_DIM(offsets, 0) - 1
+    cdef Py_ssize_t bd[MAX_THREADS + 1]
     cdef void* o = cnp.PyArray_DATA(out)
     cdef const void* pw = NULL
     cdef bint f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
-    cdef int nthreads = <int>cnp.PyArray_DIM(bounds, 0) - 1
     cdef Py_ssize_t c, bad = 0
     cdef Py_ssize_t nbad[MAX_THREADS]
     if psw is not None:
@@ -670,9 +684,13 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            bad = _bag_range(w, V, rs, p, i32, n, off, bd[0], bd[1], o, f32, D, mode, pw, pad,
+            bad = _bag_range(w, V, rs, p, i32, n, off, 0, B, o, f32, D, mode, pw, pad,
                              prefetch)
         else:
+            bd[0] = 0
+            bd[nthreads] = B
+            for c in range(1, nthreads):
+                bd[c] = _first_bag_from(off, B, n * c // nthreads)
             for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
                 nbad[c] = _bag_range(w, V, rs, p, i32, n, off, bd[c], bd[c + 1], o, f32, D,
                                      mode, pw, pad, prefetch)

@@ -9,7 +9,7 @@ import operator
 
 import numpy as np
 
-from kernels._bounds import any_out_of_range
+from kernels._bounds import any_out_of_range, bag_offsets
 from kernels._formats import _BY_DTYPE_CHAR
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -184,16 +184,18 @@ def check_padding_idx(padding_idx, vocab_size):
 
 
 def _offsets_array(offsets):
-    a = offsets if isinstance(offsets, np.ndarray) else np.asarray(offsets)
+    a = offsets if type(offsets) is np.ndarray else np.asarray(offsets)
     if a.dtype.kind == "f" and a.size == 0 and not isinstance(offsets, np.ndarray):
         a = a.astype(np.int64)
     if a.dtype.kind not in "iu":
         raise TypeError(f"offsets must have an integer dtype, got {a.dtype}")
     if a.ndim != 1:
         raise ValueError(f"offsets must be 1-D, got shape {a.shape}")
+    if a.dtype == _INT64 and a.flags.c_contiguous:
+        return a
     if a.dtype == _UINT64 and a.size and int(a.max()) > MAX_VOCAB_SIZE:
         raise ValueError(f"offsets must be at most 2**63 - 1, got {int(a.max())}")
-    return a.astype(_INT64)  # a private copy: another thread cannot change it during the call
+    return np.ascontiguousarray(a, dtype=_INT64)
 
 
 def check_bags(ids, offsets, include_last_offset):
@@ -222,38 +224,7 @@ def check_bags(ids, offsets, include_last_offset):
         )
     if offsets is None:
         raise ValueError("offsets is required when ids are 1-D (or give 2-D ids (B, N))")
-    off = _offsets_array(offsets)
-    n = a.shape[0]
-    if include_last_offset:
-        if off.shape[0] == 0:
-            raise ValueError(
-                "offsets must hold at least one value (the end) with include_last_offset=True"
-            )
-        if off[-1] != n:
-            raise ValueError(
-                f"with include_last_offset=True the last offset must equal len(ids) = {n}, "
-                f"got {int(off[-1])}"
-            )
-    elif off.shape[0] == 0:
-        if n:
-            raise ValueError(f"offsets is empty but ids holds {n} ids: each id must be in a bag")
-        return ids, np.zeros(1, np.int64)
-    else:
-        off = np.append(off, np.int64(n))
-    if off[0] != 0:
-        raise ValueError(f"offsets[0] must be 0, got {int(off[0])}")
-    past = off > n
-    if past.any():
-        pos = int(np.argmax(past))
-        raise ValueError(f"offset {int(off[pos])} at position {pos} is past len(ids) = {n}")
-    step = np.diff(off)
-    if step.size and step.min() < 0:
-        pos = int(np.argmax(step < 0)) + 1
-        raise ValueError(
-            f"offsets must be non-decreasing: offsets[{pos}] = {int(off[pos])} < "
-            f"offsets[{pos - 1}] = {int(off[pos - 1])}"
-        )
-    return ids, off
+    return ids, bag_offsets(_offsets_array(offsets), a.shape[0], include_last_offset)
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):

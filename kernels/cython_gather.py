@@ -38,24 +38,15 @@ def _scatter_add(G, ids, dW, zeroed):
     _core.scatter_add(G, ids, dW, zeroed, _threads(G.nbytes + (0 if zeroed else dW.nbytes)))
 
 
-def bag_bounds(offsets, n, nthreads):
-    """nthreads + 1 bag indices splitting the bags so that each thread gets about n / nthreads
-    ids, every bag whole on one thread (int64; what numba_gather's _bag_parallel computes)."""
-    B = offsets.shape[0] - 1
-    bounds = np.searchsorted(offsets[:B], np.arange(nthreads + 1) * n // nthreads)
-    bounds[0], bounds[-1] = 0, B
-    return bounds.astype(np.int64, copy=False)
-
-
 def _bag(W, ids, offsets, mode, psw, pad, out):
     if W.strides[1] != W.itemsize:  # rows not contiguous: bag a compact copy of the rows used
         rows, slot = np.unique(ids, return_inverse=True)
         hit = np.flatnonzero(rows == pad)
         W, ids, pad = np.ascontiguousarray(W[rows]), slot.astype(ids.dtype), \
             (int(hit[0]) if hit.size else -1)
-    nthreads = _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes)
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
-              bag_bounds(offsets, ids.shape[0], nthreads), bag_prefetch_distance(W))
+              _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes),
+              bag_prefetch_distance(W))
 
 
 KERNEL = Kernel(
