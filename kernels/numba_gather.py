@@ -478,6 +478,51 @@ def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch)
     return bad
 
 
+@njit(cache=True, nogil=True)
+def _bag_plain_range(W, ids, offsets, mode, pad, out, b0, b1, prefetch):
+    """_bag_range for unweighted sum, mean and sqrtn (the same arithmetic, the same bits), with
+    no per-row mode test: each bag is summed in a scratch row (kept in L1) and copied out."""
+    V = W.shape[0]
+    D = W.shape[1]
+    n = ids.shape[0]
+    acc = np.empty(D, W.dtype)
+    zero = W.dtype.type(0)
+    bad = 0
+    for b in range(b0, b1):
+        for k in range(D):
+            acc[k] = zero
+        cnt = 0
+        for i in range(offsets[b], offsets[b + 1]):
+            if prefetch and i + prefetch < n:
+                prefetch_row(W, ids[i + prefetch])
+            j = load_id(ids, i)
+            if j == pad:
+                continue
+            if j < 0 or j >= V:
+                bad += 1
+                continue
+            src = W[j]
+            for k in range(D):
+                acc[k] += src[k]
+            cnt += 1
+        row = out[b]
+        if mode == 0:
+            for k in range(D):
+                row[k] = acc[k]
+        else:
+            d = np.float64(cnt)
+            if mode == 3:
+                d = np.sqrt(d)
+            if d == 0.0:
+                for k in range(D):
+                    row[k] = zero
+            else:
+                dd = W.dtype.type(d)
+                for k in range(D):
+                    row[k] = acc[k] / dd
+    return bad
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _bag_parallel(W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthreads):
     """Bags split among threads by the number of ids they hold, each bag whole on one thread
@@ -489,8 +534,12 @@ def _bag_parallel(W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthr
     bounds[0] = 0
     bad = 0
     for c in prange(nthreads):
-        bad += _bag_range(W, ids, offsets, mode, psw, weighted, pad, out,
-                          bounds[c], bounds[c + 1], prefetch)
+        if weighted or mode == 2:
+            bad += _bag_range(W, ids, offsets, mode, psw, weighted, pad, out,
+                              bounds[c], bounds[c + 1], prefetch)
+        else:
+            bad += _bag_plain_range(W, ids, offsets, mode, pad, out, bounds[c], bounds[c + 1],
+                                    prefetch)
     return bad
 
 
@@ -505,7 +554,11 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
     p = psw if weighted else _NO_WEIGHTS[W.dtype]
     code = MODE_CODES[mode]
     if nthreads == 1:
-        bad = _bag_range(W, ids, offsets, code, p, weighted, pad, out, 0, out.shape[0], prefetch)
+        if weighted or code == 2:
+            bad = _bag_range(W, ids, offsets, code, p, weighted, pad, out, 0, out.shape[0],
+                             prefetch)
+        else:
+            bad = _bag_plain_range(W, ids, offsets, code, pad, out, 0, out.shape[0], prefetch)
     else:
         bad = _run_parallel(_bag_parallel, W, ids, offsets, code, p, weighted, pad, out,
                             prefetch, nthreads)
