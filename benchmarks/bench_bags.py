@@ -11,15 +11,13 @@ from kernels._ops import LOOKUP_BAG
 from . import common
 
 
-class Bags(common.Timing):
+class Bags(common.BagTiming):
     """out = K.lookup_bag(W, ids, offsets, mode="sum", out=out): each bag's rows summed.
 
     time_bag: into a preallocated out (B, D). Checked once per process against LOOKUP_BAG's
     float64 reference. onehot_dense's multi-hot block has B rows (its over_budget trait), so it
-    runs where B * V stays within its budget.
-    track_bandwidth: GB/s = LOOKUP_BAG.moved_bytes (read n rows, write B rows) / time per call,
-    the best of 3 medians of single calls (common.best_median_seconds), at D = 64 only (the
-    middle row size; GB/s of the other sizes follow from time_bag and the same formula).
+    runs where B * V stays within its budget. GB/s: BagBandwidth (D = 64), or
+    LOOKUP_BAG.moved_bytes / time_bag for any point.
     """
 
     params = [common.KERNELS, common.BAG_VOCAB_SIZES, common.BAG_DIMS, common.BAG_LENGTHS]
@@ -38,7 +36,7 @@ class Bags(common.Timing):
         self.K.lookup_bag(self.W, self.ids, self.offsets, out=self.out)
 
 
-class BagBandwidth(common.Timing):
+class BagBandwidth(common.BagTiming):
     """GB/s of Bags.time_bag's call at D = 64: LOOKUP_BAG.moved_bytes(n, V, D, 4, bag_length)
     (read n rows, write B rows) / seconds per call, the best of 3 medians of single calls
     (common.best_median_seconds). One process per point (track_ benchmarks have one round)."""
@@ -58,7 +56,7 @@ class BagBandwidth(common.Timing):
     track_bandwidth.unit = "GB/s"
 
 
-class BagModes(common.Timing):
+class BagModes(common.BagTiming):
     """Bags.time_bag's call in every mode, unweighted and with per_sample_weights, at one point:
     V = 100_000, D = 64, bag_length 8 (B = n / 8). per_sample_weights are float32 in [0.5, 1.5)
     (common.bag_weights). max with weights (refused by every kernel) and the modes a kernel
@@ -86,7 +84,7 @@ class BagModes(common.Timing):
                           per_sample_weights=self.psw, out=self.out)
 
 
-class BagGrad(common.Timing):
+class BagGrad(common.BagTiming):
     """dW = K.lookup_bag_grad(G, ids, offsets, V, mode="sum", out=dW): each id's row receives
     its bag's gradient row (G (B, D) float32 in [-1, 1), dW (V, D) preallocated, overwritten).
 

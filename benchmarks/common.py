@@ -424,3 +424,16 @@ class Timing:
     rounds = 3
     warmup_time = 0.0
     timeout = 300
+
+
+class BagTiming(Timing):
+    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): two rounds instead of three
+    and samples for at most 0.25 s a process, so the ~250 bag parameter sets of `make bench` cost
+    at most ~7 minutes (measured in the README). A bag process builds its table (up to 1 GB at
+    V = 1e6, D = 256) and checks the kernel against a float64 reference before timing, which
+    is most of its cost; fewer, shorter rounds are what keeps the whole grid affordable.
+    repeat = (2, 50, 0.25): at least 2 samples, at most 50, no new one after 0.25 s.
+    """
+
+    rounds = 2
+    repeat = (2, 50, 0.25)
