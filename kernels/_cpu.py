@@ -34,3 +34,16 @@ def prefetch_distance(W):
     gain, else 0 (prefetching rows already in cache was measured to cost time)."""
     long_rows = W.shape[1] * W.itemsize >= PREFETCH_MIN_ROW_BYTES
     return PREFETCH_DISTANCE if long_rows and W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
+
+
+BAG_PREFETCH_DISTANCE = 16
+"""How many ids ahead the compiled bags prefetch rows. Measured (cython_gather, n = 65,536,
+V = 1e6, bags of 8, 2 threads, one interleaved run): none / 8 / 12 / 16 / 24 ahead took
+0.164 / 0.153 / 0.153 / 0.153 / 0.152 ms at D = 16, 1.24 / 0.66 / 0.57 / 0.53 / 0.55 ms at D = 64
+and 5.7 / 4.4 / 4.5 / 4.6 / 4.7 ms at D = 256. A bag does little besides reading rows, so even
+one-line rows gain, unlike the lookup (PREFETCH_MIN_ROW_BYTES)."""
+
+
+def bag_prefetch_distance(W):
+    """BAG_PREFETCH_DISTANCE when the table W does not fit in L2, else 0."""
+    return BAG_PREFETCH_DISTANCE if W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0

@@ -483,3 +483,183 @@ def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW
         raise MemoryError("cython_gather: no memory for the float64 scratch rows of the gradient")
     if status == SCATTER_BAD_ID:
         raise ids_changed_error(V)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bags: each bag summed (or maxed) in id order in its own accumulator, then divided by its
+# divisor (a float64 count, sum of weights or sqrt of the sum of squares, rounded to the table's
+# dtype): the same arithmetic, in the same order, as numba_gather's _bag_range, so the same bits.
+# Unweighted bags of the common row sizes accumulate in a fixed-size local array the compiler
+# keeps in vector registers; an AVX2 clone is picked at load time where the CPU has it (no FMA:
+# a fused multiply-add would round differently from numba_gather).
+cdef extern from *:
+    """
+    #include <math.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+    #define EK_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define EK_CLONES
+    #endif
+    enum { EK_SUM = 0, EK_MEAN = 1, EK_MAX = 2, EK_SQRTN = 3 };
+
+    #define EK_BAG_FINISH(T, ROW, DIM, CNT, WSUM, WEIGHTED) \\
+        if (mode == EK_MEAN || mode == EK_SQRTN) { \\
+            double d_ = (WEIGHTED) ? (WSUM) : (double)(CNT); \\
+            if (mode == EK_SQRTN) d_ = sqrt(d_); \\
+            if (d_ == 0.0) { for (k = 0; k < (DIM); k++) ROW[k] = (T)0; } \\
+            else { T dd_ = (T)d_; for (k = 0; k < (DIM); k++) ROW[k] = ROW[k] / dd_; } \\
+        }
+
+    /* Unweighted sum / mean / sqrtn with the row size a compile-time constant. The row `prefetch`
+       ids ahead is prefetched one cache line per line added (interleaved, not in a burst); when
+       there is none the current row is named instead (already loaded: no branch in the loop). */
+    #define EK_LINE(T) (64 / (Py_ssize_t)sizeof(T))
+    #define EK_BAG_FIXED(T, DIM, LOAD) \
+        for (b = b0; b < b1; b++) { \
+            T acc[DIM]; \
+            Py_ssize_t cnt = 0; \
+            for (k = 0; k < (DIM); k++) acc[k] = (T)0; \
+            for (i = offsets[b]; i < offsets[b + 1]; i++) { \
+                j = LOAD(&ids[i]); \
+                if (j == pad) continue; \
+                if ((size_t)j >= (size_t)V) { bad++; continue; } \
+                const T* src = (const T*)(W + j * rs); \
+                const char* pf = (prefetch && i + prefetch < n) \
+                    ? W + (Py_ssize_t)ids[i + prefetch] * rs : (const char*)src; \
+                for (Py_ssize_t c = 0; c < (DIM); c += EK_LINE(T)) { \
+                    __builtin_prefetch(pf + c * (Py_ssize_t)sizeof(T), 0, 3); \
+                    for (k = c; k < c + EK_LINE(T) && k < (DIM); k++) acc[k] += src[k]; \
+                } \
+                cnt++; \
+            } \
+            EK_BAG_FINISH(T, acc, DIM, cnt, 0.0, 0) \
+            memcpy(out + b * (DIM), acc, (DIM) * sizeof(T)); \
+        }
+
+    static inline void ek_bag_prefetch(const char* p, Py_ssize_t nbytes) {
+        Py_ssize_t off;
+        for (off = 0; off < nbytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+    }
+
+    #define EK_DEFINE_BAG(NAME, T, IDX_T, LOAD) \\
+    EK_CLONES static Py_ssize_t NAME( \\
+            const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
+            const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
+            int mode, const T* psw, Py_ssize_t pad, int prefetch) { \\
+        Py_ssize_t b, i, j, k, bad = 0; \\
+        if (psw == NULL && mode != EK_MAX) { \\
+            switch (D) { \\
+            case 8: EK_BAG_FIXED(T, 8, LOAD) return bad; \\
+            case 16: EK_BAG_FIXED(T, 16, LOAD) return bad; \\
+            case 32: EK_BAG_FIXED(T, 32, LOAD) return bad; \\
+            case 64: EK_BAG_FIXED(T, 64, LOAD) return bad; \\
+            case 128: EK_BAG_FIXED(T, 128, LOAD) return bad; \\
+            case 256: EK_BAG_FIXED(T, 256, LOAD) return bad; \\
+            default: break; \\
+            } \\
+        } \\
+        for (b = b0; b < b1; b++) { \\
+            T* row = out + b * D; \\
+            Py_ssize_t cnt = 0; \\
+            double wsum = 0.0; \\
+            for (k = 0; k < D; k++) row[k] = (T)0; \\
+            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+                if (prefetch && i + prefetch < n) \\
+                    ek_bag_prefetch(W + (Py_ssize_t)ids[i + prefetch] * rs, D * sizeof(T)); \\
+                j = LOAD(&ids[i]); \\
+                if (j == pad) continue; \\
+                if ((size_t)j >= (size_t)V) { bad++; continue; } \\
+                const T* src = (const T*)(W + j * rs); \\
+                if (mode == EK_MAX) { \\
+                    if (cnt == 0) { for (k = 0; k < D; k++) row[k] = src[k]; } \\
+                    else { for (k = 0; k < D; k++) if (src[k] > row[k]) row[k] = src[k]; } \\
+                } else if (psw != NULL) { \\
+                    T w = psw[i]; \\
+                    double wf = (double)w; \\
+                    for (k = 0; k < D; k++) row[k] += w * src[k]; \\
+                    wsum += (mode == EK_SQRTN) ? wf * wf : wf; \\
+                } else { \\
+                    for (k = 0; k < D; k++) row[k] += src[k]; \\
+                } \\
+                cnt++; \\
+            } \\
+            EK_BAG_FINISH(T, row, D, cnt, wsum, psw != NULL) \\
+        } \\
+        return bad; \\
+    }
+    EK_DEFINE_BAG(ek_bag_f32_i32, float, int32_t, ek_load_i32)
+    EK_DEFINE_BAG(ek_bag_f32_i64, float, int64_t, ek_load_i64)
+    EK_DEFINE_BAG(ek_bag_f64_i32, double, int32_t, ek_load_i32)
+    EK_DEFINE_BAG(ek_bag_f64_i64, double, int64_t, ek_load_i64)
+    """
+    Py_ssize_t ek_bag_f32_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
+                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              float* out, Py_ssize_t D, int mode, const float* psw,
+                              Py_ssize_t pad, int prefetch) noexcept nogil
+    Py_ssize_t ek_bag_f32_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
+                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              float* out, Py_ssize_t D, int mode, const float* psw,
+                              Py_ssize_t pad, int prefetch) noexcept nogil
+    Py_ssize_t ek_bag_f64_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
+                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              double* out, Py_ssize_t D, int mode, const double* psw,
+                              Py_ssize_t pad, int prefetch) noexcept nogil
+    Py_ssize_t ek_bag_f64_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
+                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              double* out, Py_ssize_t D, int mode, const double* psw,
+                              Py_ssize_t pad, int prefetch) noexcept nogil
+
+
+cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const void* ids,
+                           bint i32, Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0,
+                           Py_ssize_t b1, void* out, bint f32, Py_ssize_t D, int mode,
+                           const void* psw, Py_ssize_t pad, int prefetch) noexcept nogil:
+    if f32 and i32:
+        return ek_bag_f32_i32(W, V, rs, <const int32_t*>ids, n, offsets, b0, b1, <float*>out, D,
+                              mode, <const float*>psw, pad, prefetch)
+    if f32:
+        return ek_bag_f32_i64(W, V, rs, <const int64_t*>ids, n, offsets, b0, b1, <float*>out, D,
+                              mode, <const float*>psw, pad, prefetch)
+    if i32:
+        return ek_bag_f64_i32(W, V, rs, <const int32_t*>ids, n, offsets, b0, b1, <double*>out,
+                              D, mode, <const double*>psw, pad, prefetch)
+    return ek_bag_f64_i64(W, V, rs, <const int64_t*>ids, n, offsets, b0, b1, <double*>out, D,
+                          mode, <const double*>psw, pad, prefetch)
+
+
+def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets not None,
+        int mode, psw, Py_ssize_t pad, cnp.ndarray out not None,
+        cnp.ndarray bounds not None, int prefetch=0):
+    """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
+    or None), ids equal to pad (or -1) left out. W has contiguous rows; offsets are B + 1 int64
+    bounds; bounds (int64, T + 1 entries) split the bags among T threads (T = 1: no OpenMP
+    region). Raises RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
+    cdef const char* w = <const char*>cnp.PyArray_DATA(W)
+    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
+    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
+    cdef const void* p = cnp.PyArray_DATA(ids)
+    cdef const int64_t* off = <const int64_t*>cnp.PyArray_DATA(offsets)
+    cdef const int64_t* bd = <const int64_t*>cnp.PyArray_DATA(bounds)
+    cdef void* o = cnp.PyArray_DATA(out)
+    cdef const void* pw = NULL
+    cdef bint f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
+    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
+    cdef int nthreads = <int>cnp.PyArray_DIM(bounds, 0) - 1
+    cdef Py_ssize_t c, bad = 0
+    cdef Py_ssize_t nbad[MAX_THREADS]
+    if psw is not None:
+        pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
+    nthreads = max(1, min(nthreads, MAX_THREADS))
+    with nogil:
+        if nthreads == 1:
+            bad = _bag_range(w, V, rs, p, i32, n, off, bd[0], bd[1], o, f32, D, mode, pw, pad,
+                             prefetch)
+        else:
+            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                nbad[c] = _bag_range(w, V, rs, p, i32, n, off, bd[c], bd[c + 1], o, f32, D,
+                                     mode, pw, pad, prefetch)
+            for c in range(nthreads):
+                bad = bad + nbad[c]
+    if bad:
+        raise ids_changed_error(V)

@@ -15,10 +15,11 @@ starts no OpenMP region; in a forked child where OpenMP is unsafe every call run
 import numpy as np
 
 from kernels import _cython_gather as _core
-from kernels._cpu import prefetch_distance
+from kernels.numba_gather import MODE_CODES
+from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
-from kernels._kernel import Kernel
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._kernel import Kernel, bag_grad_by_scatter
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import openmp_threads, threads_for
 
 
@@ -37,16 +38,39 @@ def _scatter_add(G, ids, dW, zeroed):
     _core.scatter_add(G, ids, dW, zeroed, _threads(G.nbytes + (0 if zeroed else dW.nbytes)))
 
 
+def bag_bounds(offsets, n, nthreads):
+    """nthreads + 1 bag indices splitting the bags so that each thread gets about n / nthreads
+    ids, every bag whole on one thread (int64; what numba_gather's _bag_parallel computes)."""
+    B = offsets.shape[0] - 1
+    bounds = np.searchsorted(offsets[:B], np.arange(nthreads + 1) * n // nthreads)
+    bounds[0], bounds[-1] = 0, B
+    return bounds.astype(np.int64, copy=False)
+
+
+def _bag(W, ids, offsets, mode, psw, pad, out):
+    if W.strides[1] != W.itemsize:  # rows not contiguous: bag a compact copy of the rows used
+        rows, slot = np.unique(ids, return_inverse=True)
+        hit = np.flatnonzero(rows == pad)
+        W, ids, pad = np.ascontiguousarray(W[rows]), slot.astype(ids.dtype), \
+            (int(hit[0]) if hit.size else -1)
+    nthreads = _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes)
+    _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
+              bag_bounds(offsets, ids.shape[0], nthreads), bag_prefetch_distance(W))
+
+
 KERNEL = Kernel(
     "cython_gather",
     "Cython OpenMP prange, memcpy per row",
-    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
     compiled=True,
     family="gather",
     colour="#2ca02c",
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
+lookup_bag = KERNEL.lookup_bag
+lookup_bag_grad = KERNEL.lookup_bag_grad
 
 
 def threads_used(weights, ids):

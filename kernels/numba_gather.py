@@ -26,11 +26,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels._cpu import prefetch_distance
+from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
-from kernels._kernel import Kernel
+from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
@@ -415,16 +415,117 @@ def _scatter_add(G, ids, dW, zeroed):
         raise ids_changed_error(dW.shape[0])
 
 
+MODE_CODES = {"sum": 0, "mean": 1, "max": 2, "sqrtn": 3}
+"""The bag modes as the compiled loops number them (cython_gather uses the same codes)."""
+
+
+@njit(cache=True, nogil=True)
+def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch):
+    """Bags b0..b1-1, each summed (or maxed) in id order into its own output row, then divided
+    by its divisor: float64 count, sum of weights or sqrt of the sum of squares, rounded to the
+    table's dtype. Returns how many ids were outside [0, V) (each skipped)."""
+    V = W.shape[0]
+    D = W.shape[1]
+    n = ids.shape[0]
+    zero = W.dtype.type(0)
+    bad = 0
+    for b in range(b0, b1):
+        row = out[b]
+        for k in range(D):
+            row[k] = zero
+        cnt = 0
+        wsum = 0.0
+        for i in range(offsets[b], offsets[b + 1]):
+            if prefetch and i + prefetch < n:
+                prefetch_row(W, ids[i + prefetch])  # a prefetch never faults, whatever the id
+            j = load_id(ids, i)
+            if j == pad:
+                continue
+            if j < 0 or j >= V:
+                bad += 1
+                continue
+            src = W[j]
+            if mode == 2:
+                if cnt == 0:
+                    for k in range(D):
+                        row[k] = src[k]
+                else:
+                    for k in range(D):
+                        v = src[k]
+                        if v > row[k]:
+                            row[k] = v
+            elif weighted:
+                w = psw[i]
+                for k in range(D):
+                    row[k] += w * src[k]
+                wf = np.float64(w)
+                wsum += wf * wf if mode == 3 else wf
+            else:
+                for k in range(D):
+                    row[k] += src[k]
+            cnt += 1
+        if mode == 1 or mode == 3:
+            d = wsum if weighted else np.float64(cnt)
+            if mode == 3:
+                d = np.sqrt(d)
+            if d == 0.0:
+                for k in range(D):
+                    row[k] = zero
+            else:
+                dd = W.dtype.type(d)
+                for k in range(D):
+                    row[k] = row[k] / dd
+    return bad
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _bag_parallel(W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthreads):
+    """Bags split among threads by the number of ids they hold, each bag whole on one thread
+    (so the result does not depend on the thread count)."""
+    n = ids.shape[0]
+    B = out.shape[0]
+    bounds = np.searchsorted(offsets[:B], np.arange(nthreads + 1) * n // nthreads)
+    bounds[nthreads] = B
+    bounds[0] = 0
+    bad = 0
+    for c in prange(nthreads):
+        bad += _bag_range(W, ids, offsets, mode, psw, weighted, pad, out,
+                          bounds[c], bounds[c + 1], prefetch)
+    return bad
+
+
+_NO_WEIGHTS = {np.dtype(np.float32): np.zeros(1, np.float32),
+               np.dtype(np.float64): np.zeros(1, np.float64)}
+
+
+def _bag(W, ids, offsets, mode, psw, pad, out):
+    nthreads = _numba_threads(threads_for(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes))
+    prefetch = bag_prefetch_distance(W) if W.strides[1] == W.itemsize else 0
+    weighted = psw is not None
+    p = psw if weighted else _NO_WEIGHTS[W.dtype]
+    code = MODE_CODES[mode]
+    if nthreads == 1:
+        bad = _bag_range(W, ids, offsets, code, p, weighted, pad, out, 0, out.shape[0], prefetch)
+    else:
+        bad = _run_parallel(_bag_parallel, W, ids, offsets, code, p, weighted, pad, out,
+                            prefetch, nthreads)
+    if bad:
+        raise ids_changed_error(W.shape[0])
+
+
 KERNEL = Kernel(
     "numba_gather",
     "Numba row loops, chunked prange",
-    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add},
+    {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
     compiled=True,
     family="gather",
     colour="#1f77b4",
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad
+lookup_bag = KERNEL.lookup_bag
+lookup_bag_grad = KERNEL.lookup_bag_grad
 
 
 def threads_used(weights, ids):

@@ -252,3 +252,21 @@ def test_each_byte_formula_budget_timing_loop_and_kernel_list_is_defined_once():
     assert _defining(five) == []
     assert _defining(r"^\s+register\(|^def register\(") == ["kernels/__init__.py",
                                                              "kernels/_registry.py"]
+
+
+def test_import_kernels_and_running_every_operation_never_imports_torch():
+    code = (
+        "import sys, numpy as np, kernels\n"
+        "W = np.ones((10, 4), np.float32)\n"
+        "for k in kernels.KERNELS:\n"
+        "    kernels.lookup(W, [1, 2], kernel=k)\n"
+        "    kernels.lookup_bag(W, [[1, 2]], kernel=k)\n"
+        "    kernels.lookup_bag_grad(np.ones((1, 4), np.float32), [[1, 2]], None, 10, kernel=k)\n"
+        "kernels.lookup_bag(W, [[1, 2]], mode='max', kernel='auto')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'fbgemm_gpu')))\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,6 +1,7 @@
 """Which pure-NumPy form of the gather and of the scatter-add is fastest (numpy_take's choice).
 
     python -m tools.numpy_forms [-n 16384]
+    python -m tools.numpy_forms --bags [-n 65536]     # the bag sum (numpy_take's lookup_bag)
 
 Times, interleaved in one process over several rounds (kernels._timing.interleaved_best), the
 candidate forms at a few (V, D) and prints each one's best per-round median in microseconds and
@@ -54,13 +55,63 @@ def backward_forms(G, ids, dW):
     }
 
 
+BAG_SIZES = [(10_000, 16, 8), (10_000, 64, 8), (10_000, 256, 8), (1_000_000, 64, 1),
+             (1_000_000, 64, 8), (1_000_000, 64, 64), (1_000_000, 64, "random")]
+"""(V, D, bag length); "random": lengths drawn from 0..16 (mean 8), so bags differ in length."""
+
+
+def _reduceat(W, ids, offsets, out):
+    rows = np.take(W, ids, axis=0)
+    np.add.reduceat(rows, offsets[:-1], axis=0, out=out)
+
+
+def bag_forms(W, ids, offsets, out):
+    """Candidate forms of the bag sum (every bag non-empty); each leaves the sums in out."""
+    from kernels.numpy_take import _bag_sums
+
+    return {
+        "take + np.add.reduceat(axis=0)": lambda: _reduceat(W, ids, offsets, out),
+        "grouped by length, (c, L, D).sum(axis=1)": lambda: _bag_sums(W, ids, offsets, None, out),
+    }
+
+
+def bags_main(a, rng):
+    n = a.n
+    print(f"bags: n = {n} ids, float32, mode sum; best per-round median (us), x = ratio to the "
+          f"fastest form")
+    for V, D, L in BAG_SIZES:
+        W = rng.standard_normal((V, D), dtype=np.float32)
+        ids = rng.integers(0, V, n)
+        if L == "random":
+            lengths = rng.integers(1, 16, n)
+            ends = np.cumsum(lengths)
+            offsets = np.concatenate(([0], ends[ends < n], [n]))
+        else:
+            offsets = np.arange(0, n + 1, L)
+        out = np.empty((offsets.shape[0] - 1, D), np.float32)
+        forms = bag_forms(W, ids, offsets, out)
+        ref = np.add.reduceat(W[ids].astype(np.float64), offsets[:-1], axis=0)
+        for name, fn in forms.items():
+            fn()
+            np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4, err_msg=name)
+        best = {k: t * 1e6 for k, t in interleaved_best(forms, a.rounds, a.reps).items()}
+        top = min(best.values())
+        cells = ", ".join(f"{k} {v:.0f} (x{v / top:.2f})" for k, v in best.items())
+        print(f"bags V={V:>9,} D={D:>3} L={L}: {cells}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("-n", type=int, default=16_384)
+    p.add_argument("-n", type=int, default=None, help="ids (default 16,384; 65,536 with --bags)")
+    p.add_argument("--bags", action="store_true", help="time the forms of the bag sum instead")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reps", type=int, default=7)
     a = p.parse_args(argv)
     rng = np.random.default_rng(0)
+    if a.bags:
+        a.n = a.n or 65_536
+        return bags_main(a, rng)
+    a.n = a.n or 16_384
     print(f"n = {a.n} ids, float32; best per-round median (us), x = ratio to the fastest form")
     for V, D in SIZES:
         W = rng.standard_normal((V, D), dtype=np.float32)
