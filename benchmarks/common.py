@@ -430,14 +430,13 @@ class Timing:
 
 
 class BagTiming(Timing):
-    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): two rounds instead of three
-    and samples for at most 0.1 s a process, so that the ~300 bag parameter sets cost `make
-    bench` at most ~7 minutes. A bag process builds its table (up to 1 GB at V = 1e6, D = 256)
-    and checks the kernel against the float64 reference before timing: that, not the timed
-    calls (0.1-30 ms for the gathers), is most of its cost, so fewer and shorter rounds are what
-    keep the whole grid affordable. 0.1 s still holds 50 samples of a compiled bag.
+    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): Timing's three rounds, but
+    samples for at most 0.1 s a process, so that the ~300 bag parameter sets cost `make bench`
+    at most ~7 minutes. A bag process builds its table (up to 1 GB at V = 1e6, D = 256) and
+    checks the kernel against the float64 reference before timing: that, not the timed calls
+    (0.1-30 ms for the gathers), is most of its cost, so the sampling time is what can go.
+    0.1 s still holds 50 samples of a compiled bag.
     repeat = (2, 50, 0.1): at least 2 samples, at most 50, no new one after 0.1 s.
     """
 
-    rounds = 2
     repeat = (2, 50, 0.1)
