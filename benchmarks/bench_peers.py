@@ -1,5 +1,8 @@
-"""The same lookup by PyTorch, for scale, where torch is importable (never a dependency)."""
+"""The same lookup and bags by PyTorch (and FBGEMM), for scale, where they are importable (never a
+dependency: asv's environment has neither, so `make bench` shows these as n/a)."""
 import functools
+
+import numpy as np
 
 from . import common
 
@@ -37,4 +40,80 @@ class Peers(common.Timing):
         common.assert_gathered(got.reshape(out.shape), W, ids, "torch")
 
     def time_lookup(self, method, table):
+        self.call()
+
+
+def _import_torch():
+    """torch, set to the thread count of our kernels (common.ALL_THREADS); NotImplementedError
+    (asv: n/a) when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        raise NotImplementedError("torch is not installed") from None
+    torch.set_num_threads(common.ALL_THREADS)
+    return torch
+
+
+def _fbgemm_bag(torch, tW, tids, bounds):
+    """FBGEMM's CPU float32 pooled sum as one call: its table-batched op with a single table
+    (fbgemm::dense_embedding_codegen_lookup_function, whose CPU kernel is
+    split_embedding_codegen_forward_cpu: a JIT-generated EmbeddingSpMDM kernel per thread range
+    of bags, rows prefetched 16 ahead). The table is the flat (V * D) float32 view of W; offsets
+    are the B + 1 bounds (FBGEMM has no include_last_offset=False form). It allocates its output.
+    NotImplementedError when fbgemm_gpu (fbgemm-gpu-cpu) is not importable."""
+    try:
+        import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
+        op = torch.ops.fbgemm.dense_embedding_codegen_lookup_function
+    except (ImportError, AttributeError, RuntimeError, OSError) as e:
+        raise NotImplementedError(f"fbgemm_gpu is not usable: {e!r}") from None
+    V, D = tW.shape
+    return functools.partial(
+        op,
+        dev_weights=tW.reshape(-1),
+        weights_offsets=torch.zeros(1, dtype=torch.int64),
+        D_offsets=torch.tensor([0, D], dtype=torch.int32),
+        total_D=D,
+        max_D=D,
+        hash_size_cumsum=torch.tensor([0, V], dtype=torch.int64),
+        total_hash_size_bits=0,
+        indices=tids,
+        offsets=bounds,
+        pooling_mode=0,  # SUM (PoolingMode in fbgemm_gpu.split_table_batched_embeddings_ops_common)
+        indice_weights=None,
+        feature_requires_grad=None,
+    )
+
+
+class BagPeers(common.BagTiming):
+    """Bags.time_bag's sum-mode bags by torch and FBGEMM, on the same data (common.bag_data:
+    n = common.BAG_N_IDS uniform int64 ids, B = n / bag_length bags, float32 W); n/a when not
+    importable. torch shares the numpy arrays' memory (torch.from_numpy) and runs on
+    common.ALL_THREADS threads, the count our kernels use.
+
+    method "torch_embedding_bag": torch.nn.functional.embedding_bag(ids, W, offsets, mode="sum")
+    (torch's CPU bag runs FBGEMM's JIT kernels). method "fbgemm": fbgemm_gpu's table-batched
+    CPU op with one table (_fbgemm_bag). Both allocate their (B, D) output: neither has an
+    `out=`. Checked once per process against LOOKUP_BAG's float64 reference.
+    """
+
+    params = [["torch_embedding_bag", "fbgemm"], common.BAG_VOCAB_SIZES, common.BAG_DIMS,
+              common.BAG_LENGTHS]
+    param_names = ["method", "vocab_size", "dim", "bag_length"]
+
+    def setup(self, method, vocab_size, dim, bag_length):
+        torch = _import_torch()
+        W, ids, offsets, _ = common.bag_data(vocab_size, dim, bag_length)
+        tW, tids, toff = torch.from_numpy(W), torch.from_numpy(ids), torch.from_numpy(offsets)
+        if method == "torch_embedding_bag":
+            self.call = functools.partial(torch.nn.functional.embedding_bag, tids, tW, toff,
+                                          mode="sum")
+        else:
+            bounds = torch.from_numpy(np.append(offsets, ids.shape[0]))
+            self.call = _fbgemm_bag(torch, tW, tids, bounds)
+        common.check_once(
+            ("bag_peers", method, vocab_size, dim, bag_length),
+            lambda: common.assert_bag(self.call().numpy(), W, ids, offsets, what=method),
+        )
+
+    def time_bag(self, method, vocab_size, dim, bag_length):
         self.call()

@@ -14,7 +14,9 @@ Budget (what is run and what is shown as n/a; one call stays under ~2 s on a 2-v
 - every kernel only where its estimated peak memory (table or gradient, ids, outputs and the
   kernel's own temporaries) is at most MAX_PROCESS_BYTES (6 GiB).
 Everything else raises NotImplementedError in `setup`, which asv shows as n/a: never a crash, an
-out-of-memory kill or swapping.
+out-of-memory kill or swapping. Bags (bench_bags) follow the same rules, plus: a kernel that does
+not implement lookup_bag for float32 tables, or not the mode asked for (its `bag_modes` trait),
+is n/a too (see require_bag).
 """
 import math
 import zlib
@@ -23,8 +25,9 @@ import numpy as np
 
 import kernels
 from kernels import _timing
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._registry import names
+from kernels._validate import BAG_MODES
 
 # ---------------------------------------------------------------------------------------------
 # Grids
@@ -44,6 +47,17 @@ VOCAB_SIZES = [100, 1_000, 10_000, 100_000, 1_000_000]
 DIMS = [8, 32, 128, 512]
 TABLES = [(10_000, 64), (1_000_000, 64), (1_000_000, 8)]
 """(vocab_size, dim) points for the benchmarks that do not sweep the whole grid."""
+
+BAG_N_IDS = 32_768
+"""ids of one bag batch (all bags together): B = BAG_N_IDS / bag_length bags (32,768 at bag
+length 1, 512 at 64). Half of the 65,536 the roofline script uses, because a bag process spends
+most of its time checking the kernel against the float64 reference (0.3 s on average at 65,536,
+up to 1.8 s at D = 256), which scales with n; onehot_dense runs the same points at either n."""
+BAG_VOCAB_SIZES = [1_000, 10_000, 100_000, 1_000_000]
+BAG_DIMS = [16, 64, 256]
+BAG_LENGTHS = [1, 8, 64]
+BAG_MODES = list(BAG_MODES)
+"""sum, mean, max, sqrtn: every mode lookup_bag has (kernels._validate.BAG_MODES)."""
 
 ALL_THREADS = kernels.get_num_threads()
 """The kernels' default thread count in a fresh process: every core this process may use."""
@@ -93,6 +107,68 @@ def over_budget(kernel, vocab_size, dim, n=N_IDS, backward=False):
 def require_budget(kernel, vocab_size, dim, n=N_IDS, backward=False):
     """Raise NotImplementedError (asv: n/a) if the case is beyond the budget."""
     reason = over_budget(kernel, vocab_size, dim, n, backward)
+    if reason:
+        raise NotImplementedError(reason)
+
+
+def _bag_op(backward):
+    return LOOKUP_BAG_GRAD if backward else LOOKUP_BAG
+
+
+def _bag_block_rows(bag_length, n, backward):
+    """The n the kernels' traits receive for a bag call: the rows of the kernel's block. Forward:
+    the B bags (onehot_dense's multi-hot block is (B, V), as its trait defines for bags).
+    Backward: the n ids, because every kernel's lookup_bag_grad expands the bag gradient to one
+    row per id and scatters those (kernels._kernel.bag_grad_by_scatter): onehot_dense's
+    scatter builds an (n, V) one-hot."""
+    return n if backward else n // bag_length
+
+
+def estimated_bag_bytes(kernel, vocab_size, dim, bag_length, n=BAG_N_IDS, backward=False,
+                        itemsize=DTYPE.itemsize):
+    """Peak bytes of one bag benchmark process: W (forward) or G and dW (backward), the ids and
+    offsets, the (n, D) rows a gather-then-reduce kernel or the backward's expansion holds, the
+    float64 reference of the check, plus the kernel's own scratch (its `scratch_bytes` trait)."""
+    B = n // bag_length
+    total = n * IDS_DTYPE.itemsize + (B + 1) * IDS_DTYPE.itemsize
+    total += vocab_size * dim * itemsize + B * dim * itemsize  # W and out, or dW and G
+    total += n * dim * (itemsize + 8)  # (n, D) rows, and the reference in float64
+    K = kernels.KERNELS[kernel]
+    rows = _bag_block_rows(bag_length, n, backward)
+    return total + K.scratch_bytes(_bag_op(backward), vocab_size, dim, rows, itemsize)
+
+
+def bag_over_budget(kernel, vocab_size, dim, bag_length, n=BAG_N_IDS, backward=False,
+                    mode="sum", weighted=False):
+    """Why this bag case is not run (a sentence), or None: what the kernel does not implement
+    (lookup_bag or lookup_bag_grad for float32 tables, the mode: its `bag_modes` trait; weights
+    with max, which no kernel takes), then its own limits (`over_budget`), then the memory
+    budget. Cheap: nothing is built."""
+    K = kernels.KERNELS[kernel]
+    op = _bag_op(backward)
+    if not K.implements(op, DTYPE.name):
+        return f"{kernel}: {op.name} is not implemented for {DTYPE.name} tables"
+    if mode not in K.bag_modes:
+        return f"{kernel}: mode={mode!r} bags are not implemented"
+    if weighted and mode == "max":
+        return "mode='max' takes no per_sample_weights"
+    rows = _bag_block_rows(bag_length, n, backward)
+    reason = K.over_budget(op, vocab_size, dim, rows, DTYPE.itemsize)
+    if reason:
+        return reason
+    need = estimated_bag_bytes(kernel, vocab_size, dim, bag_length, n, backward)
+    if need > MAX_PROCESS_BYTES:
+        return (
+            f"{kernel}: needs ~{need / 2**30:.1f} GiB > {MAX_PROCESS_BYTES / 2**30:.0f} GiB budget"
+        )
+    return None
+
+
+def require_bag(kernel, vocab_size, dim, bag_length, n=BAG_N_IDS, backward=False, mode="sum",
+                weighted=False):
+    """Raise NotImplementedError (asv: n/a) if the bag case is not implemented or beyond the
+    budget."""
+    reason = bag_over_budget(kernel, vocab_size, dim, bag_length, n, backward, mode, weighted)
     if reason:
         raise NotImplementedError(reason)
 
@@ -199,6 +275,56 @@ def grad_data(vocab_size, dim):
     )
 
 
+def table(vocab_size, dim):
+    """make_weights(vocab_size, dim), cached: the table the bag benchmarks share."""
+    return cached(("table", vocab_size, dim), lambda: make_weights(vocab_size, dim))
+
+
+def bag_ids(vocab_size, bag_length, n=BAG_N_IDS):
+    """(ids, offsets), cached: n uniform int64 ids (1-D) in B = n / bag_length bags of
+    bag_length ids each; offsets are the B bag starts (int64), torch's default form
+    (include_last_offset=False)."""
+    if n % bag_length:
+        raise ValueError(f"n = {n} is not a multiple of bag_length = {bag_length}")
+    return cached(
+        ("bag_ids", vocab_size, bag_length, n),
+        lambda: (
+            uniform_ids(vocab_size, shape=(n,)),
+            np.arange(0, n, bag_length, dtype=IDS_DTYPE),
+        ),
+    )
+
+
+def bag_data(vocab_size, dim, bag_length, n=BAG_N_IDS):
+    """(W, ids, offsets, out) for a forward bag benchmark, cached; out (B, D) is preallocated."""
+    W = table(vocab_size, dim)
+    ids, offsets = bag_ids(vocab_size, bag_length, n)
+    out = cached(("bag_out", dim, offsets.shape[0]),
+                 lambda: np.empty((offsets.shape[0], dim), DTYPE))
+    return W, ids, offsets, out
+
+
+def bag_weights(n=BAG_N_IDS):
+    """per_sample_weights for n ids, cached: float32 in [0.5, 1.5) (positive, so every mode's
+    divisor is well away from 0)."""
+    def make():
+        w = _rng("bag_weights", n).random(n, dtype=DTYPE)
+        w += 0.5
+        return w
+
+    return cached(("bag_weights", n), make)
+
+
+def bag_grad_data(vocab_size, dim, bag_length, n=BAG_N_IDS):
+    """(G, ids, offsets, dW) for a backward bag benchmark, cached: G (B, D) float32 in [-1, 1),
+    dW (V, D) preallocated."""
+    ids, offsets = bag_ids(vocab_size, bag_length, n)
+    G = cached(("bag_grad", dim, offsets.shape[0]),
+               lambda: make_grad(dim, shape=(offsets.shape[0],)))
+    dW = cached(("bag_dW", vocab_size, dim), lambda: np.empty((vocab_size, dim), DTYPE))
+    return G, ids, offsets, dW
+
+
 # ---------------------------------------------------------------------------------------------
 # Correctness checks: the operations' own reference checks (kernels._ops)
 
@@ -236,6 +362,43 @@ def check_lookup_grad(kernel, G, ids, vocab_size, dW):
     assert_grad(dW, G, ids, vocab_size, K.name)
 
 
+assert_bag = LOOKUP_BAG.assert_matches
+
+
+def check_bag(kernel, W, ids, offsets, out, mode="sum", per_sample_weights=None):
+    """Call kernel.lookup_bag(W, ids, offsets, mode=, per_sample_weights=, out=out) on a
+    NaN-filled out and check it against LOOKUP_BAG's float64 reference (within the summation
+    bound; max bit for bit)."""
+    K = kernels.KERNELS[kernel] if isinstance(kernel, str) else kernel
+    out.fill(np.nan)
+    result = K.lookup_bag(W, ids, offsets, mode=mode, per_sample_weights=per_sample_weights,
+                          out=out)
+    if result is not out:
+        assert_bag(result, W, ids, offsets, mode, per_sample_weights,
+                   what=f"{K.name} (returned array)")
+    assert_bag(out, W, ids, offsets, mode, per_sample_weights, what=K.name)
+
+
+def expanded_bag_grad(G, offsets, n):
+    """The rows a sum-mode bag backward scatters: G[b] for each id of bag b, (n, D)."""
+    bounds = np.append(offsets, n)
+    return G[np.repeat(np.arange(G.shape[0]), np.diff(bounds))]
+
+
+def check_bag_grad(kernel, G, ids, offsets, vocab_size, dW):
+    """Call kernel.lookup_bag_grad(G, ids, offsets, V, mode="sum", out=dW) on a NaN-filled dW
+    and check it: a sum-mode bag gradient is the lookup gradient of each id's bag row, so
+    LOOKUP_GRAD's check of the expanded rows applies (each element within the summation bound
+    of the float64 scatter-add, rows no id hits exactly +0.0)."""
+    K = kernels.KERNELS[kernel] if isinstance(kernel, str) else kernel
+    dW.fill(np.nan)
+    result = K.lookup_bag_grad(G, ids, offsets, vocab_size, mode="sum", out=dW)
+    expanded = expanded_bag_grad(G, offsets, ids.shape[0])
+    if result is not dW:
+        assert_grad(result, expanded, ids, vocab_size, f"{K.name} (returned array)")
+    assert_grad(dW, expanded, ids, vocab_size, K.name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bandwidth of track_* benchmarks: the operations' byte formulas, the one timing loop
 
@@ -264,3 +427,16 @@ class Timing:
     rounds = 3
     warmup_time = 0.0
     timeout = 300
+
+
+class BagTiming(Timing):
+    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): Timing's three rounds, but
+    samples for at most 0.1 s a process, so that the ~300 bag parameter sets cost `make bench`
+    at most ~7 minutes. A bag process builds its table (up to 1 GB at V = 1e6, D = 256) and
+    checks the kernel against the float64 reference before timing: that, not the timed calls
+    (0.1-30 ms for the gathers), is most of its cost, so the sampling time is what can go.
+    0.1 s still holds 50 samples of a compiled bag.
+    repeat = (2, 50, 0.1): at least 2 samples, at most 50, no new one after 0.1 s.
+    """
+
+    repeat = (2, 50, 0.1)

@@ -13,12 +13,13 @@ import pytest
 import kernels
 from kernels import Kernel
 from kernels._formats import FLOAT
-from kernels._ops import LOOKUP, LOOKUP_GRAD
+from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import (  # noqa: E402  (the suite lives beside the package, not inside it)
+    bench_bags,
     bench_distribution,
     bench_grad,
     bench_lookup,
@@ -39,6 +40,8 @@ SUBSET = [
     r"OneHotMatmul\.\w+\('(dense|sparse)', 100, 8\)",
     r"Threads\.time_lookup\('numba_gather', 'all', \(1000, 512\)\)",
     r"Peers\.time_lookup\('index_select_out', \(10000, 64\)\)",
+    r"Bags\.time_bag\('(onehot_dense|numpy_take|cython_gather)', 1000, 16, 8\)",
+    r"BagPeers\.time_bag\('torch_embedding_bag', 1000, 16, 8\)",
 ]
 
 
@@ -77,7 +80,8 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
     assert "Traceback" not in output, output
     for name in ("Lookup.time_lookup", "Lookup.peakmem_lookup", "Lookup.track_bandwidth",
                  "LookupGrad.time_lookup_grad", "Roofline.time_copy", "Distribution.time_lookup",
-                 "OneHotMatmul.time_matmul", "Threads.time_lookup", "Peers.time_lookup"):
+                 "OneHotMatmul.time_matmul", "Threads.time_lookup", "Peers.time_lookup",
+                 "Bags.time_bag", "BagPeers.time_bag"):
         assert name in output, f"{name} did not run:\n{output}"
 
 
@@ -98,6 +102,12 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
          ["form", "vocab_size", "dim"]),
         (bench_threads.Threads, ["time_lookup"], ["kernel", "threads", "table"]),
         (bench_peers.Peers, ["time_lookup"], ["method", "table"]),
+        (bench_bags.Bags, ["time_bag"], ["kernel", "vocab_size", "dim", "bag_length"]),
+        (bench_bags.BagBandwidth, ["track_bandwidth"],
+         ["kernel", "vocab_size", "dim", "bag_length"]),
+        (bench_bags.BagModes, ["time_bag"], ["kernel", "mode", "weighted"]),
+        (bench_bags.BagGrad, ["time_bag_grad"], ["kernel", "vocab_size", "dim", "bag_length"]),
+        (bench_peers.BagPeers, ["time_bag"], ["method", "vocab_size", "dim", "bag_length"]),
     ],
 )
 def test_benchmark_classes_keep_their_names(cls, methods, param_names):
@@ -292,3 +302,246 @@ def test_bandwidth_formulas_are_the_operations_own():
     assert not hasattr(common, "gather_bytes") and not hasattr(common, "scatter_bytes")
     assert common.gbps(2e9, 2.0) == 1.0
     assert common.best_median_seconds(lambda: None, batches=2, batch_seconds=0.001) >= 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Bags
+
+
+def _has_bags(name, op=LOOKUP_BAG):
+    return kernels.KERNELS[name].implements(op, "float32")
+
+
+def test_the_bag_grid_is_every_kernel_by_every_size_and_bag_length():
+    assert bench_bags.Bags.params == [
+        common.KERNELS,
+        [1_000, 10_000, 100_000, 1_000_000],
+        [16, 64, 256],
+        [1, 8, 64],
+    ]
+    assert bench_bags.BagModes.params == [common.KERNELS, ["sum", "mean", "max", "sqrtn"],
+                                          [False, True]]
+    assert bench_bags.BagGrad.params == [common.KERNELS, [10_000, 1_000_000], [64], [1, 8]]
+    assert bench_peers.BagPeers.params[1:] == bench_bags.Bags.params[1:]
+    assert bench_bags.BagBandwidth.track_bandwidth.unit == "GB/s"
+    assert all(common.BAG_N_IDS % length == 0 for length in common.BAG_LENGTHS)
+
+
+@pytest.mark.parametrize("op", [LOOKUP_BAG, LOOKUP_BAG_GRAD])
+def test_the_operations_name_the_bag_benchmarks_with_their_parameters_in_order(op):
+    module, cls, method = op.benchmark.split(".")
+    assert module == "bench_bags"
+    benchmark = getattr(bench_bags, cls)
+    assert callable(getattr(benchmark, method))
+    assert benchmark.param_names == ["kernel", "vocab_size", "dim", op.extra_param]
+
+
+@pytest.mark.parametrize("name", common.KERNELS)
+@pytest.mark.parametrize("bag_length", [1, 8, 64])
+def test_bags_set_up_check_and_time_every_kernel_or_are_na(name, bag_length):
+    common.clear_cache()
+    bench = bench_bags.Bags()
+    if not _has_bags(name):
+        with pytest.raises(NotImplementedError, match=name):
+            bench.setup(name, 1_000, 16, bag_length)
+        assert not common._CACHE  # n/a before any data is built
+        return
+    bench.setup(name, 1_000, 16, bag_length)  # runs the check
+    bench.time_bag(name, 1_000, 16, bag_length)
+    assert bench.out.shape == (common.BAG_N_IDS // bag_length, 16)
+    common.assert_bag(bench.out, bench.W, bench.ids, bench.offsets)
+    common.clear_cache()
+
+
+@pytest.mark.parametrize("name", common.KERNELS)
+def test_the_bag_bandwidth_is_measured_with_the_operations_formula(name, monkeypatch):
+    common.clear_cache()
+    bench = bench_bags.BagBandwidth()
+    if not _has_bags(name):
+        with pytest.raises(NotImplementedError):
+            bench.setup(name, 1_000, 64, 8)
+        return
+    bench.setup(name, 1_000, 64, 8)
+    monkeypatch.setattr(common, "best_median_seconds", lambda fn: 1.0)
+    expected = LOOKUP_BAG.moved_bytes(common.BAG_N_IDS, 1_000, 64, 4, 8) / 1e9
+    assert bench.track_bandwidth(name, 1_000, 64, 8) == expected
+    common.clear_cache()
+
+
+@pytest.mark.parametrize("name", common.KERNELS)
+@pytest.mark.parametrize("mode", common.BAG_MODES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_bag_modes_run_where_the_kernel_has_the_mode_and_are_na_elsewhere(name, mode, weighted):
+    bench = bench_bags.BagModes()
+    K = kernels.KERNELS[name]
+    n_bags = common.BAG_N_IDS // bench.BAG_LENGTH
+    beyond = K.over_budget(LOOKUP_BAG, bench.VOCAB_SIZE, bench.DIM, n_bags, 4)  # onehot_dense
+    if not _has_bags(name) or mode not in K.bag_modes or (mode == "max" and weighted) or beyond:
+        with pytest.raises(NotImplementedError):
+            bench.setup(name, mode, weighted)
+        return
+    bench.setup(name, mode, weighted)
+    bench.time_bag(name, mode, weighted)
+    common.assert_bag(bench.out, bench.W, bench.ids, bench.offsets, mode, bench.psw)
+
+
+def test_the_one_hot_kernels_have_no_max_bags_and_nothing_takes_weights_with_max():
+    for name in ("onehot_dense", "onehot_sparse"):
+        assert "max" in common.bag_over_budget(name, 1_000, 16, 8, mode="max")
+    assert "per_sample_weights" in common.bag_over_budget("numpy_take", 1_000, 16, 8,
+                                                          mode="max", weighted=True)
+
+
+@pytest.mark.parametrize("name", common.KERNELS)
+def test_bag_grad_sets_up_checks_and_times_every_kernel_or_is_na(name):
+    common.clear_cache()
+    bench = bench_bags.BagGrad()
+    if not _has_bags(name, LOOKUP_BAG_GRAD) or name == "onehot_dense":
+        with pytest.raises(NotImplementedError, match=name):
+            bench.setup(name, 10_000, 64, 8)
+        assert not common._CACHE
+        return
+    bench.setup(name, 10_000, 64, 8)
+    bench.time_bag_grad(name, 10_000, 64, 8)
+    expanded = common.expanded_bag_grad(bench.G, bench.offsets, bench.ids.shape[0])
+    common.assert_grad(bench.dW, expanded, bench.ids, 10_000)
+    common.clear_cache()
+
+
+def _bag_kernel(bag, bag_grad=None):
+    def unused(*args):
+        raise AssertionError("not used")
+
+    return Kernel(
+        "wrong",
+        "a deliberately wrong bag kernel",
+        {(LOOKUP, FLOAT): unused, (LOOKUP_GRAD, FLOAT): unused, (LOOKUP_BAG, FLOAT): bag,
+         (LOOKUP_BAG_GRAD, FLOAT): bag_grad or unused},
+        compiled=False,
+        family="gather",
+        colour="#000000",
+    )
+
+
+def _small_bags():
+    W = common.make_weights(50, 8)
+    ids, offsets = common.uniform_ids(50, shape=(28,)), np.arange(0, 28, 4)
+    return W, ids, offsets, np.empty((7, 8), np.float32)
+
+
+def test_the_bag_check_accepts_a_right_kernel_and_rejects_one_that_drops_an_id():
+    W, ids, offsets, out = _small_bags()
+
+    def right(W, ids, offsets, mode, psw, pad, out):
+        out[...] = np.add.reduceat(W[ids], offsets[:-1], axis=0)
+
+    def drops_the_last_id(W, ids, offsets, mode, psw, pad, out):
+        out[...] = np.add.reduceat(W[ids[:-1]], offsets[:-1], axis=0)
+
+    common.check_bag(_bag_kernel(right), W, ids, offsets, out)
+    with pytest.raises(AssertionError, match="lookup_bag|wrong"):
+        common.check_bag(_bag_kernel(drops_the_last_id), W, ids, offsets, out)
+
+
+def test_the_bag_grad_check_rejects_a_gradient_that_ignores_the_bags():
+    W, ids, offsets, _ = _small_bags()
+    G = common.make_grad(8, shape=(7,))
+
+    def right(G, ids, offsets, mode, psw, pad, W, dW, zeroed):
+        dW.fill(0)
+        np.add.at(dW, ids, G[np.repeat(np.arange(7), np.diff(offsets))])
+
+    def first_bag_only(G, ids, offsets, mode, psw, pad, W, dW, zeroed):
+        dW.fill(0)
+        np.add.at(dW, ids, np.broadcast_to(G[0], (ids.shape[0], 8)))
+
+    common.check_bag_grad(_bag_kernel(None, right), G, ids, offsets, 50, np.empty((50, 8),
+                                                                                  np.float32))
+    with pytest.raises(AssertionError, match="reference"):
+        common.check_bag_grad(_bag_kernel(None, first_bag_only), G, ids, offsets, 50,
+                              np.empty((50, 8), np.float32))
+
+
+def test_the_bag_budget_gives_onehot_dense_its_bags_as_block_rows():
+    n = common.BAG_N_IDS
+    # forward: the multi-hot block has B = n / bag_length rows
+    assert common.bag_over_budget("onehot_dense", 10_000, 64, 1) is not None  # 32,768 x 1e4
+    assert common.bag_over_budget("onehot_dense", 10_000, 64, 8) is None  # 4,096 x 1e4
+    assert common.bag_over_budget("onehot_dense", 1_000_000, 16, 64) is not None
+    # backward: the scatter's one-hot has a row per id
+    assert common.bag_over_budget("onehot_dense", 10_000, 64, 8, backward=True) is not None
+    assert kernels.KERNELS["onehot_dense"].over_budget(LOOKUP_BAG, 10_000, 64, n // 8, 4) is None
+    with pytest.raises(NotImplementedError, match="onehot_dense"):
+        common.require_bag("onehot_dense", 1_000_000, 256, 1)
+
+
+def test_bag_setup_raises_not_implemented_before_building_data():
+    common.clear_cache()
+    with pytest.raises(NotImplementedError):
+        bench_bags.Bags().setup("onehot_dense", 1_000_000, 256, 1)
+    with pytest.raises(NotImplementedError):
+        bench_bags.BagGrad().setup("onehot_dense", 1_000_000, 64, 1)
+    with pytest.raises(NotImplementedError):
+        bench_bags.BagModes().setup("onehot_sparse", "max", False)
+    assert not common._CACHE
+
+
+def test_the_bag_budget_runs_every_kernel_with_bags_except_onehot_dense_beyond_its_limits():
+    for kernel in common.KERNELS:
+        if not _has_bags(kernel):
+            continue
+        for V in common.BAG_VOCAB_SIZES:
+            for D in common.BAG_DIMS:
+                for L in common.BAG_LENGTHS:
+                    reason = common.bag_over_budget(kernel, V, D, L)
+                    if kernel != "onehot_dense":
+                        assert reason is None, (kernel, V, D, L, reason)
+
+
+def test_bag_data_is_seeded_built_once_and_shared_by_bag_lengths():
+    common.clear_cache()
+    W, ids, offsets, out = common.bag_data(1_000, 16, 8)
+    assert W is common.bag_data(1_000, 16, 64)[0]
+    assert ids.shape == (common.BAG_N_IDS,) and ids.dtype == np.int64
+    assert ids.min() >= 0 and ids.max() < 1_000
+    np.testing.assert_array_equal(offsets, np.arange(0, common.BAG_N_IDS, 8))
+    assert out.shape == (common.BAG_N_IDS // 8, 16) and out.dtype == np.float32
+    assert all(a is b for a, b in zip((W, ids, offsets, out), common.bag_data(1_000, 16, 8)))
+    common.clear_cache()
+    np.testing.assert_array_equal(ids, common.bag_data(1_000, 16, 8)[1])
+    w = common.bag_weights()
+    assert w.dtype == np.float32 and w.min() >= 0.5 and w.max() < 1.5
+    common.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bag peers: n/a without torch or fbgemm_gpu, checked and timed where they are importable
+
+
+def test_bag_peers_are_na_without_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    for method in bench_peers.BagPeers.params[0]:
+        with pytest.raises(NotImplementedError, match="torch"):
+            bench_peers.BagPeers().setup(method, 1_000, 16, 8)
+
+
+def test_the_fbgemm_peer_is_na_without_fbgemm_gpu(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)
+    with pytest.raises(NotImplementedError, match="fbgemm"):
+        bench_peers.BagPeers().setup("fbgemm", 1_000, 16, 8)
+
+
+@pytest.mark.parametrize("method", ["torch_embedding_bag", "fbgemm"])
+@pytest.mark.parametrize("bag_length", [1, 64])
+def test_bag_peers_match_the_reference_where_importable(method, bag_length):
+    pytest.importorskip("torch")
+    if method == "fbgemm":
+        pytest.importorskip("fbgemm_gpu")
+    common.clear_cache()
+    bench = bench_peers.BagPeers()
+    bench.setup(method, 1_000, 16, bag_length)  # runs the check
+    W, ids, offsets, _ = common.bag_data(1_000, 16, bag_length)
+    common.assert_bag(bench.call().numpy(), W, ids, offsets)
+    bench.time_bag(method, 1_000, 16, bag_length)
+    common.clear_cache()
