@@ -100,7 +100,7 @@ def over_budget(op, vocab_size, dim, n_ids, itemsize=4):
     onehot_bytes = n_ids * vocab_size * itemsize
     if onehot_bytes > ONEHOT_MAX_BYTES:
         return (
-            f"onehot_dense: the one-hot input of {n_ids} ids x {vocab_size} is "
+            f"onehot_dense: the one-hot input of {n_ids} rows (ids, or bags) x {vocab_size} is "
             f"{onehot_bytes / 2**30:.1f} GiB > {ONEHOT_MAX_BYTES / 2**30:.0f} GiB budget"
         )
     macs = n_ids * vocab_size * dim
