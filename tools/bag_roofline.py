@@ -48,6 +48,7 @@ FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
          for p, pf in ((0, ""), (BAG_PREFETCH_DISTANCE, f", prefetch {BAG_PREFETCH_DISTANCE}"))}
 """The row-read loops timed, name -> (rows a step, prefetch distance); the fastest is the floor."""
 TORCH = "torch embedding_bag"
+FBGEMM = "fbgemm TBE"
 LOOKUP_PREFIX = "lookup "
 ROUND_SECONDS = 0.25
 """Per method and round, about this long of timed calls (never fewer than one call)."""
@@ -191,6 +192,13 @@ def bag_methods(W, ids, bag_lengths, torch=None):
             ot = torch.from_numpy(offsets)
             methods[L, TORCH] = (lambda o=ot:
                                  torch.nn.functional.embedding_bag(it, Wt, o, mode="sum"))
+            try:
+                from benchmarks.bench_peers import _fbgemm_bag
+
+                bounds = torch.from_numpy(np.append(offsets, n).astype(np.int64))
+                methods[L, FBGEMM] = _fbgemm_bag(torch, Wt, it, bounds)
+            except NotImplementedError as e:
+                skipped.setdefault(FBGEMM, set()).add(str(e))
         if L == 1:
             rows = np.empty((n, D), W.dtype)
             for name, k in kernels.KERNELS.items():
@@ -316,7 +324,9 @@ def bag_table(rows):
     head = ["V", "D", "bag length", "floor ms (which)"]
     head += [f"{m} ms (% floor)" for m in methods]
     torch = TORCH in methods
+    fbgemm = FBGEMM in methods
     head += ["best compiled bag % floor"] + ([f"x {TORCH}"] if torch else [])
+    head += [f"x {FBGEMM}"] if fbgemm else []
     head += ["bag / lookup (length 1)"]
     head += [f"{m} / fastest gather bag" for m in onehots]
     lines = [f"\n### bags (n = {rows[0]['n']:,} ids, float32, mode sum, uniform ids)\n",
@@ -330,6 +340,8 @@ def bag_table(rows):
         cells.append("n/a" if best_c is None else f"{floor / best_c * 100:.0f}%")
         if torch:
             cells.append(_ratio(r.get(TORCH), best_c))
+        if fbgemm:
+            cells.append(_ratio(r.get(FBGEMM), best_c))
         cells.append(_ratio(best_c, _best(r, lookups)) if r["bag_length"] == 1 else "")
         best_g = _best(r, gathers)
         cells += [_ratio(r.get(m), best_g, "{:.1f}") for m in onehots]
@@ -341,6 +353,10 @@ def bag_table(rows):
     if torch:
         note = (f"x {TORCH}: torch's time / the best compiled bag's (> 1: ours is faster); torch "
                 "allocates its output every call, the kernels write a preallocated out. " + note)
+    if fbgemm:
+        note = (f"x {FBGEMM}: FBGEMM's table-batched CPU op with one table "
+                "(benchmarks.bench_peers._fbgemm_bag; it allocates its output) / the best "
+                "compiled bag's time. " + note)
     lines.append(note)
     return "\n".join(lines)
 
