@@ -80,7 +80,8 @@ def lookup_grad(grad, ids, vocab_size: int, *, sparse: bool = False,
 
     sparse=True returns a SparseGrad instead: the sorted unique ids (`rows`) and their summed
     gradients (`values`), computed by the kernel's own scatter-add (so `to_dense()` equals its
-    dense result bit for bit) with nothing allocated in proportion to vocab_size; no out= then.
+    dense result bit for bit; onehot_dense: within the summation bound) with nothing allocated
+    in proportion to vocab_size; no out= then.
     kernel="auto" takes the kernel measured fastest for the (dense) backward at these sizes."""
     if kernel == "auto":
         G, fmt = float_array(grad, "grad")  # the checks in the order every kernel makes them
