@@ -35,6 +35,7 @@ import numpy as np
 from kernels import _bag_math as bm
 from kernels._kernel import run_grad
 from kernels._ops import LOOKUP_BAG_GRAD, LOOKUP_GRAD, _bag_args
+from kernels._threads import ids_changed_error
 from kernels._validate import check_ids, check_out, check_vocab_size, check_weights, float_array
 
 _INT64 = np.dtype(np.int64)
@@ -161,14 +162,23 @@ def wanted(sparse, out) -> bool:
     return bool(sparse)
 
 
+def unique_rows(ids, vocab_size):
+    """(rows, slot): the sorted unique ids as int64 and each id's index among them, from
+    np.unique's private copy of ids. Checked again (two comparisons, rows being sorted): ids
+    another thread rewrote after the bounds check give an error, never a row out of range."""
+    rows, slot = np.unique(ids, return_inverse=True)
+    if rows.shape[0] and not (0 <= rows[0] and rows[-1] < vocab_size):
+        raise ids_changed_error(vocab_size)
+    return rows.astype(_INT64, copy=False), np.ascontiguousarray(slot.reshape(-1), dtype=_INT64)
+
+
 def coalesce(scatter, G, ids, vocab_size) -> SparseGrad:
     """The SparseGrad of grad rows G (n, D) added at checked ids (n,) by `scatter`, a kernel's
     lookup_grad function: rows = unique ids, values = the scatter of G at their slots."""
-    rows, slot = np.unique(ids, return_inverse=True)
-    slot = np.ascontiguousarray(slot.reshape(-1), dtype=_INT64)
+    rows, slot = unique_rows(ids, vocab_size)
     values = np.zeros((rows.shape[0], G.shape[1]), G.dtype)
     run_grad(scatter, G, slot, values, True)
-    return SparseGrad._trusted(rows.astype(_INT64, copy=False), values, vocab_size)
+    return SparseGrad._trusted(rows, values, vocab_size)
 
 
 def _checked_grad_args(grad, ids, vocab_size):
@@ -231,10 +241,10 @@ def lookup_bag_grad(kernel, grad_out, ids, offsets, vocab_size, mode, per_sample
     if mode == "max":
         pos = bm.max_positions(W, flat, off, pad)
         b, k = np.nonzero(pos >= 0)
-        rows, slot = np.unique(flat[pos[b, k]], return_inverse=True)
+        rows, slot = unique_rows(flat[pos[b, k]], V)
         values = np.zeros((rows.shape[0], D), G.dtype)
-        np.add.at(values, (slot.reshape(-1), k), G[b, k])  # bag order, as _bag_math.max_grad
-        sg = SparseGrad._trusted(rows.astype(_INT64, copy=False), values, V)
+        np.add.at(values, (slot, k), G[b, k])  # bag order, as _bag_math.max_grad
+        sg = SparseGrad._trusted(rows, values, V)
     else:
         E, ids_kept = bm.expanded_rows(G, flat, off, mode, psw, pad)
         sg = coalesce(kernel.function(LOOKUP_GRAD, fmt), E, ids_kept, V)

@@ -14,6 +14,7 @@ return a kernels.SparseGrad, for every kernel and both dtypes.
 from __future__ import annotations
 
 import sys
+import threading
 import tracemalloc
 
 import numpy as np
@@ -323,6 +324,41 @@ def test_compiled_pair_agree_bitwise_on_large_bags(wdtype, mode, weighted):
         assert_bitwise_equal(sg.values, sg0.values, f"values {key} vs {first}")
     dense = run_backward(kernels.KERNELS[COMPILED_PAIR[0]], case, G, W, mode, psw)
     assert_bitwise_equal(sg0.to_dense(), dense[0] if weighted else dense, "sparse vs dense")
+
+
+def test_two_threads_computing_sparse_gradients_at_once_get_the_sequential_results(wdtype):
+    ids, V, D = LAYOUTS["heavy_duplicates_zipf"]
+    grads = [np.random.default_rng(s).standard_normal((len(ids), D)).astype(wdtype)
+             for s in range(4)]
+    names = COMPILED_PAIR + ("numpy_take", "onehot_sparse")
+    want = [sparse_grad(name, g, ids, V) for name, g in zip(names, grads)]
+    got = [None] * 4
+
+    def run(i):
+        for _ in range(5):
+            got[i] = sparse_grad(names[i], grads[i], ids, V)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for w, g in zip(want, got):
+        assert_bitwise_equal(g.rows, w.rows)
+        assert_bitwise_equal(g.values, w.values)
+
+
+def test_ids_rewritten_after_the_bounds_check_give_an_error_not_a_row_out_of_range():
+    """What the shared path does with ids another thread changed between the check and
+    np.unique's copy (a race a test cannot time): the rows are checked again."""
+    from kernels._sparse import unique_rows
+
+    for bad in ([-1, 3], [3, 5], [7]):
+        with pytest.raises(RuntimeError, match="another thread changed ids"):
+            unique_rows(np.array(bad), 5)
+    rows, slot = unique_rows(np.array([4, 0, 4], np.int32), 5)
+    assert rows.dtype == slot.dtype == np.int64
+    assert rows.tolist() == [0, 4] and slot.tolist() == [1, 0, 1]
 
 
 # --------------------------------------------------------------------------
