@@ -21,14 +21,7 @@ import numpy as np
 import pytest
 
 import kernels
-from conftest import (
-    KERNEL_NAMES,
-    assert_bitwise_equal,
-    make_weights,
-    outcome,
-    sentinel_like,
-    assert_untouched,
-)
+from conftest import assert_bitwise_equal, assert_untouched, make_weights, outcome, sentinel_like
 from kernels import SparseGrad
 from test_bags import (
     BACKWARD,
@@ -37,7 +30,6 @@ from test_bags import (
     MODE_PARAMS,
     assert_grad_within_bound,
     bags_1d,
-    bags_2d,
     grad_out,
     grad_terms,
     require,
@@ -694,7 +686,8 @@ def test_repr_is_short_and_names_the_sizes():
 
 BAD_CONSTRUCTIONS = {
     # label: (rows, values, vocab_size, exception, message fragment)
-    "rows_float": (np.array([0.0, 1.0]), np.zeros((2, 2)), 5, TypeError, "rows must have an integer"),
+    "rows_float": (np.array([0.0, 1.0]), np.zeros((2, 2)), 5, TypeError,
+                   "rows must have an integer"),
     "rows_2d": (np.array([[0, 1]]), np.zeros((2, 2)), 5, ValueError, "rows must be 1-D"),
     "rows_unsorted": (np.array([2, 1]), np.zeros((2, 2)), 5, ValueError, "sorted and strictly"),
     "rows_repeated": (np.array([1, 1]), np.zeros((2, 2)), 5, ValueError, "sorted and strictly"),
