@@ -100,10 +100,9 @@ class LookupGrad(Operation):
     benchmark = "bench_grad.LookupGrad.time_lookup_grad"
 
     @staticmethod
-    def prepare(grad, ids, vocab_size, out):
-        """Check a call; return (G2d, format, flat_ids, dW, dW_is_zeroed). The kernel's
-        function is called as fn(G2d, flat_ids, dW, zeroed) when G2d and dW are not empty; it
-        must write all of dW (rows no id hits end up zero; `zeroed` says dW already is)."""
+    def check(grad, ids, vocab_size):
+        """The checks of a call, without its (V, D) output: (G, G2d, format, ids array,
+        flat_ids, V). The sparse gradient (kernels._sparse) runs exactly these."""
         G, fmt = float_array(grad, "grad")
         V = check_vocab_size(vocab_size)
         ids_shape = np.shape(ids)
@@ -111,9 +110,16 @@ class LookupGrad(Operation):
             raise ValueError(
                 f"grad must have shape ids.shape + (dim,) = {ids_shape} + (dim,), got {G.shape}"
             )
-        D = G.shape[-1]
         a, flat = check_ids(ids, V)
-        G2 = G.reshape(flat.shape[0], D)
+        return G, G.reshape(flat.shape[0], G.shape[-1]), fmt, a, flat, V
+
+    @classmethod
+    def prepare(cls, grad, ids, vocab_size, out):
+        """Check a call; return (G2d, format, flat_ids, dW, dW_is_zeroed). The kernel's
+        function is called as fn(G2d, flat_ids, dW, zeroed) when G2d and dW are not empty; it
+        must write all of dW (rows no id hits end up zero; `zeroed` says dW already is)."""
+        G, G2, fmt, a, flat, V = cls.check(grad, ids, vocab_size)
+        D = G2.shape[1]
         if out is None:
             return G2, fmt, flat, np.zeros((V, D), G.dtype), True
         dW = check_out(out, (V, D), G.dtype, ((G, "grad"), (a, "ids")))
@@ -302,13 +308,11 @@ class LookupBagGrad(Operation):
     benchmark_n_ids = LookupBag.benchmark_n_ids
 
     @staticmethod
-    def prepare(grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
-                include_last_offset, weights, out):
-        """Check a call; return (G, format, flat_ids, offsets, mode, psw, pad, W, dW, zeroed).
-        W is the checked table (None unless mode is max or psw is given: the arg-max rows and
-        the weights' gradient need it). The kernel's function is called as
-        fn(G, flat_ids, offsets, mode, psw, pad, W, dW, zeroed) when ids and dW are not empty,
-        and must write all of dW."""
+    def check(grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+              include_last_offset, weights):
+        """The checks of a call, without its (V, D) output: (G, format, ids array, flat_ids,
+        offsets, mode, psw, pad, W, V); W is None unless mode is max or psw is given. The
+        sparse gradient (kernels._sparse) runs exactly these."""
         G, fmt = float_array(grad_out, "grad_out")
         V = check_vocab_size(vocab_size)
         a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
@@ -328,6 +332,20 @@ class LookupBagGrad(Operation):
             if W.shape != (V, D) or wfmt is not fmt:
                 raise ValueError(f"weights must be the ({V}, {D}) {G.dtype} table of the forward, "
                                  f"got {W.shape} {W.dtype}")
+        return G, fmt, a, flat, off, mode, psw, pad, W, V
+
+    @staticmethod
+    def prepare(grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+                include_last_offset, weights, out):
+        """Check a call; return (G, format, flat_ids, offsets, mode, psw, pad, W, dW, zeroed).
+        W is the checked table (None unless mode is max or psw is given: the arg-max rows and
+        the weights' gradient need it). The kernel's function is called as
+        fn(G, flat_ids, offsets, mode, psw, pad, W, dW, zeroed) when ids and dW are not empty,
+        and must write all of dW."""
+        G, fmt, a, flat, off, mode, psw, pad, W, V = LookupBagGrad.check(
+            grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
+            include_last_offset, weights)
+        D = G.shape[1]
         if out is None:
             return G, fmt, flat, off, mode, psw, pad, W, np.zeros((V, D), G.dtype), True
         inputs = ((G, "grad_out"), (a, "ids"), (psw, "per_sample_weights"), (W, "weights"))

@@ -34,9 +34,9 @@ import numpy as np
 
 from kernels import _bag_math as bm
 from kernels._kernel import run_grad
-from kernels._ops import LOOKUP_BAG_GRAD, LOOKUP_GRAD, _bag_args
+from kernels._ops import LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error
-from kernels._validate import check_ids, check_out, check_vocab_size, check_weights, float_array
+from kernels._validate import check_out, check_vocab_size, float_array
 
 _INT64 = np.dtype(np.int64)
 
@@ -181,59 +181,18 @@ def coalesce(scatter, G, ids, vocab_size) -> SparseGrad:
     return SparseGrad._trusted(rows, values, vocab_size)
 
 
-def _checked_grad_args(grad, ids, vocab_size):
-    """LOOKUP_GRAD.prepare's checks, in its order and with its messages, without its (V, D)
-    output: (G2d, format, flat_ids, V). tests/test_sparse_grad.py compares every error with the
-    dense path's."""
-    G, fmt = float_array(grad, "grad")
-    V = check_vocab_size(vocab_size)
-    ids_shape = np.shape(ids)
-    if G.ndim != len(ids_shape) + 1 or G.shape[:-1] != ids_shape:
-        raise ValueError(
-            f"grad must have shape ids.shape + (dim,) = {ids_shape} + (dim,), got {G.shape}"
-        )
-    a, flat = check_ids(ids, V)
-    return G.reshape(flat.shape[0], G.shape[-1]), fmt, flat, V
-
-
 def lookup_grad(kernel, grad, ids, vocab_size) -> SparseGrad:
     """Kernel.lookup_grad(..., sparse=True): the SparseGrad of dW[ids[k]] += grad[k]."""
-    G, fmt, flat, V = _checked_grad_args(grad, ids, vocab_size)
+    _, G, fmt, _, flat, V = LOOKUP_GRAD.check(grad, ids, vocab_size)
     scatter = kernel.function(LOOKUP_GRAD, fmt)
     return coalesce(scatter, G, flat, V)
-
-
-def _checked_bag_grad_args(grad_out, ids, offsets, vocab_size, mode, per_sample_weights,
-                           padding_idx, include_last_offset, weights):
-    """LOOKUP_BAG_GRAD.prepare's checks, in its order and with its messages, without its (V, D)
-    output: (G, format, flat_ids, offsets, mode, psw, pad, W, V)."""
-    G, fmt = float_array(grad_out, "grad_out")
-    V = check_vocab_size(vocab_size)
-    a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
-                                             padding_idx, include_last_offset, V)
-    B = off.shape[0] - 1
-    if G.ndim != 2 or G.shape[0] != B:
-        raise ValueError(f"grad_out must have shape (number of bags, dim) = ({B}, dim), "
-                         f"got {G.shape}")
-    D = G.shape[1]
-    W = None
-    if mode == "max" or psw is not None:
-        if weights is None:
-            need = "mode='max' (its arg-max rows)" if mode == "max" else \
-                "the gradient of per_sample_weights"
-            raise ValueError(f"weights= (the table of the forward) is needed for {need}")
-        W, wfmt = check_weights(weights)
-        if W.shape != (V, D) or wfmt is not fmt:
-            raise ValueError(f"weights must be the ({V}, {D}) {G.dtype} table of the forward, "
-                             f"got {W.shape} {W.dtype}")
-    return G, fmt, flat, off, mode, psw, pad, W, V
 
 
 def lookup_bag_grad(kernel, grad_out, ids, offsets, vocab_size, mode, per_sample_weights,
                     padding_idx, include_last_offset, weights):
     """Kernel.lookup_bag_grad(..., sparse=True): the SparseGrad of the bag backward (with
     per_sample_weights, (SparseGrad, their gradient))."""
-    G, fmt, flat, off, mode, psw, pad, W, V = _checked_bag_grad_args(
+    G, fmt, _, flat, off, mode, psw, pad, W, V = LOOKUP_BAG_GRAD.check(
         grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
         include_last_offset, weights)
     kernel._bag_function(LOOKUP_BAG_GRAD, fmt, mode)  # the dense path's NotImplementedError
