@@ -52,7 +52,9 @@ Calls:
   hyperparameter before changing anything.
 
 `kernel=` at construction ("auto", a kernel name or a Kernel) picks the kernel that computes the
-sparse gradient.
+sparse gradient. The row updates are compiled loops (kernels/_optim_numba.py): each touched row is
+updated by one thread, so the result is the same bits for any thread count
+(`kernels.num_threads`).
 
 Threads: two optimizers on two different tables may step at once from two Python threads (the
 result is the same as stepping them one after the other). Stepping one table from two threads
@@ -71,6 +73,11 @@ import threading
 
 import numpy as np
 
+from kernels._optim_numba import ADAGRAD as _ADAGRAD
+from kernels._optim_numba import ROWWISE_ADAGRAD as _ROWWISE_ADAGRAD
+from kernels._optim_numba import SGD as _SGD
+from kernels._optim_numba import SPARSE_ADAM as _SPARSE_ADAM
+from kernels._optim_numba import update as _apply_rows
 from kernels._validate import check_ids, float_array
 
 __all__ = ["SGD", "Adagrad", "RowwiseAdagrad", "SparseAdam"]
@@ -368,10 +375,7 @@ class SGD(_Optimizer):
         super().__init__(weights, lr, kernel)
 
     def _update(self, rows, values):
-        if rows.shape[0]:
-            W = self.weights
-            lr = W.dtype.type(self.lr)
-            W[rows] = W[rows] - lr * values
+        _apply_rows(_SGD, self.weights, rows, values, (self.lr,))
 
 
 class Adagrad(_Optimizer):
@@ -395,12 +399,7 @@ class Adagrad(_Optimizer):
         return {"lr": _check_nonneg("lr", h["lr"]), "eps": _check_positive("eps", h["eps"])}
 
     def _update(self, rows, values):
-        if rows.shape[0]:
-            W, S = self.weights, self.state["sum"]
-            t = W.dtype.type
-            s = S[rows] + values * values
-            S[rows] = s
-            W[rows] = W[rows] - t(self.lr) * (values / (np.sqrt(s) + t(self.eps)))
+        _apply_rows(_ADAGRAD, self.weights, rows, values, (self.lr, self.eps), A=self.state["sum"])
 
 
 class RowwiseAdagrad(_Optimizer):
@@ -423,24 +422,8 @@ class RowwiseAdagrad(_Optimizer):
                 "weight_decay": _check_nonneg("weight_decay", h["weight_decay"])}
 
     def _update(self, rows, values):
-        if rows.shape[0]:
-            W, M = self.weights, self.state["momentum"]
-            t = W.dtype.type
-            D = W.shape[1]
-            w = W[rows]
-            wd = t(self.weight_decay)
-            g2 = values + wd * w if self.weight_decay else values
-            g2 = g2.astype(np.float64)
-            mean_sq = (np.einsum("ij,ij->i", g2, g2) / D if D else np.zeros(rows.shape[0])
-                       ).astype(W.dtype)
-            m_new = M[rows] + mean_sq
-            M[rows] = m_new
-            mult = t(self.lr) / (np.sqrt(m_new) + t(self.eps))
-            if self.weight_decay:
-                corr = t(1) - mult * wd
-                W[rows] = corr[:, None] * w - values * mult[:, None]
-            else:
-                W[rows] = w - values * mult[:, None]
+        _apply_rows(_ROWWISE_ADAGRAD, self.weights, rows, values,
+                    (self.lr, self.eps, self.weight_decay, 1.0), M=self.state["momentum"])
 
 
 class SparseAdam(_Optimizer):
@@ -466,17 +449,9 @@ class SparseAdam(_Optimizer):
 
     def _update(self, rows, values):
         self.state["step"] += 1
-        if not rows.shape[0]:
-            return
-        W, M, S = self.weights, self.state["exp_avg"], self.state["exp_avg_sq"]
-        t = W.dtype.type
-        b1, b2 = self.betas
         step = self.state["step"]
-        old_m = M[rows]
-        m = old_m + (values - old_m) * t(1.0 - b1)
-        M[rows] = m
-        old_s = S[rows]
-        s = old_s + (values * values - old_s) * t(1.0 - b2)
-        S[rows] = s
+        b1, b2 = self.betas
         step_size = self.lr * math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
-        W[rows] = W[rows] + t(-step_size) * (m / (np.sqrt(s) + t(self.eps)))
+        _apply_rows(_SPARSE_ADAM, self.weights, rows, values,
+                    (-step_size, self.eps, 1.0 - b1, 1.0 - b2),
+                    A=self.state["exp_avg"], B=self.state["exp_avg_sq"])

@@ -543,3 +543,20 @@ def test_racing_steps_on_one_table_either_complete_or_raise():
     for ids, G in done[0] + done[1]:
         np.add.at(expected, ids, -0.1 * G.astype(np.float64))
     np.testing.assert_allclose(W, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+def test_updates_are_the_same_bits_for_any_thread_count(name, dtype):
+    """Large enough that the update runs its parallel path (2 threads where there are 2 cores)."""
+    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1, weight_decay=0.01))
+    big = dict(vocab=50_000, dim=24)
+    data = list(batches(26, steps=3, shape=(60_000,), hot=50_000, dim=24, dtype=dtype))
+    results = []
+    for n in (1, kernels._threads.MAX_THREADS):
+        opt = make(table(27, dtype, **big))
+        with kernels.num_threads(n):
+            for ids, G in data:
+                opt.step(ids, G)
+        results.append(snapshot(opt))
+    assert_unchanged(opt, results[0])
