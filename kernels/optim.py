@@ -300,6 +300,12 @@ class _Optimizer:
             raise ValueError(f"sparse_grad.values must be (number of rows, {D}), got shape "
                              f"{np.shape(values)}")
         self._check_grad_dtype(values, "sparse_grad.values")
+        for name, a in (("the table", self.weights), *((f"state {k!r}", v) for k, v in
+                                                       self.state.items()
+                                                       if isinstance(v, np.ndarray))):
+            if np.may_share_memory(values, a):
+                raise ValueError(f"sparse_grad.values must not overlap {name} (it is updated "
+                                 "while they are read)")
         if not isinstance(rows, np.ndarray) or rows.dtype != np.int64 or \
                 rows.shape != (values.shape[0],):
             raise ValueError(f"sparse_grad.rows must be int64 of shape ({values.shape[0]},), got "

@@ -378,6 +378,7 @@ def _bad_calls(opt):
         (ValueError, lambda: opt.step_sparse(Fake(np.array([-1, 2]), vals, V))),
         (ValueError, lambda: opt.step_sparse(Fake(rows.astype(np.int32), vals, V))),
         (TypeError, lambda: opt.step_sparse(object())),
+        (ValueError, lambda: opt.step_sparse(Fake(rows, W[:2], V))),
         (ValueError, lambda: opt.load_state_dict(wrong_shape_state())
          if any(isinstance(v, np.ndarray) for v in sd["state"].values())
          else opt.load_state_dict({"state": {}})),
