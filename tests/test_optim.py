@@ -561,3 +561,18 @@ def test_updates_are_the_same_bits_for_any_thread_count(name, dtype):
                 opt.step(ids, G)
         results.append(snapshot(opt))
     assert_unchanged(opt, results[0])
+
+
+def test_step_takes_ids_as_every_lookup_does():
+    """Lists, any integer dtype, non-contiguous and 0-d ids: the same update as int64 ids."""
+    G = np.random.default_rng(28).standard_normal((4, D)).astype(np.float32)
+    ref = ko.Adagrad(table(29), 0.1)
+    ref.step(np.array([3, 1, 3, 7]), G)
+    for ids in ([3, 1, 3, 7], np.array([3, 1, 3, 7], np.uint64), np.array([3, 1, 3, 7], np.int8),
+                np.array([3, 0, 1, 0, 3, 0, 7, 0])[::2]):
+        opt = ko.Adagrad(table(29), 0.1)
+        opt.step(ids, G)
+        assert_unchanged(opt, snapshot(ref))
+    one = ko.SGD(table(29), 0.1)
+    one.step(np.int64(5), G[0])
+    np.testing.assert_array_equal(one.weights[5], table(29)[5] - np.float32(0.1) * G[0])
