@@ -87,6 +87,11 @@ _busy: set[int] = set()
 _busy_lock = threading.Lock()
 
 
+def _busy_error():
+    return RuntimeError("another thread is updating this table now: stepping one table from two "
+                        "threads at once is refused (see kernels.optim); nothing was changed")
+
+
 def _check_table(weights):
     if not isinstance(weights, np.ndarray) or type(weights) not in (np.ndarray, np.memmap):
         raise TypeError(
@@ -195,16 +200,20 @@ def _bag_sparse_grad(G, flat, off, mode, psw, pad, W, vocab_size):
 class _Optimizer:
     """One table, its state, and the three ways of stepping it."""
 
-    _state_names: tuple[str, ...] = ()
-    """The state arrays: name -> shape kind, see _state_shape."""
-    _has_step = False
+    _state_keys: frozenset = frozenset()
+    """The keys of opt.state (each subclass's)."""
 
     def __init__(self, weights, lr, kernel):
-        self.weights = _check_table(weights)
+        self._weights = _check_table(weights)
         self.lr = _check_nonneg("lr", lr)
         self.kernel = _check_kernel(kernel)
         self._address = self.weights.__array_interface__["data"][0]
         self.state: dict = {}
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The table this optimizer updates (bound at construction)."""
+        return self._weights
 
     # -- hyperparameters, by subclass -----------------------------------------------------------
 
@@ -216,17 +225,33 @@ class _Optimizer:
         return {"lr": _check_nonneg("lr", h["lr"])}
 
     def _state_shape(self, name):
-        return self.weights.shape
+        """The shape of state array `name`: the table's, unless a subclass says otherwise."""
+        return self._weights.shape
 
     # -- the calls ------------------------------------------------------------------------------
 
+    def _check_state(self):
+        """The state arrays are still this table's (a caller may have replaced one in
+        opt.state): RuntimeError before anything is written, never a write outside them."""
+        W = self._weights
+        if not isinstance(self.state, dict) or set(self.state) != self._state_keys:
+            raise RuntimeError(f"opt.state must hold exactly the keys {sorted(self._state_keys)}; "
+                               "restore it with load_state_dict")
+        for name, a in self.state.items():
+            if name == "step":
+                ok = isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_))
+            else:
+                ok = (type(a) is np.ndarray and a.shape == self._state_shape(name) and
+                      a.dtype == W.dtype and a.flags.c_contiguous and a.flags.writeable)
+            if not ok:
+                raise RuntimeError(f"opt.state[{name!r}] was replaced by something that is not "
+                                   "this table's state; restore it with load_state_dict")
+
     def _claim(self):
+        self._check_state()
         with _busy_lock:
             if self._address in _busy:
-                raise RuntimeError(
-                    "another thread is updating this table now: stepping one table from two "
-                    "threads at once is refused (see kernels.optim); nothing was changed"
-                )
+                raise _busy_error()
             _busy.add(self._address)
 
     def _release(self):
@@ -326,40 +351,42 @@ class _Optimizer:
                 "hyperparameters": dict(self._hyperparameters())}
 
     def load_state_dict(self, state_dict) -> None:
-        """Restore a state_dict(); every key, shape, dtype and hyperparameter is checked first,
-        so a bad one raises (ValueError / TypeError) and changes nothing."""
+        """Restore a state_dict() (copies of its arrays become opt.state); every key, shape,
+        dtype and hyperparameter is checked first, so a bad one raises (ValueError / TypeError)
+        and changes nothing."""
         if not isinstance(state_dict, dict) or set(state_dict) != {"state", "hyperparameters"}:
             raise ValueError("state_dict must be a dict with the keys 'state' and "
                              "'hyperparameters' (from opt.state_dict())")
         st, hyper = state_dict["state"], state_dict["hyperparameters"]
-        want = set(self.state)
+        want = self._state_keys
         if not isinstance(st, dict) or set(st) != want:
             raise ValueError(f"state_dict['state'] must have the keys {sorted(want)}, got "
                              f"{sorted(st) if isinstance(st, dict) else type(st).__name__}")
         if not isinstance(hyper, dict) or set(hyper) != set(self._hyperparameters()):
             raise ValueError(f"state_dict['hyperparameters'] must have the keys "
                              f"{sorted(self._hyperparameters())}, got {hyper!r}")
+        dtype = self._weights.dtype
+        new = {}
         for name, value in st.items():
             if name == "step":
                 if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
                         or value < 0:
                     raise ValueError(f"state 'step' must be an integer >= 0, got {value!r}")
+                new[name] = int(value)
                 continue
-            mine = self.state[name]
-            if not isinstance(value, np.ndarray) or value.shape != mine.shape or \
-                    value.dtype != mine.dtype:
+            shape = self._state_shape(name)
+            if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
                 raise ValueError(
-                    f"state {name!r} must be an array of shape {mine.shape} and dtype "
-                    f"{mine.dtype}, got {getattr(value, 'dtype', type(value).__name__)} "
-                    f"{np.shape(value)}")
+                    f"state {name!r} must be an array of shape {shape} and dtype {dtype}, got "
+                    f"{getattr(value, 'dtype', type(value).__name__)} {np.shape(value)}")
+            new[name] = np.array(value, order="C", copy=True)
         checked = self._checked_hyperparameters(hyper)
-        self._claim()
+        with _busy_lock:  # as _claim, without its check of the state this call replaces
+            if self._address in _busy:
+                raise _busy_error()
+            _busy.add(self._address)
         try:
-            for name, value in st.items():
-                if name == "step":
-                    self.state[name] = int(value)
-                else:
-                    np.copyto(self.state[name], value)
+            self.state = new
             self._set_hyperparameters(checked)
         finally:
             self._release()
@@ -377,6 +404,8 @@ class _Optimizer:
 class SGD(_Optimizer):
     """W[r] -= lr * g for every touched row r (torch's optim.SGD on a sparse gradient)."""
 
+    _state_keys = frozenset(())
+
     def __init__(self, weights, lr, *, kernel="auto"):
         super().__init__(weights, lr, kernel)
 
@@ -387,6 +416,8 @@ class SGD(_Optimizer):
 class Adagrad(_Optimizer):
     """torch's sparse Adagrad: state["sum"][r] += g * g; W[r] -= lr * g / (sqrt(sum[r]) + eps),
     per element, touched rows only."""
+
+    _state_keys = frozenset(("sum",))
 
     def __init__(self, weights, lr, eps=1e-10, initial_accumulator_value=0.0, *, kernel="auto"):
         super().__init__(weights, lr, kernel)
@@ -413,6 +444,8 @@ class RowwiseAdagrad(_Optimizer):
     of g'^2 over the row (g' = g + weight_decay * W[r]); m = lr / (sqrt(momentum[r]) + eps);
     W[r] = (1 - m * weight_decay) * W[r] - m * g."""
 
+    _state_keys = frozenset(("momentum",))
+
     def __init__(self, weights, lr, eps=1e-8, weight_decay=0.0, *, kernel="auto"):
         super().__init__(weights, lr, kernel)
         self.eps = _check_positive("eps", eps)
@@ -421,6 +454,9 @@ class RowwiseAdagrad(_Optimizer):
 
     def _hyperparameters(self):
         return {"lr": self.lr, "eps": self.eps, "weight_decay": self.weight_decay}
+
+    def _state_shape(self, name):
+        return self._weights.shape[:1]
 
     @staticmethod
     def _checked_hyperparameters(h):
@@ -436,6 +472,8 @@ class SparseAdam(_Optimizer):
     """torch's lazy SparseAdam: one step count per table; exp_avg and exp_avg_sq move only at
     touched rows; W[r] += -step_size * exp_avg[r] / (sqrt(exp_avg_sq[r]) + eps) with
     step_size = lr * sqrt(1 - b2**step) / (1 - b1**step)."""
+
+    _state_keys = frozenset(("step", "exp_avg", "exp_avg_sq"))
 
     def __init__(self, weights, lr, betas=(0.9, 0.999), eps=1e-8, *, kernel="auto"):
         super().__init__(weights, lr, kernel)

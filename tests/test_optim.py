@@ -576,3 +576,25 @@ def test_step_takes_ids_as_every_lookup_does():
     one = ko.SGD(table(29), 0.1)
     one.step(np.int64(5), G[0])
     np.testing.assert_array_equal(one.weights[5], table(29)[5] - np.float32(0.1) * G[0])
+
+
+@pytest.mark.parametrize("name", ["Adagrad", "RowwiseAdagrad", "SparseAdam"])
+def test_a_replaced_state_array_is_refused_before_any_write_and_load_restores_it(name):
+    opt = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1))(table(32))
+    ids, G = next(batches(33))
+    opt.step(ids, G)
+    sd = opt.state_dict()
+    key = next(k for k, v in opt.state.items() if isinstance(v, np.ndarray))
+    for bad in (np.zeros(3, np.float32), opt.state[key][:-1], opt.state[key].astype(np.float64)):
+        opt.state[key] = bad
+        W = bits(opt.weights)
+        with pytest.raises(RuntimeError, match="replaced"):
+            opt.step(ids, G)
+        np.testing.assert_array_equal(bits(opt.weights), W)
+    del opt.state[key]
+    with pytest.raises(RuntimeError, match="keys"):
+        opt.step(ids, G)
+    opt.load_state_dict(sd)
+    opt.step(ids, G)
+    with pytest.raises(AttributeError):
+        opt.weights = table(34)
