@@ -4,6 +4,12 @@ kernels.optim's docstring gives. Rows are independent, so the result is the same
 thread count. One serial loop over a range of rows, and one prange over chunks of rows that
 calls it; every optimizer is a branch of the same loop (one compilation per dtype).
 
+error_model="numpy": division is IEEE division (a zero divisor gives inf or NaN, as in NumPy and
+torch) rather than Python's ZeroDivisionError check, whose branch kept LLVM from vectorizing the
+loops: measured, 1 thread, D = 64, 16,384 ids' rows, float32: Adagrad 1.68 -> 0.26 ms with the
+table in cache (V = 2e4) and 5.5 -> 1.5 ms at V = 1e6; SparseAdam 1.89 -> 0.51 and 6.0 -> 2.3 ms.
+Division and sqrt are correctly rounded either way: the same bits.
+
 The caller (kernels.optim) has checked everything: rows sorted, unique and in range, values
 (len(rows), D) of the table's dtype, state arrays of the table's shape and dtype.
 """
@@ -16,7 +22,7 @@ from kernels.numba_gather import _numba_threads, _run_parallel
 SGD, ADAGRAD, ROWWISE_ADAGRAD, SPARSE_ADAM = 0, 1, 2, 3
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _update_rows(which, W, A, B, M, rows, values, h0, h1, h2, h3, lo, hi):
     """Update rows[lo:hi]. Per optimizer (h0..h3 are scalars of W's dtype):
     SGD: h0 = lr. ADAGRAD: A = sum, h0 = lr, h1 = eps. ROWWISE_ADAGRAD: M = momentum (one per
@@ -65,7 +71,7 @@ def _update_rows(which, W, A, B, M, rows, values, h0, h1, h2, h3, lo, hi):
                 W[r, k] = W[r, k] + h0 * (m / (np.sqrt(s) + h1))
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 def _update_parallel(which, W, A, B, M, rows, values, h0, h1, h2, h3, nthreads):
     n = rows.shape[0]
     for c in prange(nthreads):
