@@ -49,13 +49,14 @@ venv: $(PY)
 test: venv
 	$(PY) -m pytest -q
 
-## The tests without those marked slow (the asv subprocess runs and the browser test).
+## The tests without those marked slow (the asv subprocess runs, the browser tests, the fuzz).
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
 ## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env with the Python of $(VENV):
-## commit first. 11 min 13 s from a fresh clone on 2 vCPUs, measured at 8b9551b; budget 25 min.)
+## commit first. 13 min 26 s from a fresh clone on 2 vCPUs, bags included, measured at 7035fcd;
+## budget 25 min.)
 ## BENCH=<regex> runs only the benchmarks whose name matches it (asv run --bench; default: all),
 ## e.g. make bench BENCH='^bench_lookup\.Roofline'. Results of the others are kept.
 ## With another Python: make bench PYTHON=python3.12 VENV=.venv312.

@@ -48,7 +48,7 @@ DIMS = [8, 32, 128, 512]
 TABLES = [(10_000, 64), (1_000_000, 64), (1_000_000, 8)]
 """(vocab_size, dim) points for the benchmarks that do not sweep the whole grid."""
 
-BAG_N_IDS = 32_768
+BAG_N_IDS = LOOKUP_BAG.benchmark_n_ids
 """ids of one bag batch (all bags together): B = BAG_N_IDS / bag_length bags (32,768 at bag
 length 1, 512 at 64). Half of the 65,536 the roofline script uses, because a bag process spends
 most of its time checking the kernel against the float64 reference (0.3 s on average at 65,536,

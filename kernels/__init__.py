@@ -3,6 +3,7 @@
     import kernels
     out = kernels.lookup(W, ids, kernel="numba_gather")
     dW = kernels.lookup_grad(grad, ids, vocab_size, kernel="cython_gather")
+    g = kernels.lookup_grad(grad, ids, vocab_size, sparse=True)  # a SparseGrad: rows hit only
     bags = kernels.lookup_bag(W, ids, offsets, mode="mean", kernel="cython_gather")
 
 `kernels.KERNELS` maps each name to its Kernel (callable as the lookup); each kernel is also a
@@ -19,6 +20,7 @@ from kernels._formats import FORMATS, Format
 from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, OPERATIONS, Operation
 from kernels._registry import KERNELS, get_kernel, kernels_implementing, register
+from kernels._sparse import SparseGrad
 from kernels._threads import get_num_threads, num_threads, set_num_threads
 from kernels._validate import check_vocab_size, check_weights, float_array
 from kernels.decisions import Decision, explain, fastest, for_call
@@ -35,6 +37,7 @@ __all__ = [
     "Operation",
     "Format",
     "Decision",
+    "SparseGrad",
     "lookup",
     "lookup_grad",
     "lookup_bag",
@@ -71,18 +74,22 @@ def lookup(weights, ids, *, kernel: str | Kernel = "numpy_take", out: np.ndarray
     return get_kernel(kernel).lookup(weights, ids, out=out)
 
 
-def lookup_grad(grad, ids, vocab_size: int, *, kernel: str | Kernel = "numpy_take",
-                out: np.ndarray | None = None) -> np.ndarray:
+def lookup_grad(grad, ids, vocab_size: int, *, sparse: bool = False,
+                kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None):
     """Return dW of shape (vocab_size, dim): dW[ids[k]] += grad[k] for every k (out is overwritten).
 
-    kernel="auto" takes the kernel measured fastest for the backward at these sizes."""
+    sparse=True returns a SparseGrad instead: the sorted unique ids (`rows`) and their summed
+    gradients (`values`), computed by the kernel's own scatter-add (so `to_dense()` equals its
+    dense result bit for bit; onehot_dense: within the summation bound) with nothing allocated
+    in proportion to vocab_size; no out= then.
+    kernel="auto" takes the kernel measured fastest for the (dense) backward at these sizes."""
     if kernel == "auto":
         G, fmt = float_array(grad, "grad")  # the checks in the order every kernel makes them
         V = check_vocab_size(vocab_size)
         D = G.shape[-1] if G.ndim else 0
         k = for_call(LOOKUP_GRAD, V, D, _n_ids(ids), fmt)
-        return k.lookup_grad(G, ids, V, out=out)
-    return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, out=out)
+        return k.lookup_grad(G, ids, V, sparse=sparse, out=out)
+    return get_kernel(kernel).lookup_grad(grad, ids, vocab_size, sparse=sparse, out=out)
 
 
 def _n_bags(ids, offsets, include_last_offset) -> int:
@@ -123,14 +130,15 @@ def lookup_bag(weights, ids, offsets=None, *, mode: str = "sum", per_sample_weig
 
 def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, *,
                     mode: str = "sum", per_sample_weights=None, padding_idx: int | None = None,
-                    include_last_offset: bool = False, weights=None,
+                    include_last_offset: bool = False, weights=None, sparse: bool = False,
                     kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None):
     """The gradient of lookup_bag with respect to the table: dW (vocab_size, dim), each
     non-padding id's row receiving its bag's grad_out row times d out / d row (w or 1 for sum,
     divided by the divisor for mean and sqrtn; max sends each column to its bag's arg-max row,
     the first on ties). `weights` (the forward's table) is needed for mode="max" and with
     per_sample_weights; then (dW, the gradient of per_sample_weights) is returned. vocab_size
-    defaults to len(weights)."""
+    defaults to len(weights). sparse=True returns a SparseGrad in place of dW (padding ids left
+    out; for max only the arg-max rows), as lookup_grad(sparse=True) does."""
     if kernel == "auto":
         try:  # sizes only: the kernel makes every check, in its own order
             G, fmt = float_array(grad_out, "grad_out")
@@ -146,4 +154,4 @@ def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, 
     return get_kernel(kernel).lookup_bag_grad(
         grad_out, ids, offsets, vocab_size, mode=mode, per_sample_weights=per_sample_weights,
         padding_idx=padding_idx, include_last_offset=include_last_offset, weights=weights,
-        out=out)
+        sparse=sparse, out=out)

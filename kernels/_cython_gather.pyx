@@ -530,6 +530,29 @@ cdef extern from *:
                    NB = NV < EK_BAG_BLOCK ? NV : EK_BAG_BLOCK }; \
             T sum[DIM]; \
             Py_ssize_t cnt = 0; \
+            if (mode == EK_SUM && offsets[b + 1] - offsets[b] == 1) { \
+                /* one id: its row + 0.0 (so -0.0 becomes +0.0, as the sum does), stored straight \
+                   to out without the staging copy */ \
+                i = offsets[b]; \
+                j = LOAD(&ids[i]); \
+                const char* src = W + j * rs; \
+                const char* pf = (prefetch && i + prefetch < n) \
+                    ? W + (Py_ssize_t)ids[i + prefetch] * rs : src; \
+                if (j == pad || (size_t)j >= (size_t)V) { \
+                    if (j != pad) bad++; \
+                    memset(out + b * (DIM), 0, (DIM) * sizeof(T)); \
+                    continue; \
+                } \
+                for (k = 0; k < NV; k++) { \
+                    VT x; \
+                    if ((k & 1) == 0) __builtin_prefetch(pf + k * 32, 0, 3); \
+                    memcpy(&x, src + k * 32, 32); \
+                    x += (VT){0}; \
+                    memcpy((char*)(out + b * (DIM)) + k * 32, &x, 32); \
+                } \
+                __builtin_prefetch(pf + NV * 32 - 1, 0, 3); \
+                continue; \
+            } \
             for (Py_ssize_t v0 = 0; v0 < NV; v0 += NB) { \
                 VT acc[NB]; \
                 for (k = 0; k < NB; k++) acc[k] = (VT){0}; \

@@ -25,10 +25,7 @@ from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, OPERATIONS
 COPY_BENCHMARK = "bench_lookup.Roofline.time_copy"
 """The plain copy of an output's size: the bandwidth ceiling the table's % copy compares with."""
 
-BAG_N_IDS = 65_536
-"""The n ids of one call of the bag benchmarks (benchmarks/common.py BAG_N_IDS: B = n / bag
-length bags); the lookups' benchmarks use decisions.DEFAULT_N_IDS."""
-BENCHMARK_N_IDS = {LOOKUP_BAG.name: BAG_N_IDS, LOOKUP_BAG_GRAD.name: BAG_N_IDS}
+BENCHMARK_N_IDS = {op.name: op.benchmark_n_ids for op in (LOOKUP_BAG, LOOKUP_BAG_GRAD)}
 """n ids of each operation's benchmark where it is not decisions.DEFAULT_N_IDS."""
 
 

@@ -116,8 +116,14 @@ class Kernel:
     def __call__(self, weights, ids, *, out=None):
         return self.lookup(weights, ids, out=out)
 
-    def lookup_grad(self, grad, ids, vocab_size, *, out=None):
-        """Return dW (vocab_size, dim) with dW[ids[k]] += grad[k] for every k; `out` is overwritten."""
+    def lookup_grad(self, grad, ids, vocab_size, *, sparse=False, out=None):
+        """Return dW (vocab_size, dim) with dW[ids[k]] += grad[k] for every k; `out` is overwritten.
+        sparse=True returns a kernels.SparseGrad instead (the rows hit, summed by this kernel)."""
+        if sparse is not False:
+            from kernels import _sparse
+
+            if _sparse.wanted(sparse, out):
+                return _sparse.lookup_grad(self, grad, ids, vocab_size)
         G, fmt, flat, dW, zeroed = _prepare_lookup_grad(grad, ids, vocab_size, out)
         fn = self._lookup_grad.get(fmt) or self.function(LOOKUP_GRAD, fmt)
         run_grad(fn, G, flat, dW, zeroed)
@@ -139,15 +145,23 @@ class Kernel:
 
     def lookup_bag_grad(self, grad_out, ids, offsets=None, vocab_size=None, *, mode="sum",
                         per_sample_weights=None, padding_idx=None, include_last_offset=False,
-                        weights=None, out=None):
+                        weights=None, sparse=False, out=None):
         """Return dW (vocab_size, dim) of the bags' output gradient (kernels.lookup_bag_grad);
-        with per_sample_weights, (dW, their gradient)."""
+        with per_sample_weights, (dW, their gradient). sparse=True returns a kernels.SparseGrad
+        in place of dW."""
         from kernels._bag_math import psw_grad
 
         if vocab_size is None:
             if weights is None:
                 raise TypeError("lookup_bag_grad needs vocab_size (or weights=)")
             vocab_size = np.shape(weights)[0]
+        if sparse is not False:
+            from kernels import _sparse
+
+            if _sparse.wanted(sparse, out):
+                return _sparse.lookup_bag_grad(
+                    self, grad_out, ids, offsets, vocab_size, mode, per_sample_weights,
+                    padding_idx, include_last_offset, weights)
         G, fmt, flat, off, mode, psw, pad, W, dW, zeroed = _prepare_bag_grad(
             grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,
             include_last_offset, weights, out)

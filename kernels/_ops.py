@@ -226,6 +226,11 @@ class LookupBag(Operation):
     benchmark = "bench_bags.Bags.time_bag"
     extra_param = "bag_length"
     """The benchmark's parameter after (kernel, vocab_size, dim) that decision rows also key on."""
+    benchmark_n_ids = 32_768
+    """The ids of one call of the bag benchmarks (all bags together: B = n / bag_length), read by
+    benchmarks/common.py and the decision table alike. Half the roofline script's 65,536: a bag
+    benchmark process spends most of its time checking the kernel against the float64
+    reference, which scales with n."""
 
     @staticmethod
     def prepare(weights, ids, offsets, mode, per_sample_weights, padding_idx,
@@ -294,6 +299,7 @@ class LookupBagGrad(Operation):
     title = "Bags backward: scatter-add of scaled bag gradients"
     benchmark = "bench_bags.BagGrad.time_bag_grad"
     extra_param = "bag_length"
+    benchmark_n_ids = LookupBag.benchmark_n_ids
 
     @staticmethod
     def prepare(grad_out, ids, offsets, vocab_size, mode, per_sample_weights, padding_idx,

@@ -419,6 +419,21 @@ MODE_CODES = {"sum": 0, "mean": 1, "max": 2, "sqrtn": 3}
 """The bag modes as the compiled loops number them (cython_gather uses the same codes)."""
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _divide_into(acc, row, mode, d):
+    """row = acc / d for mean (mode 1) or acc / sqrt(d) for sqrtn (mode 3), the float64 divisor
+    rounded once to the row's dtype; zeros when it is 0 (acc may be row itself)."""
+    if mode == 3:
+        d = np.sqrt(d)
+    if d == 0.0:
+        for k in range(row.shape[0]):
+            row[k] = 0
+    else:
+        dd = row.dtype.type(d)
+        for k in range(row.shape[0]):
+            row[k] = acc[k] / dd
+
+
 @njit(cache=True, nogil=True)
 def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch):
     """Bags b0..b1-1, each summed (or maxed) in id order into its own output row, then divided
@@ -465,16 +480,7 @@ def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch)
                     row[k] += src[k]
             cnt += 1
         if mode == 1 or mode == 3:
-            d = wsum if weighted else np.float64(cnt)
-            if mode == 3:
-                d = np.sqrt(d)
-            if d == 0.0:
-                for k in range(D):
-                    row[k] = zero
-            else:
-                dd = W.dtype.type(d)
-                for k in range(D):
-                    row[k] = row[k] / dd
+            _divide_into(row, row, mode, wsum if weighted else np.float64(cnt))
     return bad
 
 
@@ -510,16 +516,7 @@ def _bag_plain_range(W, ids, offsets, mode, pad, out, b0, b1, prefetch):
             for k in range(D):
                 row[k] = acc[k]
         else:
-            d = np.float64(cnt)
-            if mode == 3:
-                d = np.sqrt(d)
-            if d == 0.0:
-                for k in range(D):
-                    row[k] = zero
-            else:
-                dd = W.dtype.type(d)
-                for k in range(D):
-                    row[k] = acc[k] / dd
+            _divide_into(acc, row, mode, np.float64(cnt))
     return bad
 
 

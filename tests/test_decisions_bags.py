@@ -43,7 +43,7 @@ BAG = kernels.OPERATIONS["lookup_bag"]
 BAG_GRAD = kernels.OPERATIONS["lookup_bag_grad"]
 MODES = ("sum", "mean", "max", "sqrtn")
 LENGTHS = (1, 8, 64)
-BAG_N = T.BAG_N_IDS
+BAG_N = kernels.LOOKUP_BAG.benchmark_n_ids
 
 # The winner of each (V, D, bag length) in the bag results: a one-hot kernel where it has a
 # chance to be the fastest (so the mode filter has something to refuse), others elsewhere.
