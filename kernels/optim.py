@@ -10,9 +10,11 @@ Each optimizer is bound to one table at construction: a C-contiguous, writeable,
 float64 `numpy.ndarray` (TypeError / ValueError otherwise). Its state lives in `opt.state` (a
 dict of NumPy arrays of the table's dtype, plus an int "step" where the formula needs one).
 
-A step computes the coalesced gradient of the batch (`rows`: the sorted unique ids that occur,
-`values[i]`: the sum of every gradient row of id rows[i], in float64 rounded once for float32
-tables), then updates only those rows of the table and of the state. Rows no id touches keep
+A step computes the coalesced gradient of the batch, a `kernels.SparseGrad` (`rows`: the sorted
+unique ids that occur, `values[i]`: the sum of every gradient row of id rows[i], summed by the
+chosen kernel's own rule: float64 rounded once for float32 tables in numba_gather,
+cython_gather and onehot_sparse; see kernels/_sparse.py), then updates only those rows of the
+table and of the state. Rows no id touches keep
 their bits. Nothing proportional to the vocabulary is allocated per step. Every check (ids out
 of range, a grad of the wrong shape or dtype, a SparseGrad of another table) runs before any row
 of the table or the state is written: an error changes nothing.
@@ -73,12 +75,13 @@ import threading
 
 import numpy as np
 
+import kernels
 from kernels._optim_numba import ADAGRAD as _ADAGRAD
 from kernels._optim_numba import ROWWISE_ADAGRAD as _ROWWISE_ADAGRAD
 from kernels._optim_numba import SGD as _SGD
 from kernels._optim_numba import SPARSE_ADAM as _SPARSE_ADAM
 from kernels._optim_numba import update as _apply_rows
-from kernels._validate import check_ids, float_array
+from kernels._validate import float_array
 
 __all__ = ["SGD", "Adagrad", "RowwiseAdagrad", "SparseAdam"]
 
@@ -151,50 +154,6 @@ def _check_kernel(kernel):
         return kernel
     get_kernel(kernel)  # ValueError naming the known kernels
     return kernel
-
-
-class _Coalesced:
-    """The coalesced gradient of a batch (a private stand-in for kernels.SparseGrad): rows,
-    sorted unique int64; values (len(rows), D), each the float64 sum of its contributions in id
-    order, rounded once to the gradient's dtype; vocab_size."""
-
-    __slots__ = ("rows", "values", "vocab_size")
-
-    def __init__(self, rows, values, vocab_size):
-        self.rows = rows
-        self.values = values
-        self.vocab_size = vocab_size
-
-
-def _coalesce(E, ids, vocab_size):
-    """_Coalesced of the rows E[k] added at ids[k] (checked ids, 1-D)."""
-    D = E.shape[1]
-    if ids.shape[0] == 0:
-        return _Coalesced(np.empty(0, np.int64), np.empty((0, D), E.dtype), vocab_size)
-    rows, slot = np.unique(ids, return_inverse=True)
-    acc = np.zeros((rows.shape[0], D))
-    np.add.at(acc, slot, E)
-    return _Coalesced(rows.astype(np.int64, copy=False), acc.astype(E.dtype, copy=False),
-                      vocab_size)
-
-
-def _bag_sparse_grad(G, flat, off, mode, psw, pad, W, vocab_size):
-    from kernels import _bag_math as bm
-
-    if mode != "max":
-        E, ids_kept = bm.expanded_rows(G, flat, off, mode, psw, pad)
-        return _coalesce(E, ids_kept, vocab_size)
-    D = G.shape[1]
-    pos = bm.max_positions(W, flat, off, pad)
-    b, k = np.nonzero(pos >= 0)
-    ids = flat[pos[b, k]]
-    if ids.shape[0] == 0:
-        return _Coalesced(np.empty(0, np.int64), np.empty((0, D), G.dtype), vocab_size)
-    rows, slot = np.unique(ids, return_inverse=True)
-    acc = np.zeros((rows.shape[0], D))
-    np.add.at(acc, (slot, k), G[b, k])
-    return _Coalesced(rows.astype(np.int64, copy=False), acc.astype(G.dtype, copy=False),
-                      vocab_size)
 
 
 class _Optimizer:
@@ -275,8 +234,7 @@ class _Optimizer:
             if G.shape != tuple(ids_shape) + (D,):
                 raise ValueError(f"grad must have shape ids.shape + (dim,) = {tuple(ids_shape)} "
                                  f"+ ({D},), got {G.shape}")
-            _, flat = check_ids(ids, V)
-            sg = _coalesce(G.reshape(flat.shape[0], D), flat, V)
+            sg = kernels.lookup_grad(G, ids, V, sparse=True, kernel=self.kernel)
             self._update(sg.rows, sg.values)
         finally:
             self._release()
@@ -285,20 +243,21 @@ class _Optimizer:
                  padding_idx=None, include_last_offset=False):
         """The backward of kernels.lookup_bag(W, ids, offsets, ...) for upstream gradient
         `grad_out` (B, dim), then the update of the rows it touched."""
-        from kernels._ops import _bag_args
-
         self._claim()
         try:
-            G, fmt = float_array(grad_out, "grad_out")
+            G, _ = float_array(grad_out, "grad_out")
             self._check_grad_dtype(G, "grad_out")
             V, D = self.weights.shape
-            _, flat, off, mode, psw, pad = _bag_args(
-                fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V)
-            B = off.shape[0] - 1
-            if G.shape != (B, D):
-                raise ValueError(f"grad_out must have shape (number of bags, dim) = ({B}, {D}), "
+            if G.ndim != 2 or G.shape[1] != D:
+                raise ValueError(f"grad_out must have shape (number of bags, dim) = (B, {D}), "
                                  f"got {G.shape}")
-            sg = _bag_sparse_grad(G, flat, off, mode, psw, pad, self.weights, V)
+            need_w = mode == "max" or per_sample_weights is not None
+            sg = kernels.lookup_bag_grad(
+                G, ids, offsets, V, mode=mode, per_sample_weights=per_sample_weights,
+                padding_idx=padding_idx, include_last_offset=include_last_offset,
+                weights=self.weights if need_w else None, sparse=True, kernel=self.kernel)
+            if isinstance(sg, tuple):  # (the table's gradient, that of per_sample_weights)
+                sg = sg[0]
             self._update(sg.rows, sg.values)
         finally:
             self._release()

@@ -2,8 +2,9 @@
 round trips, errors that change nothing, and threads.
 
 Tolerance against torch (float32 tables, N(0, 1) weights and gradients, 20 steps): every element
-within 1e-5 + 1e-5 * |torch's|. The difference is float rounding only: we sum a row's duplicates in
-float64 and round once, torch sums them in float32 (SGD does not even coalesce). Rows no id
+within 1e-5 + 1e-5 * |torch's|. The difference is float rounding only: we sum a row's duplicates by
+the kernel's rule (float64 rounded once in the compiled kernels), torch sums them in float32 (its
+SGD does not even coalesce). Rows no id
 touched are compared bit for bit with the starting table, in ours and in torch's.
 """
 from __future__ import annotations
@@ -55,23 +56,24 @@ def assert_unchanged(opt, snap):
         np.testing.assert_array_equal(now[k], snap[k], err_msg=k)
 
 
-def sparse_grad(grad, ids, vocab_size):
+def sparse_grad(grad, ids, vocab_size, kernel="numpy_take"):
     """The coalesced gradient of a lookup, as step_sparse takes it."""
-    if hasattr(kernels, "SparseGrad"):
-        return kernels.lookup_grad(grad, ids, vocab_size, sparse=True)
-    flat = np.asarray(ids).reshape(-1).astype(np.int64)
-    return ko._coalesce(np.asarray(grad).reshape(flat.shape[0], -1), flat, vocab_size)
+    return kernels.lookup_grad(grad, ids, vocab_size, sparse=True, kernel=kernel)
 
 
 # -- against torch ------------------------------------------------------------------------------
 
 OURS = {
-    "SGD": lambda W: ko.SGD(W, lr=0.1),
-    "Adagrad": lambda W: ko.Adagrad(W, lr=0.1),
-    "Adagrad_init": lambda W: ko.Adagrad(W, lr=0.05, eps=1e-6, initial_accumulator_value=0.5),
-    "SparseAdam": lambda W: ko.SparseAdam(W, lr=0.01),
-    "SparseAdam_betas": lambda W: ko.SparseAdam(W, lr=0.02, betas=(0.5, 0.9), eps=1e-6),
+    "SGD": lambda W, **kw: ko.SGD(W, lr=0.1, **kw),
+    "Adagrad": lambda W, **kw: ko.Adagrad(W, lr=0.1, **kw),
+    "Adagrad_init": lambda W, **kw: ko.Adagrad(W, lr=0.05, eps=1e-6,
+                                               initial_accumulator_value=0.5, **kw),
+    "SparseAdam": lambda W, **kw: ko.SparseAdam(W, lr=0.01, **kw),
+    "SparseAdam_betas": lambda W, **kw: ko.SparseAdam(W, lr=0.02, betas=(0.5, 0.9), eps=1e-6, **kw),
 }
+
+ALL = {**OURS, "RowwiseAdagrad": lambda W, **kw: ko.RowwiseAdagrad(W, lr=0.1, weight_decay=0.01,
+                                                                  **kw)}
 
 
 def torch_optimizer(torch, name, params):
@@ -250,19 +252,19 @@ def test_rowwise_adagrad_matches_fbgemm_cpu_op():
 
 # -- the three calls agree ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_step_sparse_of_the_coalesced_gradient_equals_step(name):
-    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1, weight_decay=0.01))
+    make = ALL[name]
     a, b = make(table(11)), make(table(11))
     for ids, G in batches(12, steps=5):
         a.step(ids, G)
-        b.step_sparse(sparse_grad(G, ids, V))
+        b.step_sparse(sparse_grad(G, ids, V, kernel=a.kernel))
     assert_unchanged(a, snapshot(b))
 
 
-@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_empty_batch_changes_no_row(name):
-    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1))
+    make = ALL[name]
     opt = make(table(13))
     snap = snapshot(opt)
     opt.step(np.zeros((0, 3), np.int64), np.zeros((0, 3, D), np.float32))
@@ -292,9 +294,9 @@ def test_a_step_allocates_nothing_proportional_to_the_vocabulary():
 
 # -- state_dict ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_a_fresh_optimizer_loaded_with_state_dict_continues_identically(name):
-    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1, weight_decay=0.01))
+    make = ALL[name]
     a = make(table(15))
     data = list(batches(16, steps=10))
     for ids, G in data[:5]:
@@ -391,9 +393,9 @@ def _bad_calls(opt):
     ]
 
 
-@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_every_bad_input_raises_and_leaves_table_and_state_bitwise_unchanged(name):
-    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1))
+    make = ALL[name]
     opt = make(table(17))
     for ids, G in batches(18, steps=3):
         opt.step(ids, G)
@@ -547,10 +549,10 @@ def test_racing_steps_on_one_table_either_complete_or_raise():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", sorted(OURS) + ["RowwiseAdagrad"])
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_updates_are_the_same_bits_for_any_thread_count(name, dtype):
     """Large enough that the update runs its parallel path (2 threads where there are 2 cores)."""
-    make = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1, weight_decay=0.01))
+    make = ALL[name]
     big = dict(vocab=50_000, dim=24)
     data = list(batches(26, steps=3, shape=(60_000,), hot=50_000, dim=24, dtype=dtype))
     results = []
@@ -578,9 +580,36 @@ def test_step_takes_ids_as_every_lookup_does():
     np.testing.assert_array_equal(one.weights[5], table(29)[5] - np.float32(0.1) * G[0])
 
 
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_kernel_picks_the_sparse_backward_and_the_compiled_pair_agree_bitwise(name):
+    make = ALL[name]
+    snaps = {}
+    for k in sorted(kernels.KERNELS):
+        opt = make(table(30), kernel=k)
+        for ids, G in batches(31, steps=5):
+            opt.step(ids, G)
+            opt.step_bag(ids, None, G[:, 0], mode="mean")
+        snaps[k] = snapshot(opt)
+    for k in ("cython_gather", "onehot_sparse"):
+        for key in snaps[k]:
+            np.testing.assert_array_equal(snaps[k][key], snaps["numba_gather"][key], err_msg=k)
+    ref = snaps["numba_gather"]["weights"].view(np.float32)
+    for k, snap in snaps.items():
+        np.testing.assert_allclose(snap["weights"].view(np.float32), ref, rtol=RTOL, atol=ATOL,
+                                   err_msg=k)
+
+
+def test_kernel_is_checked_at_construction_and_used_by_step():
+    W = table()
+    assert ko.SGD(W, 0.1).kernel == "auto"
+    assert ko.SGD(W, 0.1, kernel=kernels.KERNELS["cython_gather"]).kernel.name == "cython_gather"
+    with pytest.raises(ValueError, match="unknown kernel"):
+        ko.Adagrad(W, 0.1, kernel="cuda")
+
+
 @pytest.mark.parametrize("name", ["Adagrad", "RowwiseAdagrad", "SparseAdam"])
 def test_a_replaced_state_array_is_refused_before_any_write_and_load_restores_it(name):
-    opt = OURS.get(name, lambda W: ko.RowwiseAdagrad(W, lr=0.1))(table(32))
+    opt = ALL[name](table(32))
     ids, G = next(batches(33))
     opt.step(ids, G)
     sd = opt.state_dict()
