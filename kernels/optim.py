@@ -33,6 +33,11 @@ table's dtype in this order:
   state["momentum"][r] += mean(g' * g') over D; m = lr / (sqrt(momentum[r]) + eps);
   W[r] = (1 - m * wd) * W[r] - m * g. One accumulator per row. The mean of squares is summed in
   float64 and rounded once (FBGEMM sums in float32 sequentially: equal up to float rounding).
+  With weight_decay = 0 this matches FBGEMM's CPU op (fbgemm-gpu-cpu 1.8.0, tested). With
+  weight_decay > 0 it follows FBGEMM's formula, but that op does not: for a float32 table that
+  is not shared, its CPU backward calls fbgemm's rowwise SparseAdaGrad with weight_decay=0
+  (embedding_backward_split_cpu_template.cpp), so it ignores the decay (measured: the same
+  weights as weight_decay = 0).
 - `SparseAdam(W, lr, betas=(0.9, 0.999), eps=1e-8)`, torch's lazy `optim.SparseAdam`
   (torch/optim/_functional.py `sparse_adam`): one step count per table, incremented by every step
   (an empty batch too, as torch does); only touched rows of exp_avg and exp_avg_sq move:

@@ -216,7 +216,8 @@ def test_rowwise_adagrad_matches_fbgemm_formula_in_float64(weight_decay):
 
 def test_rowwise_adagrad_matches_fbgemm_cpu_op():
     """FBGEMM's own table-batched CPU op with EXACT_ROWWISE_ADAGRAD (one table, sum bags),
-    when fbgemm_gpu imports; skipped otherwise."""
+    when fbgemm_gpu imports; skipped otherwise. weight_decay = 0 only: FBGEMM's float32 CPU
+    path ignores weight_decay (see kernels.optim)."""
     torch = pytest.importorskip("torch")
     try:
         import fbgemm_gpu  # noqa: F401
