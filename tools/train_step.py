@@ -25,6 +25,14 @@ the dense lookup_grad from scratch (it allocates and zeroes its (V, D) dW) at V 
 Timing: kernels._timing.interleaved_best, the one timing loop of the tools: every method of a
 table point timed in turn, round after round in a shuffled order, best per-round median kept
 (this machine has whole episodes where every 2-thread call takes ~8 ms longer).
+
+Allocator state matters: the sparse backward allocates its values (nnz x D) and NumPy's
+temporaries every call, and the dense one its (V, D) dW. Whether glibc serves those from its heap
+(pages already faulted in) or from fresh mmap'd / trimmed memory (page faults, transparent huge
+pages) depends on what the process freed before, so the same call measured 0.8 or 3.8 ms (D = 16)
+and 1.2 or 13.7 ms (D = 64) in different runs. To see the allocation-free numbers, run with
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296
+(then "dense from scratch" reuses faulted-in memory too: it is no longer from scratch).
 """
 from __future__ import annotations
 
