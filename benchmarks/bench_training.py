@@ -17,9 +17,10 @@ KERNEL = "cython_gather"
 
 
 class TrainingTiming(common.Timing):
-    """common.Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)), so that
-    the class's ~34 parameter sets x 3 rounds cost `make bench` about 2-3 minutes; a step takes
-    0.3-10 ms, so 0.2 s still holds 20+ samples."""
+    """common.Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)): the 36
+    SparseTraining sets (3 n/a) and 6 SparseTrainingMemory sets, 3 rounds each, measured 64 s of
+    benchmarks (76 s with asv's build) at bff28ce on a quiet machine, 118 s on a busy one. A step
+    takes 0.3-15 ms, so 0.2 s still holds 10+ samples. D = 256 is left out for that budget."""
 
     repeat = (2, 50, 0.2)
 
@@ -40,7 +41,9 @@ class SparseTraining(TrainingTiming):
     Checked once per process: sparse_grad's values against LOOKUP_GRAD's float64 reference of
     the batch renumbered onto its rows (rows must be np.unique(ids)), dense_grad as LookupGrad
     checks it; the optimizers' first step (which also compiles) must leave the rows no id
-    touches bitwise unchanged. n/a where the table, its state and the step need more than
+    touches bitwise unchanged. sparse_grad allocates its values (nnz x D) every call: where
+    glibc serves them from fresh mmap'd pages it measured 3.8 ms (D = 16) and 15 ms (D = 64) at
+    V >= 1e6 against 0.8 and 1.2 ms from reused heap memory (see tools/train_step.py). n/a where the table, its state and the step need more than
     common.MAX_PROCESS_BYTES (sparse_adam at V = 1e7, D = 64: three 2.5 GB tables).
     """
 
