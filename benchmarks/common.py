@@ -440,3 +440,70 @@ class BagTiming(Timing):
     """
 
     repeat = (2, 50, 0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training (bench_training): sparse gradients and optimizer steps
+
+OPTIMIZERS = {"sgd": "SGD", "adagrad": "Adagrad", "rowwise_adagrad": "RowwiseAdagrad",
+              "sparse_adam": "SparseAdam"}
+"""Benchmark op name -> class of kernels.optim (constructed with lr only: their defaults)."""
+TRAINING_LR = 0.01
+
+
+def make_optimizer(op, W, kernel="cython_gather"):
+    """kernels.optim.<OPTIMIZERS[op]>(W, TRAINING_LR, kernel=kernel)."""
+    import kernels.optim
+
+    return getattr(kernels.optim, OPTIMIZERS[op])(W, TRAINING_LR, kernel=kernel)
+
+
+def optimizer_state_tables(op, dim):
+    """How many (V, D) tables the optimizer's state holds (0 for SGD, 1 for Adagrad, 2 for
+    SparseAdam; RowwiseAdagrad's (V,) accumulator counts as 1/D), read from a (1, dim) instance
+    so the fact stays in kernels.optim."""
+    W = np.zeros((1, dim), DTYPE)
+    state = make_optimizer(op, W, kernel="numpy_take").state
+    return sum(a.size for a in state.values() if isinstance(a, np.ndarray)) / W.size
+
+
+def estimated_training_bytes(op, vocab_size, dim, n=N_IDS, itemsize=DTYPE.itemsize):
+    """Peak bytes of one SparseTraining process: G and ids; the coalesced gradient (rows and
+    values, at most n rows) and the step's temporaries (~4 n-row arrays); for the optimizers the
+    table and their state, all paged in (huge pages: uniform ids touch every page); for
+    dense_grad the preallocated dW and the float64 reference of the check."""
+    rows = n * dim * itemsize
+    total = 4 * rows + 4 * n * IDS_DTYPE.itemsize
+    table_bytes = vocab_size * dim * itemsize
+    if op == "dense_grad":
+        total += table_bytes + vocab_size * dim * 8
+    elif op in OPTIMIZERS:
+        total += table_bytes * (1 + optimizer_state_tables(op, dim))
+    return int(total)
+
+
+def require_training_budget(op, vocab_size, dim, n=N_IDS):
+    """Raise NotImplementedError (asv: n/a) if the training case is beyond the budget:
+    the dense gradient at vocab_size > 1e6 (it is the scale reference, not a subject), or more
+    than MAX_PROCESS_BYTES."""
+    if op == "dense_grad" and vocab_size > 1_000_000:
+        raise NotImplementedError("dense_grad: the scale reference is measured up to V = 1e6")
+    need = estimated_training_bytes(op, vocab_size, dim, n)
+    if need > MAX_PROCESS_BYTES:
+        raise NotImplementedError(
+            f"{op}: needs ~{need / 2**30:.1f} GiB > {MAX_PROCESS_BYTES / 2**30:.0f} GiB budget"
+        )
+
+
+def training_table(vocab_size, dim):
+    """A writeable copy of make_weights(vocab_size, dim), cached: the optimizers update it in
+    place (one process, one op, so one table)."""
+    return cached(("training_table", vocab_size, dim), lambda: make_weights(vocab_size, dim))
+
+
+def training_grad_data(vocab_size, dim, n=N_IDS):
+    """(G (n, D), ids (n,)), cached: the uniform batch of every SparseTraining op."""
+    return cached(
+        ("training_grad", vocab_size, dim, n),
+        lambda: (make_grad(dim, shape=(n,)), uniform_ids(vocab_size, shape=(n,))),
+    )

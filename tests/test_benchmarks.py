@@ -26,6 +26,7 @@ from benchmarks import (  # noqa: E402  (the suite lives beside the package, not
     bench_onehot,
     bench_peers,
     bench_threads,
+    bench_training,
     common,
 )
 
@@ -42,6 +43,8 @@ SUBSET = [
     r"Peers\.time_lookup\('index_select_out', \(10000, 64\)\)",
     r"Bags\.time_bag\('(onehot_dense|numpy_take|cython_gather)', 1000, 16, 8\)",
     r"BagPeers\.time_bag\('torch_embedding_bag', 1000, 16, 8\)",
+    r"SparseTraining\.time_op\('(sparse_grad|adagrad)', 10000, 16\)",
+    r"SparseTraining\.time_op\('dense_grad', 10000000, 16\)",
 ]
 
 
@@ -81,7 +84,7 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
     for name in ("Lookup.time_lookup", "Lookup.peakmem_lookup", "Lookup.track_bandwidth",
                  "LookupGrad.time_lookup_grad", "Roofline.time_copy", "Distribution.time_lookup",
                  "OneHotMatmul.time_matmul", "Threads.time_lookup", "Peers.time_lookup",
-                 "Bags.time_bag", "BagPeers.time_bag"):
+                 "Bags.time_bag", "BagPeers.time_bag", "SparseTraining.time_op"):
         assert name in output, f"{name} did not run:\n{output}"
 
 
@@ -108,6 +111,9 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
         (bench_bags.BagModes, ["time_bag"], ["kernel", "mode", "weighted"]),
         (bench_bags.BagGrad, ["time_bag_grad"], ["kernel", "vocab_size", "dim", "bag_length"]),
         (bench_peers.BagPeers, ["time_bag"], ["method", "vocab_size", "dim", "bag_length"]),
+        (bench_training.SparseTraining, ["time_op"], ["op", "vocab_size", "dim"]),
+        (bench_training.SparseTrainingMemory, ["peakmem_step", "track_step_bytes"],
+         ["n", "dim"]),
     ],
 )
 def test_benchmark_classes_keep_their_names(cls, methods, param_names):
@@ -544,4 +550,84 @@ def test_bag_peers_match_the_reference_where_importable(method, bag_length):
     W, ids, offsets, _ = common.bag_data(1_000, 16, bag_length)
     common.assert_bag(bench.call().numpy(), W, ids, offsets)
     bench.time_bag(method, 1_000, 16, bag_length)
+    common.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (bench_training): every op sets up, checks and runs in-process at small points
+
+
+@pytest.mark.parametrize("op", bench_training.SparseTraining.params[0])
+@pytest.mark.parametrize("vocab_size, dim", [(100_000, 8), (1_000, 16)])
+def test_every_training_op_sets_up_checks_and_runs(op, vocab_size, dim):
+    """Small points (V = 1,000: every row is hit; 1e5: most are not), n = 16,384 as the class."""
+    common.clear_cache()
+    bench = bench_training.SparseTraining()
+    bench.setup(op, vocab_size, dim)  # runs the check (the optimizers' first step)
+    bench.time_op(op, vocab_size, dim)
+    if op in common.OPTIMIZERS:
+        W = common.training_table(vocab_size, dim)
+        assert bench.opt.weights is W and np.isfinite(W).all()
+        hit = np.zeros(vocab_size, bool)
+        hit[bench.ids] = True
+        untouched = common.make_weights(vocab_size, dim)[~hit]
+        np.testing.assert_array_equal(W[~hit].view(np.uint32), untouched.view(np.uint32))
+    elif op == "dense_grad":
+        common.assert_grad(bench.dW, bench.G, bench.ids, vocab_size)
+    common.clear_cache()
+
+
+def test_the_training_check_rejects_a_wrong_sparse_gradient(monkeypatch):
+    G, ids = common.make_grad(4, shape=(64,)), common.uniform_ids(50, shape=(64,))
+    bench_training._check_sparse_grad(G, ids, 50)
+    real = kernels.lookup_grad
+
+    def drops_the_last_row(*args, **kwargs):
+        sg = real(*args, **kwargs)
+        sg.values[-1] = 0
+        return sg
+
+    monkeypatch.setattr(kernels, "lookup_grad", drops_the_last_row)
+    with pytest.raises(AssertionError):
+        bench_training._check_sparse_grad(G, ids, 50)
+
+
+def test_the_training_grid_is_na_only_where_the_budget_says_so():
+    """dense_grad beyond V = 1e6 (the scale reference), sparse_adam at V = 1e7, D = 64 (three
+    2.5 GB tables); everything else runs. n/a is raised before any data is built."""
+    ops, vocabs, dims = bench_training.SparseTraining.params
+    na = set()
+    for op in ops:
+        for V in vocabs:
+            for D in dims:
+                common.clear_cache()
+                try:
+                    common.require_training_budget(op, V, D)
+                except NotImplementedError:
+                    na.add((op, V, D))
+                    with pytest.raises(NotImplementedError):
+                        bench_training.SparseTraining().setup(op, V, D)
+                    assert not common._CACHE
+    assert na == {("dense_grad", 10_000_000, 16), ("dense_grad", 10_000_000, 64),
+                  ("sparse_adam", 10_000_000, 64)}
+
+
+def test_the_optimizers_state_is_counted_in_tables_from_kernels_optim():
+    assert common.optimizer_state_tables("sgd", 16) == 0
+    assert common.optimizer_state_tables("adagrad", 16) == 1
+    assert common.optimizer_state_tables("rowwise_adagrad", 16) == 1 / 16
+    assert common.optimizer_state_tables("sparse_adam", 16) == 2
+
+
+def test_the_step_memory_benchmark_runs_and_its_step_allocates_with_n_not_v():
+    common.clear_cache()
+    bench = bench_training.SparseTrainingMemory()
+    sizes = {}
+    for n in (1_024, 16_384):
+        bench.setup(n, 16)
+        bench.peakmem_step(n, 16)
+        sizes[n] = bench.track_step_bytes(n, 16)
+    V, D = bench.vocab_size, 16
+    assert sizes[16_384] < V * D * 4 / 10  # far below a dense gradient of the table
+    assert sizes[1_024] < sizes[16_384]
     common.clear_cache()

@@ -1,0 +1,143 @@
+"""Training a table: the sparse backward (kernels.SparseGrad) and the optimizer steps of
+kernels.optim, against the dense backward for scale.
+
+Exercises kernels/_sparse.py (lookup_grad(..., sparse=True)) and kernels/optim.py. The peers
+(torch's nn.Embedding(sparse=True) with its optimizers, FBGEMM's CPU TBE) are timed by
+`python -m tools.train_step`, not here: the asv environment has neither installed.
+"""
+import numpy as np
+
+import kernels
+from kernels._ops import LOOKUP_GRAD
+
+from . import common
+
+KERNEL = "cython_gather"
+"""The kernel of every op here (the sparse gradient's scatter-add and the optimizers' kernel=)."""
+
+
+class TrainingTiming(common.Timing):
+    """common.Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)): the 36
+    SparseTraining sets (3 n/a) and 6 SparseTrainingMemory sets, 3 rounds each, measured 64 s of
+    benchmarks (76 s with asv's build) at bff28ce on a quiet machine, 118 s on a busy one. A step
+    takes 0.3-15 ms, so 0.2 s still holds 10+ samples. D = 256 is left out for that budget."""
+
+    repeat = (2, 50, 0.2)
+
+
+class SparseTraining(TrainingTiming):
+    """One training op on n = 16,384 uniform ids (1-D), G (n, D) float32 in [-1, 1):
+
+    - sparse_grad: kernels.lookup_grad(G, ids, V, sparse=True, kernel="cython_gather"), the
+      coalesced SparseGrad (rows, values): its cost should not grow with V;
+    - dense_grad: the dense lookup_grad into a preallocated (V, D) dW (zeroes all of it): the
+      scale reference, n/a beyond V = 1e6;
+    - sgd, adagrad, rowwise_adagrad, sparse_adam: one opt.step(ids, G) of kernels.optim's
+      optimizer (lr = 0.01, its default hyperparameters, kernel="cython_gather") bound to a
+      (V, D) float32 table: coalesce, then update the touched rows of the table and the state in
+      place. The same batch every call; the state persists across calls (steps accumulate, as in
+      training).
+
+    Checked once per process: sparse_grad's values against LOOKUP_GRAD's float64 reference of
+    the batch renumbered onto its rows (rows must be np.unique(ids)), dense_grad as LookupGrad
+    checks it; the optimizers' first step (which also compiles) must leave the rows no id
+    touches bitwise unchanged. sparse_grad allocates its values (nnz x D) every call: where
+    glibc serves them from fresh mmap'd pages it measured 3.8 ms (D = 16) and 15 ms (D = 64) at
+    V >= 1e6 against 0.8 and 1.2 ms from reused heap memory (see tools/train_step.py). n/a where the table, its state and the step need more than
+    common.MAX_PROCESS_BYTES (sparse_adam at V = 1e7, D = 64: three 2.5 GB tables).
+    """
+
+    params = [["sparse_grad", "dense_grad", *common.OPTIMIZERS],
+              [10_000, 1_000_000, 10_000_000], [16, 64]]
+    param_names = ["op", "vocab_size", "dim"]
+
+    def setup(self, op, vocab_size, dim):
+        common.require_training_budget(op, vocab_size, dim)
+        self.G, self.ids = common.training_grad_data(vocab_size, dim)
+        if op == "sparse_grad":
+            common.check_once(("training", op, vocab_size, dim),
+                              lambda: _check_sparse_grad(self.G, self.ids, vocab_size))
+            self._call = lambda: kernels.lookup_grad(self.G, self.ids, vocab_size, sparse=True,
+                                                     kernel=KERNEL)
+        elif op == "dense_grad":
+            self.dW = common.cached(("training_dW", vocab_size, dim),
+                                    lambda: np.empty((vocab_size, dim), common.DTYPE))
+            common.check_once(
+                ("training", op, vocab_size, dim),
+                lambda: common.check_lookup_grad(KERNEL, self.G, self.ids, vocab_size, self.dW),
+            )
+            self._call = lambda: kernels.lookup_grad(self.G, self.ids, vocab_size, kernel=KERNEL,
+                                                     out=self.dW)
+        else:
+            W = common.training_table(vocab_size, dim)
+            self.opt = common.cached(("training_opt", op, vocab_size, dim),
+                                     lambda: common.make_optimizer(op, W, KERNEL))
+            common.check_once(("training", op, vocab_size, dim),
+                              lambda: _check_first_step(self.opt, self.G, self.ids))
+            self._call = lambda: self.opt.step(self.ids, self.G)
+
+    def time_op(self, op, vocab_size, dim):
+        self._call()
+
+
+class SparseTrainingMemory(TrainingTiming):
+    """peakmem of Adagrad training a (1e6, D) float32 table on n uniform ids: peak RSS of the
+    whole process, which includes the table (V*D*4 bytes: 64 MB at D = 16, 256 MB at D = 64)
+    and Adagrad's state["sum"] (the same size; paged in whole in setup, as after a long run).
+    Above that fixed V*D part, what grows between n = 1,024 and 131,072 is the step's own
+    memory, ~n*D (the batch, the coalesced gradient, the step's temporaries): a dense gradient
+    would add another V*D*4 bytes. track_step_bytes is that part alone: the peak of NumPy's
+    allocations during one step (tracemalloc), in bytes.
+    """
+
+    vocab_size = 1_000_000
+    params = [[1_024, 16_384, 131_072], [16, 64]]
+    param_names = ["n", "dim"]
+
+    def setup(self, n, dim):
+        common.require_training_budget("adagrad", self.vocab_size, dim, n)
+        self.G, self.ids = common.training_grad_data(self.vocab_size, dim, n)
+        W = common.training_table(self.vocab_size, dim)
+
+        def make():
+            opt = common.make_optimizer("adagrad", W, KERNEL)
+            opt.state["sum"].fill(0.0)  # commit every page of the state, as after a long run
+            opt.step(self.ids, self.G)  # compile, warm the pages of the step
+            return opt
+
+        self.opt = common.cached(("training_memory_opt", n, dim), make)
+
+    def peakmem_step(self, n, dim):
+        self.opt.step(self.ids, self.G)
+
+    def track_step_bytes(self, n, dim):
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            self.opt.step(self.ids, self.G)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    track_step_bytes.unit = "bytes"
+
+
+def _check_sparse_grad(G, ids, vocab_size):
+    sg = kernels.lookup_grad(G, ids, vocab_size, sparse=True, kernel=KERNEL)
+    rows, slot = np.unique(ids, return_inverse=True)
+    np.testing.assert_array_equal(sg.rows, rows)
+    LOOKUP_GRAD.assert_matches(sg.values, G, slot.reshape(ids.shape), rows.shape[0],
+                               f"{KERNEL} (sparse, renumbered onto its rows)")
+
+
+def _check_first_step(opt, G, ids):
+    W = opt.weights
+    untouched = np.ones(W.shape[0], bool)
+    untouched[ids] = False
+    some = np.flatnonzero(untouched)[:1000]  # rows no id touches (none at small V)
+    before = W[some]  # a copy of 1,000 rows, never of the table (1e7 rows: 2.5 GB)
+    opt.step(ids, G)
+    np.testing.assert_array_equal(W[some].view(np.uint32), before.view(np.uint32))
+    if not np.isfinite(W[ids]).all():
+        raise AssertionError(f"{type(opt).__name__}: non-finite weights after one step")
