@@ -80,25 +80,38 @@ def max_positions(W, ids, offsets, pad):
     return result
 
 
-def bag_max(W, ids, offsets, pad, out):
-    """out[b] = torch's max of bag b (see max_positions); zeros for bags with no row."""
-    pos = max_positions(W, ids, offsets, pad)
+def max_values(W, ids, pos):
+    """(B, D): W[ids[pos[b, k]], k], zeros where pos is -1 (a bag with no row)."""
     empty = pos < 0
     vals = W[ids[np.where(empty, 0, pos)], np.arange(W.shape[1])] if ids.shape[0] else 0
-    out[...] = np.where(empty, 0, vals)
+    return np.where(empty, 0, vals).astype(W.dtype, copy=False)
+
+
+def bag_max(W, ids, offsets, pad, out):
+    """out[b] = torch's max of bag b (see max_positions); zeros for bags with no row."""
+    out[...] = max_values(W, ids, max_positions(W, ids, offsets, pad))
+
+
+def max_routes(W, ids, offsets, pad):
+    """(rows, cols, bags): where the max backward sends grad_out[bags[i], cols[i]]: to
+    dW[rows[i], cols[i]], rows being the arg-max rows (see max_positions), in bag order."""
+    pos = max_positions(W, ids, offsets, pad)
+    b, k = np.nonzero(pos >= 0)
+    return ids[pos[b, k]], k, b
 
 
 def reference(W, ids, offsets, mode, psw, pad):
     """(ref, tol, zero): the float64 result of each bag, the bound a kernel's result must lie
-    within (|got - ref| <= tol), and which bags must be exactly +0.0 (no id, or divisor 0). For max, ref is the exact torch result and tol 0.
+    within (|got - ref| <= tol), and which bags must be exactly +0.0 (no id, or divisor 0).
+    For max, ref is the exact torch result and tol 0.
     Sums: (k + 3) * eps * sum|w e| / d for k non-padding ids and divisor d, plus the divisor's own
     float64 rounding; bags with no id, or divisor 0, are exactly zero."""
     W = np.asarray(W)
     B, D = offsets.shape[0] - 1, W.shape[1]
     if mode == "max":
-        ref = np.empty((B, D), W.dtype)
-        bag_max(W, ids, offsets, pad, ref)
-        return ref.astype(np.float64), np.zeros((B, D)), (max_positions(W, ids, offsets, pad) < 0)[:, 0] if D else np.zeros(B, bool)
+        pos = max_positions(W, ids, offsets, pad)
+        zero = (pos < 0)[:, 0] if D else np.zeros(B, bool)
+        return max_values(W, ids, pos).astype(np.float64), np.zeros((B, D)), zero
     count, d = divisors(ids, offsets, mode, psw, pad)
     keep = kept(ids, pad)
     bag = bag_of_ids(offsets)
@@ -155,9 +168,8 @@ def expanded_rows(G, ids, offsets, mode, psw, pad):
 def max_grad(G, W, ids, offsets, pad, dW):
     """dW[ids[p], k] += G[b, k] for the arg-max position p of each bag b and column k (torch's
     routing: the first on ties), added in bag order; dW is zeroed first by the caller."""
-    pos = max_positions(W, ids, offsets, pad)
-    b, k = np.nonzero(pos >= 0)
-    np.add.at(dW, (ids[pos[b, k]], k), G[b, k])
+    rows, k, b = max_routes(W, ids, offsets, pad)
+    np.add.at(dW, (rows, k), G[b, k])
 
 
 def psw_grad(G, W, ids, offsets, mode, psw, pad):

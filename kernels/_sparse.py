@@ -198,9 +198,8 @@ def lookup_bag_grad(kernel, grad_out, ids, offsets, vocab_size, mode, per_sample
     kernel._bag_function(LOOKUP_BAG_GRAD, fmt, mode)  # the dense path's NotImplementedError
     D = G.shape[1]
     if mode == "max":
-        pos = bm.max_positions(W, flat, off, pad)
-        b, k = np.nonzero(pos >= 0)
-        rows, slot = unique_rows(flat[pos[b, k]], V)
+        hit, k, b = bm.max_routes(W, flat, off, pad)
+        rows, slot = unique_rows(hit, V)
         values = np.zeros((rows.shape[0], D), G.dtype)
         np.add.at(values, (slot, k), G[b, k])  # bag order, as _bag_math.max_grad
         sg = SparseGrad._trusted(rows, values, V)
