@@ -22,6 +22,19 @@ def kept(ids, pad):
     return np.ones(ids.shape[0], bool) if pad < 0 else ids != pad
 
 
+def without_padding(ids, offsets, pad, per_id=None):
+    """(ids, offsets, per_id) with the padding ids left out: the bounds renumbered so each bag
+    keeps its non-padding ids, per_id (an array with one value per id, or None) filtered alike.
+    The arrays themselves when there is nothing to leave out."""
+    if pad < 0:
+        return ids, offsets, per_id
+    keep = ids != pad
+    if keep.all():
+        return ids, offsets, per_id
+    offsets = np.concatenate(([0], np.cumsum(keep)))[offsets]
+    return ids[keep], offsets, None if per_id is None else per_id[keep]
+
+
 def segment_sum(x, offsets):
     """Per bag, the sum of x over the bag's range (np.add.reduceat over the non-empty bags;
     0 for empty ones, whose reduceat value would be an element of another bag)."""

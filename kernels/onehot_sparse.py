@@ -80,11 +80,8 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
     c is the per-id factor (w or 1, divided by the mode's divisor); padding ids left out."""
     V = W.shape[0]
     ids = private_ids(ids, V)
-    c = bm.coefficients(ids, offsets, mode, psw, pad)
-    if pad >= 0:
-        keep = ids != pad
-        offsets = np.concatenate(([0], np.cumsum(keep)))[offsets]
-        ids, c = ids[keep], c[keep]
+    ids, offsets, c = bm.without_padding(ids, offsets, pad,
+                                         bm.coefficients(ids, offsets, mode, psw, pad))
     if W.flags.c_contiguous:
         out[...] = multihot(ids, offsets, c, V, W.dtype) @ W
         return
