@@ -38,7 +38,7 @@ def _point_order(item):
 def benchmark_params(op) -> list:
     """The parameters of an operation's benchmark, in the contract's order: kernel, vocab_size,
     dim, then the operation's extra_param (bag_length for bags) if it has one."""
-    extra = F.extra_param(op)
+    extra = op.extra_param
     return ["kernel", "vocab_size", "dim"] + ([extra] if extra else [])
 
 
@@ -73,7 +73,7 @@ def build_table(run: results.Run) -> dict:
     ops = {}
     for name, op in OPERATIONS.items():
         grid = _op_points(run, op)
-        extra = F.extra_param(op)
+        extra = op.extra_param
         n = BENCHMARK_N_IDS.get(name, F.DEFAULT_N_IDS)
         rows = []
         for point, times in sorted(grid.items(), key=_point_order):
@@ -135,7 +135,7 @@ def write_table(table: dict, path: str, source: str) -> None:
 
 def winners(table: dict, op_name: str) -> dict:
     """{(V, D): fastest kernel} of one operation's rows; {(V, D, bag_length): ...} for bags."""
-    extra = F.extra_param(OPERATIONS[op_name])
+    extra = OPERATIONS[op_name].extra_param
     return {(r["vocab_size"], r["dim"]) + ((r.get(extra, F.DEFAULT_BAG_LENGTH),) if extra else ()):
             min(r["times"], key=r["times"].get)
             for r in table["ops"].get(op_name, [])}
@@ -150,7 +150,7 @@ def format_table(table: dict) -> str:
         rows = table["ops"].get(name) or []
         if not rows:
             continue
-        extra = F.extra_param(op)
+        extra = op.extra_param
         if extra:
             rows = sorted(rows, key=lambda r: (r.get(extra, F.DEFAULT_BAG_LENGTH),
                                                r["vocab_size"], r["dim"]))

@@ -27,6 +27,9 @@ class Operation:
     title: str
     benchmark: str
     """The asv benchmark (module.Class.method) whose times decide kernel="auto" for it."""
+    extra_param: str | None = None
+    """The benchmark's parameter after (kernel, vocab_size, dim) that decision rows also key on
+    ("bag_length" for bags), or None."""
 
     def moved_bytes(self, n_ids: int, vocab_size: int, dim: int, itemsize: int = 4) -> int:
         raise NotImplementedError
@@ -231,7 +234,6 @@ class LookupBag(Operation):
     title = "Bags: pooled W[ids] per bag (EmbeddingBag)"
     benchmark = "bench_bags.Bags.time_bag"
     extra_param = "bag_length"
-    """The benchmark's parameter after (kernel, vocab_size, dim) that decision rows also key on."""
     benchmark_n_ids = 32_768
     """The ids of one call of the bag benchmarks (all bags together: B = n / bag_length), read by
     benchmarks/common.py and the decision table alike. Half the roofline script's 65,536: a bag

@@ -92,12 +92,6 @@ def _size(x, name):
     return int(x)
 
 
-def extra_param(op: Operation) -> str | None:
-    """The benchmark parameter after (kernel, vocab_size, dim) that an operation's rows also
-    key on ("bag_length" for bags), or None."""
-    return getattr(op, "extra_param", None)
-
-
 def _clean_row(row, op: Operation):
     """A validated copy of one table row, keeping only registered kernels that implement the
     operation for the row's format; ValueError saying why a row cannot be used."""
@@ -118,7 +112,7 @@ def _clean_row(row, op: Operation):
              "dim": _size(row.get("dim"), "dim"),
              "n_ids": _size(row.get("n_ids", DEFAULT_N_IDS), "n_ids"),
              "dtype": fmt.name, "times": kept}
-    extra = extra_param(op)
+    extra = op.extra_param
     if extra is not None:
         clean[extra] = _size(row.get(extra, DEFAULT_BAG_LENGTH), extra)
     return clean
@@ -266,7 +260,7 @@ def decide(table, vocab_size, dim, n_ids=DEFAULT_N_IDS, fmt=FLOAT32, op=LOOKUP, 
     from kernels._registry import KERNELS
 
     op, fmt = operation_named(op), format_named(fmt)
-    bag = extra_param(op) is not None
+    bag = op.extra_param is not None
     if bag:
         mode = DEFAULT_MODE if mode is None else mode
         bag_length = DEFAULT_BAG_LENGTH if bag_length is None else bag_length
@@ -338,11 +332,11 @@ def _resolve(vocab_size, dim, n_ids, dtype, op, backward, bag_length, mode):
     n = _int_size(n_ids, "n_ids")
     key = (op.name, _int_size(vocab_size, "vocab_size"), _int_size(dim, "dim"),
            n.bit_length(), fmt.name)
-    if extra_param(op) is None:
+    if op.extra_param is None:
         if bag_length is not None or mode is not None:
             given = [f"{k}=" for k, v in (("bag_length", bag_length), ("mode", mode))
                      if v is not None]
-            bags = ", ".join(o.name for o in OPERATIONS.values() if extra_param(o) is not None)
+            bags = ", ".join(o.name for o in OPERATIONS.values() if o.extra_param is not None)
             raise TypeError(f"{' and '.join(given)} {'are' if len(given) > 1 else 'is'} for the "
                             f"bag operations ({bags}), not op={op.name!r}")
         return key

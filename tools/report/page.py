@@ -9,7 +9,6 @@ import datetime
 import html
 
 import kernels
-from kernels.decisions import extra_param
 
 from .grid import REFERENCE_KERNEL, Grid
 
@@ -155,7 +154,7 @@ def _unmeasured_notice(ops) -> str:
     items = "".join(
         f"<li data-op=\"{_e(op.name)}\">{_e(op.title)} (<code>{_e(op.name)}</code>, benchmark "
         f"<code>{_e(op.benchmark)}</code>)</li>" for op in ops)
-    bags = [op for op in ops if extra_param(op)]
+    bags = [op for op in ops if op.extra_param]
     what = "Bags were not measured" if bags and len(bags) == len(ops) else "Not measured"
     return (f"<div class=\"notice\" id=\"not-measured\"><strong>{what} in this run.</strong> "
             f"The results file holds no measured time of:<ul>{items}</ul>(a run from before "
