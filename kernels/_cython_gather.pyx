@@ -579,10 +579,6 @@ cdef extern from *:
             memcpy(out + b * (DIM), sum, (DIM) * sizeof(T)); \
         }
 
-    static inline void ek_bag_prefetch(const char* p, Py_ssize_t nbytes) {
-        Py_ssize_t off;
-        for (off = 0; off < nbytes; off += 64) __builtin_prefetch(p + off, 0, 3);
-    }
 
     #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD) \\
     EK_CLONES static Py_ssize_t NAME( \\
@@ -608,7 +604,7 @@ cdef extern from *:
             for (k = 0; k < D; k++) row[k] = (T)0; \\
             for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
                 if (prefetch && i + prefetch < n) \\
-                    ek_bag_prefetch(W + (Py_ssize_t)ids[i + prefetch] * rs, D * sizeof(T)); \\
+                    ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, D * sizeof(T)); \\
                 j = LOAD(&ids[i]); \\
                 if (j == pad) continue; \\
                 if ((size_t)j >= (size_t)V) { bad++; continue; } \\

@@ -155,6 +155,8 @@ def private_ids(ids, vocab_size):
 
 BAG_MODES = ("sum", "mean", "max", "sqrtn")
 """The reductions a bag supports (kernels.lookup_bag's `mode`)."""
+MODE_CODES = {mode: code for code, mode in enumerate(BAG_MODES)}
+"""The bag modes as the compiled loops number them: sum 0, mean 1, max 2, sqrtn 3."""
 
 
 def check_mode(mode):

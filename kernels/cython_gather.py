@@ -15,7 +15,7 @@ starts no OpenMP region; in a forked child where OpenMP is unsafe every call run
 import numpy as np
 
 from kernels import _cython_gather as _core
-from kernels.numba_gather import MODE_CODES
+from kernels._validate import MODE_CODES
 from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel, bag_grad_by_scatter

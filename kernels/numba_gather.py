@@ -32,6 +32,7 @@ from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
+from kernels._validate import MODE_CODES
 
 # The workqueue layer aborts the process when two Python threads enter a parallel region at once.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -415,8 +416,6 @@ def _scatter_add(G, ids, dW, zeroed):
         raise ids_changed_error(dW.shape[0])
 
 
-MODE_CODES = {"sum": 0, "mean": 1, "max": 2, "sqrtn": 3}
-"""The bag modes as the compiled loops number them (cython_gather uses the same codes)."""
 
 
 @njit(cache=True, nogil=True, inline="always")
