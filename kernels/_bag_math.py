@@ -152,15 +152,15 @@ def reference(W, ids, offsets, mode, psw, pad):
     return ref, np.where(ok[:, None], tol, 0.0), ~ok
 
 
-def coefficients(ids, offsets, mode, psw, pad):
+def coefficients(ids, offsets, mode, psw, pad, keep=None, bag=None):
     """Per id, the float64 factor its bag's output gradient is scaled by in dW (d out / d row):
-    w (or 1) for sum, w / d for mean and sqrtn, 0 for padding and where the divisor is 0."""
-    count, d = divisors(ids, offsets, mode, psw, pad)
-    keep = kept(ids, pad)
-    bag = bag_of_ids(offsets)
+    w (or 1) for sum, w / d for mean and sqrtn, 0 for padding and where the divisor is 0.
+    keep and bag (kept(ids, pad), bag_of_ids(offsets)) are computed unless given."""
+    keep = kept(ids, pad) if keep is None else keep
     c = np.ones(ids.shape[0]) if psw is None else psw.astype(np.float64)
     if mode != "sum":
-        db = d[bag]
+        _, d = divisors(ids, offsets, mode, psw, pad)
+        db = d[bag_of_ids(offsets) if bag is None else bag]
         c = np.divide(c, db, out=np.zeros_like(c), where=db != 0)
     c[~keep] = 0.0
     return c
@@ -170,10 +170,10 @@ def expanded_rows(G, ids, offsets, mode, psw, pad):
     """(E, ids_kept): the gradient rows a scatter-add of the bag backward adds, E[k] = c * G[bag]
     rounded to G's dtype, for the non-padding ids in order (c from `coefficients`)."""
     keep = kept(ids, pad)
-    bag = bag_of_ids(offsets)[keep]
-    c = coefficients(ids, offsets, mode, psw, pad)[keep]
-    E = G[bag]
+    bag = bag_of_ids(offsets)
+    E = G[bag[keep]]
     if mode != "sum" or psw is not None:
+        c = coefficients(ids, offsets, mode, psw, pad, keep, bag)[keep]
         E = (E * c[:, None]).astype(G.dtype, copy=False)
     return E, np.ascontiguousarray(ids[keep])
 
