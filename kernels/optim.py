@@ -10,11 +10,14 @@ Each optimizer is bound to one table at construction: a C-contiguous, writeable,
 float64 `numpy.ndarray` (TypeError / ValueError otherwise). Its state lives in `opt.state` (a
 dict of NumPy arrays of the table's dtype, plus an int "step" where the formula needs one).
 
-A step computes the coalesced gradient of the batch, a `kernels.SparseGrad` (`rows`: the sorted
-unique ids that occur, `values[i]`: the sum of every gradient row of id rows[i], summed by the
-chosen kernel's own rule: float64 rounded once for float32 tables in numba_gather,
-cython_gather and onehot_sparse; see kernels/_sparse.py), then updates only those rows of the
-table and of the state. Rows no id touches keep
+A step computes the coalesced gradient of the batch (`rows`: the sorted unique ids that occur,
+`values[i]`: the sum of every gradient row of id rows[i], in id order: float64 rounded once for
+float32 tables), then updates only those rows of the table and of the state. With kernel "auto"
+(the default), numba_gather or cython_gather both happen in one compiled pass
+(kernels/_optim_numba.py `fused_step`): a radix sort of the ids, then each row's gradient summed
+in registers and applied at once, with no (rows, D) gradient array; the same bits as
+`step_sparse` of their `kernels.SparseGrad`. Other kernels compute the `SparseGrad` by their
+own rule (kernels/_sparse.py) and then update. Rows no id touches keep
 their bits. Nothing proportional to the vocabulary is allocated per step. Every check (ids out
 of range, a grad of the wrong shape or dtype, a SparseGrad of another table) runs before any row
 of the table or the state is written: an error changes nothing.
@@ -85,6 +88,9 @@ from kernels._optim_numba import ADAGRAD as _ADAGRAD
 from kernels._optim_numba import ROWWISE_ADAGRAD as _ROWWISE_ADAGRAD
 from kernels._optim_numba import SGD as _SGD
 from kernels._optim_numba import SPARSE_ADAM as _SPARSE_ADAM
+from kernels import _bag_math
+from kernels._ops import LOOKUP_BAG_GRAD, LOOKUP_GRAD
+from kernels._optim_numba import fused_step as _fused_step
 from kernels._optim_numba import update as _apply_rows
 from kernels._validate import float_array
 
@@ -239,8 +245,12 @@ class _Optimizer:
             if G.shape != tuple(ids_shape) + (D,):
                 raise ValueError(f"grad must have shape ids.shape + (dim,) = {tuple(ids_shape)} "
                                  f"+ ({D},), got {G.shape}")
-            sg = kernels.lookup_grad(G, ids, V, sparse=True, kernel=self.kernel)
-            self._update(sg.rows, sg.values)
+            if self._fused:
+                _, G2, _, _, flat, _ = LOOKUP_GRAD.check(G, ids, V)
+                self._apply(G=G2, ids=flat)
+            else:
+                sg = kernels.lookup_grad(G, ids, V, sparse=True, kernel=self.kernel)
+                self._apply(sg.rows, sg.values)
         finally:
             self._release()
 
@@ -257,13 +267,21 @@ class _Optimizer:
                 raise ValueError(f"grad_out must have shape (number of bags, dim) = (B, {D}), "
                                  f"got {G.shape}")
             need_w = mode == "max" or per_sample_weights is not None
+            W = self.weights if need_w else None
+            if self._fused and mode != "max":
+                G, _, _, flat, off, mode, psw, pad, _, _ = LOOKUP_BAG_GRAD.check(
+                    G, ids, offsets, V, mode, per_sample_weights, padding_idx,
+                    include_last_offset, W)
+                E, ids_kept = _bag_math.expanded_rows(G, flat, off, mode, psw, pad)
+                self._apply(G=E, ids=ids_kept)
+                return
             sg = kernels.lookup_bag_grad(
                 G, ids, offsets, V, mode=mode, per_sample_weights=per_sample_weights,
                 padding_idx=padding_idx, include_last_offset=include_last_offset,
-                weights=self.weights if need_w else None, sparse=True, kernel=self.kernel)
+                weights=W, sparse=True, kernel=self.kernel)
             if isinstance(sg, tuple):  # (the table's gradient, that of per_sample_weights)
                 sg = sg[0]
-            self._update(sg.rows, sg.values)
+            self._apply(sg.rows, sg.values)
         finally:
             self._release()
 
@@ -272,7 +290,7 @@ class _Optimizer:
         self._claim()
         try:
             rows, values = self._check_sparse(sparse_grad)
-            self._update(rows, values)
+            self._apply(rows, values)
         finally:
             self._release()
 
@@ -304,8 +322,27 @@ class _Optimizer:
             raise ValueError(f"sparse_grad.rows must be sorted, unique and in [0, {V})")
         return rows, values
 
-    def _update(self, rows, values):
+    @property
+    def _fused(self) -> bool:
+        """Whether step and step_bag run the fused compiled pass (kernel "auto", numba_gather or
+        cython_gather: the same bits as their coalesced gradient, then the update)."""
+        from kernels._registry import get_kernel
+
+        return self.kernel == "auto" or get_kernel(self.kernel).compiled
+
+    def _rule(self):
+        """(optimizer code, hyperparameters, state arrays by kernels._optim_numba's names) for
+        one step; called once per step."""
         raise NotImplementedError
+
+    def _apply(self, rows=None, values=None, *, G=None, ids=None):
+        """One step's update: of the coalesced (rows, values), or fused from gradient rows G at
+        checked ids."""
+        which, hyper, state = self._rule()
+        if G is None:
+            _apply_rows(which, self.weights, rows, values, hyper, **state)
+        else:
+            _fused_step(which, self.weights, G, ids, hyper, **state)
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -373,8 +410,8 @@ class SGD(_Optimizer):
     def __init__(self, weights, lr, *, kernel="auto"):
         super().__init__(weights, lr, kernel)
 
-    def _update(self, rows, values):
-        _apply_rows(_SGD, self.weights, rows, values, (self.lr,))
+    def _rule(self):
+        return _SGD, (self.lr,), {}
 
 
 class Adagrad(_Optimizer):
@@ -399,8 +436,8 @@ class Adagrad(_Optimizer):
     def _checked_hyperparameters(h):
         return {"lr": _check_nonneg("lr", h["lr"]), "eps": _check_positive("eps", h["eps"])}
 
-    def _update(self, rows, values):
-        _apply_rows(_ADAGRAD, self.weights, rows, values, (self.lr, self.eps), A=self.state["sum"])
+    def _rule(self):
+        return _ADAGRAD, (self.lr, self.eps), {"A": self.state["sum"]}
 
 
 class RowwiseAdagrad(_Optimizer):
@@ -427,9 +464,9 @@ class RowwiseAdagrad(_Optimizer):
         return {"lr": _check_nonneg("lr", h["lr"]), "eps": _check_positive("eps", h["eps"]),
                 "weight_decay": _check_nonneg("weight_decay", h["weight_decay"])}
 
-    def _update(self, rows, values):
-        _apply_rows(_ROWWISE_ADAGRAD, self.weights, rows, values,
-                    (self.lr, self.eps, self.weight_decay, 1.0), M=self.state["momentum"])
+    def _rule(self):
+        return (_ROWWISE_ADAGRAD, (self.lr, self.eps, self.weight_decay, 1.0),
+                {"M": self.state["momentum"]})
 
 
 class SparseAdam(_Optimizer):
@@ -455,11 +492,10 @@ class SparseAdam(_Optimizer):
         return {"lr": _check_nonneg("lr", h["lr"]), "betas": _check_betas(h["betas"]),
                 "eps": _check_positive("eps", h["eps"])}
 
-    def _update(self, rows, values):
+    def _rule(self):
         self.state["step"] += 1
         step = self.state["step"]
         b1, b2 = self.betas
         step_size = self.lr * math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
-        _apply_rows(_SPARSE_ADAM, self.weights, rows, values,
-                    (-step_size, self.eps, 1.0 - b1, 1.0 - b2),
-                    A=self.state["exp_avg"], B=self.state["exp_avg_sq"])
+        return (_SPARSE_ADAM, (-step_size, self.eps, 1.0 - b1, 1.0 - b2),
+                {"A": self.state["exp_avg"], "B": self.state["exp_avg_sq"]})

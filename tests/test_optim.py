@@ -263,6 +263,36 @@ def test_step_sparse_of_the_coalesced_gradient_equals_step(name):
     assert_unchanged(a, snapshot(b))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_the_fused_step_gives_the_bits_of_the_compiled_coalesced_gradient_then_the_update(
+        name, dtype):
+    """step / step_bag with a compiled (or the auto) kernel sort the ids and update each row from
+    its summed gradient in one pass; step_sparse of cython_gather's SparseGrad is the unfused
+    form. Lookups and every bag mode but max, with weights and padding; thread counts 1 and 2."""
+    make = ALL[name]
+    rng = np.random.default_rng(32)
+    for threads in (1, kernels._threads.MAX_THREADS):
+        for kernel in ("auto", "numba_gather", "cython_gather"):
+            a, b = make(table(33, dtype), kernel=kernel), make(table(33, dtype))
+            with kernels.num_threads(threads):
+                for ids, G in batches(34, steps=4, shape=(3000,), dtype=dtype):
+                    a.step(ids, G)
+                    b.step_sparse(sparse_grad(G, ids, V, kernel="cython_gather"))
+                    offsets = np.sort(rng.integers(0, ids.shape[0], 700))
+                    offsets[0] = 0
+                    psw = rng.standard_normal(ids.shape[0]).astype(dtype)
+                    Gb = G[:700]
+                    for mode, w in (("sum", None), ("mean", psw), ("sqrtn", psw)):
+                        a.step_bag(ids, offsets, Gb, mode=mode, per_sample_weights=w,
+                                   padding_idx=3)
+                        sg = kernels.lookup_bag_grad(
+                            Gb, ids, offsets, V, mode=mode, per_sample_weights=w, padding_idx=3,
+                            weights=b.weights, sparse=True, kernel="cython_gather")
+                        b.step_sparse(sg[0] if isinstance(sg, tuple) else sg)
+            assert_unchanged(a, snapshot(b))
+
+
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_empty_batch_changes_no_row(name):
     make = ALL[name]

@@ -345,12 +345,32 @@ def test_ids_rewritten_after_the_bounds_check_give_an_error_not_a_row_out_of_ran
     np.unique's copy (a race a test cannot time): the rows are checked again."""
     from kernels._sparse import unique_rows
 
-    for bad in ([-1, 3], [3, 5], [7]):
-        with pytest.raises(RuntimeError, match="another thread changed ids"):
-            unique_rows(np.array(bad), 5)
-    rows, slot = unique_rows(np.array([4, 0, 4], np.int32), 5)
-    assert rows.dtype == slot.dtype == np.int64
-    assert rows.tolist() == [0, 4] and slot.tolist() == [1, 0, 1]
+    for compiled in (False, True):
+        for bad in ([-1, 3], [3, 5], [7], [2, 9, 1]):
+            with pytest.raises(RuntimeError, match="another thread changed ids"):
+                unique_rows(np.array(bad), 5, compiled)
+        rows, slot = unique_rows(np.array([4, 0, 4], np.int32), 5, compiled)
+        assert rows.dtype == slot.dtype == np.int64
+        assert rows.tolist() == [0, 4] and slot.tolist() == [1, 0, 1]
+
+
+@pytest.mark.parametrize("vocab_size", [1, 2, 255, 2048, 2049, 10**6, 10**7, 2**40, 2**63 - 1])
+def test_the_compiled_radix_sort_gives_np_unique_rows_and_slots(vocab_size):
+    """Every digit-pass count (0 ... 6 passes), duplicates, ids at both ends of the range."""
+    from kernels._optim_numba import sort_ids
+    from kernels._sparse import unique_rows
+
+    rng = np.random.default_rng(vocab_size % 1000)
+    ids = rng.integers(0, vocab_size, size=5000, dtype=np.int64)
+    ids[:3] = [0, vocab_size - 1, 0]
+    ids[3:200] = ids[200:397]
+    want_rows, want_slot = np.unique(ids, return_inverse=True)
+    rows, slot = unique_rows(ids, vocab_size, compiled=True)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(slot, want_slot)
+    _, starts, pos = sort_ids(ids.astype(np.int32) if vocab_size < 2**31 else ids, vocab_size)
+    np.testing.assert_array_equal(pos, np.argsort(ids, kind="stable"))
+    np.testing.assert_array_equal(np.diff(starts), np.bincount(want_slot))
 
 
 # --------------------------------------------------------------------------
