@@ -20,7 +20,7 @@ class TrainingTiming(common.Timing):
     """common.Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)): the 36
     SparseTraining sets (3 n/a) and 6 SparseTrainingMemory sets, 3 rounds each, measured 64 s of
     benchmarks (76 s with asv's build) at bff28ce on a quiet machine, 118 s on a busy one. A step
-    takes 0.3-15 ms, so 0.2 s still holds 10+ samples. D = 256 is left out for that budget."""
+    takes 0.3-15 ms, so 0.2 s still holds 10+ samples."""
 
     repeat = (2, 50, 0.2)
 
@@ -48,7 +48,7 @@ class SparseTraining(TrainingTiming):
     """
 
     params = [["sparse_grad", "dense_grad", *common.OPTIMIZERS],
-              [10_000, 1_000_000, 10_000_000], [16, 64]]
+              [10_000, 1_000_000, 10_000_000], [16, 64, 256]]
     param_names = ["op", "vocab_size", "dim"]
 
     def setup(self, op, vocab_size, dim):
@@ -75,6 +75,48 @@ class SparseTraining(TrainingTiming):
             common.check_once(("training", op, vocab_size, dim),
                               lambda: _check_first_step(self.opt, self.G, self.ids))
             self._call = lambda: self.opt.step(self.ids, self.G)
+
+    def time_op(self, op, vocab_size, dim):
+        self._call()
+
+
+class SparseTrainingBags(TrainingTiming):
+    """The same ops on bags: n = 16,384 uniform ids in 2,048 bags of 8 (mode "sum"), G (2048, D)
+    the gradient of the pooled output:
+
+    - sparse_grad: kernels.lookup_bag_grad(G, ids, offsets, V, sparse=True,
+      kernel="cython_gather");
+    - sgd, adagrad, rowwise_adagrad, sparse_adam: one opt.step_bag(ids, offsets, G) (the fused
+      backward + update of kernels.optim).
+
+    Checked once per process: sparse_grad against the dense bag backward's rows; the
+    optimizers' first step must leave the rows no id touches bitwise unchanged.
+    """
+
+    bag_length = 8
+    params = [["sparse_grad", *common.OPTIMIZERS], [100_000, 1_000_000], [64]]
+    param_names = ["op", "vocab_size", "dim"]
+
+    def setup(self, op, vocab_size, dim):
+        common.require_training_budget(op, vocab_size, dim)
+        ids, offsets = common.bag_ids(vocab_size, self.bag_length, common.N_IDS)
+        G = common.cached(("training_bag_grad", dim, offsets.shape[0]),
+                          lambda: common.make_grad(dim, shape=(offsets.shape[0],)))
+        self.ids, self.offsets, self.G = ids, offsets, G
+        if op == "sparse_grad":
+            common.check_once(("training_bags", op, vocab_size, dim),
+                              lambda: _check_sparse_bag_grad(G, ids, offsets, vocab_size))
+            self._call = lambda: kernels.lookup_bag_grad(G, ids, offsets, vocab_size,
+                                                         sparse=True, kernel=KERNEL)
+        else:
+            W = common.training_table(vocab_size, dim)
+            self.opt = common.cached(("training_opt", op, vocab_size, dim),
+                                     lambda: common.make_optimizer(op, W, KERNEL))
+            common.check_once(
+                ("training_bags", op, vocab_size, dim),
+                lambda: _check_first_step(self.opt, G, ids,
+                                          lambda: self.opt.step_bag(ids, offsets, G)))
+            self._call = lambda: self.opt.step_bag(ids, offsets, G)
 
     def time_op(self, op, vocab_size, dim):
         self._call()
@@ -131,13 +173,24 @@ def _check_sparse_grad(G, ids, vocab_size):
                                f"{KERNEL} (sparse, renumbered onto its rows)")
 
 
-def _check_first_step(opt, G, ids):
+def _check_sparse_bag_grad(G, ids, offsets, vocab_size):
+    sg = kernels.lookup_bag_grad(G, ids, offsets, vocab_size, sparse=True, kernel=KERNEL)
+    rows = np.unique(ids)
+    np.testing.assert_array_equal(sg.rows, rows)
+    dense = kernels.lookup_bag_grad(G, ids, offsets, vocab_size, kernel=KERNEL)
+    np.testing.assert_array_equal(sg.values.view(np.uint32), dense[rows].view(np.uint32))
+
+
+def _check_first_step(opt, G, ids, step=None):
     W = opt.weights
     untouched = np.ones(W.shape[0], bool)
     untouched[ids] = False
     some = np.flatnonzero(untouched)[:1000]  # rows no id touches (none at small V)
     before = W[some]  # a copy of 1,000 rows, never of the table (1e7 rows: 2.5 GB)
-    opt.step(ids, G)
+    if step is None:
+        opt.step(ids, G)
+    else:
+        step()
     np.testing.assert_array_equal(W[some].view(np.uint32), before.view(np.uint32))
     if not np.isfinite(W[ids]).all():
         raise AssertionError(f"{type(opt).__name__}: non-finite weights after one step")

@@ -112,6 +112,7 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
         (bench_bags.BagGrad, ["time_bag_grad"], ["kernel", "vocab_size", "dim", "bag_length"]),
         (bench_peers.BagPeers, ["time_bag"], ["method", "vocab_size", "dim", "bag_length"]),
         (bench_training.SparseTraining, ["time_op"], ["op", "vocab_size", "dim"]),
+        (bench_training.SparseTrainingBags, ["time_op"], ["op", "vocab_size", "dim"]),
         (bench_training.SparseTrainingMemory, ["peakmem_step", "track_step_bytes"],
          ["n", "dim"]),
     ],
@@ -577,6 +578,19 @@ def test_every_training_op_sets_up_checks_and_runs(op, vocab_size, dim):
     common.clear_cache()
 
 
+@pytest.mark.parametrize("op", bench_training.SparseTrainingBags.params[0])
+def test_every_training_bag_op_sets_up_checks_and_runs(op):
+    common.clear_cache()
+    bench = bench_training.SparseTrainingBags()
+    bench.setup(op, 1_000, 16)  # runs the check (the optimizers' first step)
+    bench.time_op(op, 1_000, 16)
+    if op in common.OPTIMIZERS:
+        W = common.training_table(1_000, 16)
+        assert bench.opt.weights is W and np.isfinite(W).all()
+        assert not np.array_equal(W, common.make_weights(1_000, 16))
+    common.clear_cache()
+
+
 def test_the_training_check_rejects_a_wrong_sparse_gradient(monkeypatch):
     G, ids = common.make_grad(4, shape=(64,)), common.uniform_ids(50, shape=(64,))
     bench_training._check_sparse_grad(G, ids, 50)
@@ -594,7 +608,7 @@ def test_the_training_check_rejects_a_wrong_sparse_gradient(monkeypatch):
 
 def test_the_training_grid_is_na_only_where_the_budget_says_so():
     """dense_grad beyond V = 1e6 (the scale reference), sparse_adam at V = 1e7, D = 64 (three
-    2.5 GB tables); everything else runs. n/a is raised before any data is built."""
+    2.5 GB tables), every table at V = 1e7, D = 256 (10 GB); everything else runs. n/a is raised before any data is built."""
     ops, vocabs, dims = bench_training.SparseTraining.params
     na = set()
     for op in ops:
@@ -608,8 +622,9 @@ def test_the_training_grid_is_na_only_where_the_budget_says_so():
                     with pytest.raises(NotImplementedError):
                         bench_training.SparseTraining().setup(op, V, D)
                     assert not common._CACHE
+    at_1e7_256 = {(op, 10_000_000, 256) for op in ops if op != "sparse_grad"}
     assert na == {("dense_grad", 10_000_000, 16), ("dense_grad", 10_000_000, 64),
-                  ("sparse_adam", 10_000_000, 64)}
+                  ("sparse_adam", 10_000_000, 64), *at_1e7_256}
 
 
 def test_the_optimizers_state_is_counted_in_tables_from_kernels_optim():
