@@ -30,6 +30,7 @@ from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
+from kernels._numba_lowp import CODES, decode_row, row_of
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
 from kernels._validate import MODE_CODES
@@ -103,6 +104,56 @@ def _gather_rows(W, ids, out, lo, hi, contiguous_rows, prefetch):
             for k in range(D):
                 out[i, k] = W[j, k]
     return bad
+
+
+@njit(cache=True, nogil=True)
+def _decode_rows(fmt, W, ids, out, lo, hi, prefetch):
+    """out[i] = the decoded row ids[i] of a low-precision table for i in lo..hi-1; returns how
+    many ids were outside [0, V) (each decoded row 0)."""
+    V = W.shape[0]
+    bad = 0
+    for i in range(lo, hi):
+        if prefetch and i + prefetch < hi:
+            prefetch_row(W, ids[i + prefetch])
+        j = load_id(ids, i)
+        if j < 0 or j >= V:
+            bad += 1
+            j = 0
+        decode_row(fmt, W, j, out[i])
+    return bad
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _decode_parallel(fmt, W, ids, out, prefetch, nthreads):
+    n = ids.shape[0]
+    bad = 0
+    for c in prange(nthreads):
+        bad += _decode_rows(fmt, W, ids, out, n * c // nthreads, n * (c + 1) // nthreads,
+                            prefetch)
+    return bad
+
+
+def _storage(W):
+    """A low-precision table's storage as the decoders read it: halves as uint16."""
+    return W.view(np.uint16) if W.dtype.itemsize == 2 else W
+
+
+def _decoding_gather(fmt_name):
+    """The lookup function of a low-precision format: rows decoded straight into out."""
+    fmt = CODES[fmt_name]
+
+    def gather(W, ids, out):
+        S = _storage(W)
+        nthreads = _numba_threads(threads_for(out.nbytes))
+        prefetch = prefetch_distance(S)
+        if nthreads == 1:
+            bad = _decode_rows(fmt, S, ids, out, 0, ids.shape[0], prefetch)
+        else:
+            bad = _run_parallel(_decode_parallel, fmt, S, ids, out, prefetch, nthreads)
+        if bad:
+            raise ids_changed_error(S.shape[0])
+
+    return gather
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -434,14 +485,16 @@ def _divide_into(acc, row, mode, d):
 
 
 @njit(cache=True, nogil=True)
-def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch):
+def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch):
     """Bags b0..b1-1, each summed (or maxed) in id order into its own output row, then divided
     by its divisor: float64 count, sum of weights or sqrt of the sum of squares, rounded to the
-    table's dtype. Returns how many ids were outside [0, V) (each skipped)."""
+    output's dtype. A low-precision table's rows (fmt > 0) are decoded into a scratch row first,
+    then pooled as a float32 table's. Returns how many ids were outside [0, V) (each skipped)."""
     V = W.shape[0]
-    D = W.shape[1]
+    D = out.shape[1]
     n = ids.shape[0]
-    zero = W.dtype.type(0)
+    zero = out.dtype.type(0)
+    scratch = np.empty(D, out.dtype)
     bad = 0
     for b in range(b0, b1):
         row = out[b]
@@ -458,7 +511,7 @@ def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch)
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = W[j]
+            src = row_of(W, j, scratch, fmt)
             if mode == 2:
                 if cnt == 0:
                     for k in range(D):
@@ -484,14 +537,15 @@ def _bag_range(W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch)
 
 
 @njit(cache=True, nogil=True)
-def _bag_plain_range(W, ids, offsets, mode, pad, out, b0, b1, prefetch):
+def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
     """_bag_range for unweighted sum, mean and sqrtn (the same arithmetic, the same bits), with
     no per-row mode test: each bag is summed in a scratch row (kept in L1) and copied out."""
     V = W.shape[0]
-    D = W.shape[1]
+    D = out.shape[1]
     n = ids.shape[0]
-    acc = np.empty(D, W.dtype)
-    zero = W.dtype.type(0)
+    acc = np.empty(D, out.dtype)
+    scratch = np.empty(D, out.dtype)
+    zero = out.dtype.type(0)
     bad = 0
     for b in range(b0, b1):
         for k in range(D):
@@ -506,7 +560,7 @@ def _bag_plain_range(W, ids, offsets, mode, pad, out, b0, b1, prefetch):
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = W[j]
+            src = row_of(W, j, scratch, fmt)
             for k in range(D):
                 acc[k] += src[k]
             cnt += 1
@@ -520,7 +574,7 @@ def _bag_plain_range(W, ids, offsets, mode, pad, out, b0, b1, prefetch):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bag_parallel(W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthreads):
+def _bag_parallel(fmt, W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthreads):
     """Bags split among threads by the number of ids they hold, each bag whole on one thread
     (so the result does not depend on the thread count)."""
     n = ids.shape[0]
@@ -531,11 +585,11 @@ def _bag_parallel(W, ids, offsets, mode, psw, weighted, pad, out, prefetch, nthr
     bad = 0
     for c in prange(nthreads):
         if weighted or mode == 2:
-            bad += _bag_range(W, ids, offsets, mode, psw, weighted, pad, out,
+            bad += _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out,
                               bounds[c], bounds[c + 1], prefetch)
         else:
-            bad += _bag_plain_range(W, ids, offsets, mode, pad, out, bounds[c], bounds[c + 1],
-                                    prefetch)
+            bad += _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, bounds[c],
+                                    bounds[c + 1], prefetch)
     return bad
 
 
@@ -543,23 +597,34 @@ _NO_WEIGHTS = {np.dtype(np.float32): np.zeros(1, np.float32),
                np.dtype(np.float64): np.zeros(1, np.float64)}
 
 
-def _bag(W, ids, offsets, mode, psw, pad, out):
-    nthreads = _numba_threads(threads_for(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes))
-    prefetch = bag_prefetch_distance(W) if W.strides[1] == W.itemsize else 0
-    weighted = psw is not None
-    p = psw if weighted else _NO_WEIGHTS[W.dtype]
-    code = MODE_CODES[mode]
-    if nthreads == 1:
-        if weighted or code == 2:
-            bad = _bag_range(W, ids, offsets, code, p, weighted, pad, out, 0, out.shape[0],
-                             prefetch)
+def _bag_of(fmt):
+    """The lookup_bag function of table format code fmt (0: float32/float64 rows)."""
+
+    def bag(W, ids, offsets, mode, psw, pad, out):
+        S = _storage(W) if fmt else W
+        nthreads = _numba_threads(
+            threads_for(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes))
+        prefetch = bag_prefetch_distance(S) if S.strides[1] == S.itemsize else 0
+        weighted = psw is not None
+        p = psw if weighted else _NO_WEIGHTS[out.dtype]
+        code = MODE_CODES[mode]
+        if nthreads == 1:
+            if weighted or code == 2:
+                bad = _bag_range(fmt, S, ids, offsets, code, p, weighted, pad, out, 0,
+                                 out.shape[0], prefetch)
+            else:
+                bad = _bag_plain_range(fmt, S, ids, offsets, code, pad, out, 0, out.shape[0],
+                                       prefetch)
         else:
-            bad = _bag_plain_range(W, ids, offsets, code, pad, out, 0, out.shape[0], prefetch)
-    else:
-        bad = _run_parallel(_bag_parallel, W, ids, offsets, code, p, weighted, pad, out,
-                            prefetch, nthreads)
-    if bad:
-        raise ids_changed_error(W.shape[0])
+            bad = _run_parallel(_bag_parallel, fmt, S, ids, offsets, code, p, weighted, pad,
+                                out, prefetch, nthreads)
+        if bad:
+            raise ids_changed_error(S.shape[0])
+
+    return bag
+
+
+_bag = _bag_of(0)
 
 
 KERNEL = Kernel(
