@@ -41,7 +41,8 @@ class BuildExt(build_ext):
                 and shutil.which(cc[0]) is not None
                 and _compiler_has_openmp([cc[0]])
             )
-            compile_args, link_args = ["-O3"], []
+            # no FMA contraction: q * scale + bias must round twice, as NumPy and Numba do
+            compile_args, link_args = ["-O3", "-ffp-contract=off"], []
             if openmp:
                 compile_args.append("-fopenmp")
                 link_args.append("-fopenmp")

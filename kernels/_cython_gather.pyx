@@ -720,3 +720,342 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
                 bad = bad + nbad[c]
     if bad:
         raise ids_changed_error(V)
+
+
+# -- low-precision tables: rows decoded to float32 inside the gather ----------------------------
+
+cdef extern from *:
+    """
+    /* The decoders of kernels/_numba_lowp.py, in C: the same values bit for bit (the build turns
+       off floating-point contraction, so q * scale + bias is two roundings, never an FMA). */
+    enum { EK_F16 = 1, EK_BF16 = 2, EK_I8 = 3, EK_I4 = 4 };
+
+    /* A half's float32 bits, without a branch (so loops of it vectorize): normal halves
+       rebias the exponent (+112), infinities and NaNs get exponent 255 (payload kept), and
+       subnormals are their 10-bit integer times 2**-24 (exact; no subnormal float is ever an
+       operand, so flush-to-zero modes cannot change it). */
+    static inline uint32_t ek_half_bits(uint32_t h) {
+        uint32_t e = (h >> 10) & 31u, m = h & 1023u, s = (h & 0x8000u) << 16;
+        float sub = (float)(int32_t)m * 0x1p-24f;  /* signed: AVX2 converts only those */
+        uint32_t sub_bits;
+        memcpy(&sub_bits, &sub, 4);
+        uint32_t is_sub = 0u - (uint32_t)(e == 0u);  /* masks, not ?: (GCC left those as jumps) */
+        uint32_t normal = ((e + 112u + 112u * (uint32_t)(e == 31u)) << 23) | (m << 13);
+        return s | (sub_bits & is_sub) | (normal & ~is_sub);
+    }
+
+    static inline float ek_half(uint32_t h) {
+        uint32_t bits = ek_half_bits(h);
+        float v;
+        memcpy(&v, &bits, 4);
+        return v;
+    }
+
+    static inline void ek_dec_bf16(const char* row, Py_ssize_t D, float* dst) {
+        const uint16_t* h = (const uint16_t*)row;
+        for (Py_ssize_t k = 0; k < D; k++) {
+            uint32_t bits = (uint32_t)h[k] << 16;
+            memcpy(dst + k, &bits, 4);
+        }
+    }
+
+    static inline void ek_dec_f16_int(const uint16_t* h, Py_ssize_t D, float* dst) {
+        for (Py_ssize_t k = 0; k < D; k++) {
+            uint32_t bits = ek_half_bits(h[k]);
+            memcpy(dst + k, &bits, 4);
+        }
+    }
+
+    /* With F16C, 8 halves a vcvtph2ps (measured 1.5x slower than the float32 lookup in cache
+       with the integer form alone); its NaN lanes are replaced by the integer form's bits, since
+       the instruction quiets a signalling NaN and NumPy's conversion does not. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define EK_HAVE_F16C_PATH 1
+    static int ek_use_f16c = 0;
+    __attribute__((target("avx2,f16c"), always_inline)) static inline void ek_dec_f16_f16c(
+            const uint16_t* h, Py_ssize_t D, float* dst) {
+        const __m256i mag = _mm256_set1_epi32(0x7fff), inf = _mm256_set1_epi32(0x7c00);
+        Py_ssize_t k = 0;
+        for (; k + 8 <= D; k += 8) {
+            __m128i x = _mm_loadu_si128((const __m128i*)(h + k));
+            __m256 f = _mm256_cvtph_ps(x);
+            __m256i w = _mm256_cvtepu16_epi32(x);
+            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(w, mag), inf);
+            if (!_mm256_testz_si256(nan, nan)) {
+                __m256i sign = _mm256_slli_epi32(
+                    _mm256_and_si256(w, _mm256_set1_epi32(0x8000)), 16);
+                __m256i man = _mm256_slli_epi32(
+                    _mm256_and_si256(w, _mm256_set1_epi32(1023)), 13);
+                __m256i bits = _mm256_or_si256(
+                    _mm256_or_si256(sign, man), _mm256_set1_epi32(0x7f800000));
+                f = _mm256_blendv_ps(f, _mm256_castsi256_ps(bits), _mm256_castsi256_ps(nan));
+            }
+            _mm256_storeu_ps(dst + k, f);
+        }
+        ek_dec_f16_int(h + k, D - k, dst + k);
+    }
+    /* The whole float16 lookup loop in F16C code, so the row decoder inlines. */
+    #define EK_DEFINE_F16C_GATHER(NAME, IDX_T, LOAD) \\
+    __attribute__((target("avx2,f16c"))) static Py_ssize_t NAME(const char* W, Py_ssize_t V, \\
+            Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, float* out, Py_ssize_t D, \\
+            Py_ssize_t lo, Py_ssize_t hi, int prefetch) { \\
+        Py_ssize_t i, j, bad = 0; \\
+        for (i = lo; i < hi; i++) { \\
+            if (prefetch && i + prefetch < hi) \\
+                ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
+            j = LOAD(&ids[i]); \\
+            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+            ek_dec_f16_f16c((const uint16_t*)(W + j * rs), D, out + i * D); \\
+        } \\
+        return bad; \\
+    }
+    EK_DEFINE_F16C_GATHER(ek_f16c_gather_i32, int32_t, ek_load_i32)
+    EK_DEFINE_F16C_GATHER(ek_f16c_gather_i64, int64_t, ek_load_i64)
+    #define EK_TRY_F16C(NAME) \\
+        if (ek_use_f16c) return NAME(W, V, rs, rowbytes, ids, out, D, lo, hi, prefetch);
+    __attribute__((target("avx2,f16c"))) static void ek_dec_f16_f16c_row(
+            const uint16_t* h, Py_ssize_t D, float* dst) {
+        ek_dec_f16_f16c(h, D, dst);
+    }
+
+    static void ek_init_cpu(void) {
+        __builtin_cpu_init();
+        ek_use_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    #else
+    #define EK_TRY_F16C(NAME)
+    static void ek_init_cpu(void) {}
+    #endif
+
+    static inline void ek_dec_f16(const char* row, Py_ssize_t D, float* dst) {
+        const uint16_t* h = (const uint16_t*)row;
+    #ifdef EK_HAVE_F16C_PATH
+        if (ek_use_f16c) { ek_dec_f16_f16c_row(h, D, dst); return; }
+    #endif
+        ek_dec_f16_int(h, D, dst);
+    }
+
+    static inline void ek_dec_i8(const char* row, Py_ssize_t D, float* dst) {
+        const uint8_t* q = (const uint8_t*)row;
+        float s, b;
+        memcpy(&s, q + D, 4);
+        memcpy(&b, q + D + 4, 4);
+        for (Py_ssize_t k = 0; k < D; k++) dst[k] = (float)q[k] * s + b;
+    }
+
+    static inline void ek_dec_i4(const char* row, Py_ssize_t D, float* dst) {
+        const uint8_t* q = (const uint8_t*)row;
+        Py_ssize_t h = D / 2;
+        uint16_t hs, hb;
+        memcpy(&hs, q + h, 2);
+        memcpy(&hb, q + h + 2, 2);
+        float s = ek_half(hs), b = ek_half(hb);
+        for (Py_ssize_t m = 0; m < h; m++) {
+            dst[2 * m] = (float)(q[m] & 15u) * s + b;
+            dst[2 * m + 1] = (float)(q[m] >> 4) * s + b;
+        }
+    }
+
+    #define EK_DECODE_LOOP(DEC, LOAD) \\
+        for (i = lo; i < hi; i++) { \\
+            if (prefetch && i + prefetch < hi) \\
+                ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
+            j = LOAD(&ids[i]); \\
+            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+            DEC(W + j * rs, D, out + i * D); \\
+        }
+
+    #define EK_DEFINE_DECODE_GATHER(NAME, IDX_T, LOAD, F16C_NAME) \\
+    EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
+            Py_ssize_t rowbytes, const IDX_T* ids, float* out, Py_ssize_t D, Py_ssize_t lo, \\
+            Py_ssize_t hi, int prefetch) { \\
+        Py_ssize_t i, j, bad = 0; \\
+        switch (fmt) { \\
+        case EK_F16: EK_TRY_F16C(F16C_NAME) EK_DECODE_LOOP(ek_dec_f16, LOAD) break; \\
+        case EK_BF16: EK_DECODE_LOOP(ek_dec_bf16, LOAD) break; \\
+        case EK_I8: EK_DECODE_LOOP(ek_dec_i8, LOAD) break; \\
+        default: EK_DECODE_LOOP(ek_dec_i4, LOAD) \\
+        } \\
+        return bad; \\
+    }
+    EK_DEFINE_DECODE_GATHER(ek_decode_i32, int32_t, ek_load_i32, ek_f16c_gather_i32)
+    EK_DEFINE_DECODE_GATHER(ek_decode_i64, int64_t, ek_load_i64, ek_f16c_gather_i64)
+
+    /* Bags of decoded rows: each row decoded into tmp, then pooled exactly as a float32 table's
+       row is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
+       max from the first row with a strict >, the float64 divisor rounded to float32). */
+    #define EK_DECODE_BAG_LOOP(DEC, LOAD) \\
+        for (b = b0; b < b1; b++) { \\
+            float* row = out + b * D; \\
+            Py_ssize_t cnt = 0; \\
+            double wsum = 0.0; \\
+            for (k = 0; k < D; k++) row[k] = 0.0f; \\
+            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+                if (prefetch && i + prefetch < n) \\
+                    ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
+                j = LOAD(&ids[i]); \\
+                if (j == pad) continue; \\
+                if ((size_t)j >= (size_t)V) { bad++; continue; } \\
+                DEC(W + j * rs, D, tmp); \\
+                if (mode == EK_MAX) { \\
+                    if (cnt == 0) { for (k = 0; k < D; k++) row[k] = tmp[k]; } \\
+                    else { for (k = 0; k < D; k++) if (tmp[k] > row[k]) row[k] = tmp[k]; } \\
+                } else if (psw != NULL) { \\
+                    float w = psw[i]; \\
+                    double wf = (double)w; \\
+                    for (k = 0; k < D; k++) row[k] += w * tmp[k]; \\
+                    wsum += (mode == EK_SQRTN) ? wf * wf : wf; \\
+                } else { \\
+                    for (k = 0; k < D; k++) row[k] += tmp[k]; \\
+                } \\
+                cnt++; \\
+            } \\
+            EK_BAG_FINISH(float, row, D, cnt, wsum, psw != NULL) \\
+        }
+
+    #define EK_DEFINE_DECODE_BAG(NAME, IDX_T, LOAD) \\
+    EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
+            Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const int64_t* offsets, \\
+            Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, int mode, \\
+            const float* psw, Py_ssize_t pad, int prefetch, float* tmp) { \\
+        Py_ssize_t b, i, j, k, bad = 0; \\
+        switch (fmt) { \\
+        case EK_F16: EK_DECODE_BAG_LOOP(ek_dec_f16, LOAD) break; \\
+        case EK_BF16: EK_DECODE_BAG_LOOP(ek_dec_bf16, LOAD) break; \\
+        case EK_I8: EK_DECODE_BAG_LOOP(ek_dec_i8, LOAD) break; \\
+        default: EK_DECODE_BAG_LOOP(ek_dec_i4, LOAD) \\
+        } \\
+        return bad; \\
+    }
+    EK_DEFINE_DECODE_BAG(ek_decode_bag_i32, int32_t, ek_load_i32)
+    EK_DEFINE_DECODE_BAG(ek_decode_bag_i64, int64_t, ek_load_i64)
+    """
+    void ek_init_cpu() noexcept nogil
+    Py_ssize_t ek_decode_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                             Py_ssize_t rowbytes, const int32_t* ids, float* out, Py_ssize_t D,
+                             Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
+    Py_ssize_t ek_decode_i64(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                             Py_ssize_t rowbytes, const int64_t* ids, float* out, Py_ssize_t D,
+                             Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
+    Py_ssize_t ek_decode_bag_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                                 Py_ssize_t rowbytes, const int32_t* ids, Py_ssize_t n,
+                                 const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                 float* out, Py_ssize_t D, int mode, const float* psw,
+                                 Py_ssize_t pad, int prefetch, float* tmp) noexcept nogil
+    Py_ssize_t ek_decode_bag_i64(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                                 Py_ssize_t rowbytes, const int64_t* ids, Py_ssize_t n,
+                                 const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                 float* out, Py_ssize_t D, int mode, const float* psw,
+                                 Py_ssize_t pad, int prefetch, float* tmp) noexcept nogil
+
+
+ek_init_cpu()
+
+
+cdef Py_ssize_t _decode_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                              Py_ssize_t rowbytes, const void* ids, bint i32, float* out,
+                              Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
+                              int prefetch) noexcept nogil:
+    if i32:
+        return ek_decode_i32(fmt, W, V, rs, rowbytes, <const int32_t*>ids, out, D, lo, hi,
+                             prefetch)
+    return ek_decode_i64(fmt, W, V, rs, rowbytes, <const int64_t*>ids, out, D, lo, hi, prefetch)
+
+
+def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
+                  cnp.ndarray out not None, int nthreads, int prefetch=0):
+    """out[i] = row ids[i] of a low-precision table decoded to float32 (fmt: 1 float16,
+    2 bfloat16, 3 int8, 4 int4; W its storage with contiguous rows: (V, D) uint16 or
+    (V, row bytes) uint8; out (n, D) float32). Raises RuntimeError if an id read was outside
+    [0, V) (ids changed meanwhile)."""
+    cdef const char* w = <const char*>cnp.PyArray_DATA(W)
+    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
+    cdef Py_ssize_t rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
+    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(out, 1)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
+    cdef const void* p = cnp.PyArray_DATA(ids)
+    cdef float* o = <float*>cnp.PyArray_DATA(out)
+    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
+    cdef Py_ssize_t c, bad = 0
+    cdef Py_ssize_t nbad[MAX_THREADS]
+    nthreads = max(1, min(nthreads, MAX_THREADS))
+    with nogil:
+        if nthreads == 1:
+            bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch)
+        else:
+            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                nbad[c] = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D,
+                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch)
+            for c in range(nthreads):
+                bad = bad + nbad[c]
+    if bad:
+        raise ids_changed_error(V)
+
+
+cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
+                                  Py_ssize_t rowbytes, const void* ids, bint i32, Py_ssize_t n,
+                                  const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                  float* out, Py_ssize_t D, int mode, const float* psw,
+                                  Py_ssize_t pad, int prefetch) noexcept nogil:
+    """Returns the number of bad ids, or -1 without memory for the decoded row."""
+    cdef Py_ssize_t bad
+    cdef float* tmp = <float*>malloc(max(D, 1) * sizeof(float))
+    if tmp == NULL:
+        return -1
+    if i32:
+        bad = ek_decode_bag_i32(fmt, W, V, rs, rowbytes, <const int32_t*>ids, n, offsets, b0, b1,
+                                out, D, mode, psw, pad, prefetch, tmp)
+    else:
+        bad = ek_decode_bag_i64(fmt, W, V, rs, rowbytes, <const int64_t*>ids, n, offsets, b0, b1,
+                                out, D, mode, psw, pad, prefetch, tmp)
+    free(tmp)
+    return bad
+
+
+def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
+               cnp.ndarray offsets not None, int mode, psw, Py_ssize_t pad,
+               cnp.ndarray out not None, int nthreads, int prefetch=0):
+    """bag() for a low-precision table (see decode_gather for fmt and W): each row decoded to
+    float32, then pooled exactly as a float32 table's row. Raises RuntimeError if an id read was
+    outside [0, V) (ids changed meanwhile), MemoryError without memory for a decoded row."""
+    cdef const char* w = <const char*>cnp.PyArray_DATA(W)
+    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
+    cdef Py_ssize_t rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
+    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(out, 1)
+    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
+    cdef const void* p = cnp.PyArray_DATA(ids)
+    cdef const int64_t* off = <const int64_t*>cnp.PyArray_DATA(offsets)
+    cdef Py_ssize_t B = cnp.PyArray_DIM(offsets, 0) - 1
+    cdef Py_ssize_t bd[MAX_THREADS + 1]
+    cdef float* o = <float*>cnp.PyArray_DATA(out)
+    cdef const float* pw = NULL
+    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
+    cdef Py_ssize_t c, bad = 0
+    cdef bint no_memory = False
+    cdef Py_ssize_t nbad[MAX_THREADS]
+    if psw is not None:
+        pw = <const float*>cnp.PyArray_DATA(<cnp.ndarray>psw)
+    nthreads = max(1, min(nthreads, MAX_THREADS))
+    with nogil:
+        if nthreads == 1:
+            bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, 0, B, o, D, mode,
+                                    pw, pad, prefetch)
+            no_memory = bad < 0
+        else:
+            bd[0] = 0
+            bd[nthreads] = B
+            for c in range(1, nthreads):
+                bd[c] = _first_bag_from(off, B, n * c // nthreads)
+            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
+                nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, bd[c],
+                                            bd[c + 1], o, D, mode, pw, pad, prefetch)
+            for c in range(nthreads):
+                if nbad[c] < 0:
+                    no_memory = True
+                else:
+                    bad = bad + nbad[c]
+    if no_memory:
+        raise MemoryError("no memory for a decoded row of a low-precision bag")
+    if bad:
+        raise ids_changed_error(V)
