@@ -7,7 +7,9 @@ update of the rows it touched, in place, in one call.
         opt.step(ids, G)                             # coalesce, then update the touched rows of W
 
 Each optimizer is bound to one table at construction: a C-contiguous, writeable, 2-D float32 or
-float64 `numpy.ndarray` (TypeError / ValueError otherwise). Its state lives in `opt.state` (a
+float64 `numpy.ndarray` (TypeError / ValueError otherwise; a low-precision table of
+kernels.quantize is a TypeError: it is for inference, so train the float32 master table and
+re-quantize it). Its state lives in `opt.state` (a
 dict of NumPy arrays of the table's dtype, plus an int "step" where the formula needs one).
 
 A step computes the coalesced gradient of the batch, a `kernels.SparseGrad` (`rows`: the sorted
@@ -86,7 +88,7 @@ from kernels._optim_numba import ROWWISE_ADAGRAD as _ROWWISE_ADAGRAD
 from kernels._optim_numba import SGD as _SGD
 from kernels._optim_numba import SPARSE_ADAM as _SPARSE_ADAM
 from kernels._optim_numba import update as _apply_rows
-from kernels._validate import float_array
+from kernels._validate import float_array, refuse_table
 
 __all__ = ["SGD", "Adagrad", "RowwiseAdagrad", "SparseAdam"]
 
@@ -101,6 +103,7 @@ def _busy_error():
 
 
 def _check_table(weights):
+    refuse_table(weights)
     if not isinstance(weights, np.ndarray) or type(weights) not in (np.ndarray, np.memmap):
         raise TypeError(
             f"weights must be a numpy.ndarray (updated in place), got {type(weights).__name__}"
