@@ -274,11 +274,14 @@ def _rowwise(W, fmt):
         mins = np.empty(r1 - r0, _F32)
         maxs = np.empty(r1 - r0, _F32)
         _q.row_min_max(chunk, mins, maxs)
+        with np.errstate(over="ignore", divide="ignore"):  # overflows are checked, and raised
+            if fmt is INT8:
+                inverse = _int8_params(mins, maxs, tail[r0:r1], r0)
+            else:
+                mins, inverse = _int4_params(mins, maxs, tail[r0:r1], r0)
         if fmt is INT8:
-            inverse = _int8_params(mins, maxs, tail[r0:r1], r0)
             _q.quantize_8bit(chunk, mins, inverse, values[r0:r1])
         else:
-            mins, inverse = _int4_params(mins, maxs, tail[r0:r1], r0)
             _q.quantize_4bit(chunk, mins, inverse, values[r0:r1])
     packed[:, values.shape[1]:] = tail.view(_U8)
     return packed
@@ -313,8 +316,7 @@ def _int4_params(mins, maxs, tail, r0):
     scale = np.where(rng == 0, np.float32(1), rng / np.float32(15)).astype(_F32)
     scale = scale.astype(_F16).astype(_F32)
     scale[scale == 0] = 1
-    with np.errstate(divide="ignore", over="ignore"):
-        inverse = np.float32(1) / scale
+    inverse = np.float32(1) / scale
     huge = np.isinf(inverse)
     scale[huge] = 1
     inverse[huge] = 1
