@@ -347,9 +347,11 @@ def quantize(W, format: str) -> Table:
     a ValueError naming the first such row; so is a row whose scale or bias the format cannot
     store. V = 0 gives an empty table; D = 0 rows hold only scale and bias (zeros).
 
-    Speed: 1.0-1.2 GB/s of float32 input for int8 and int4, about 2.4 s for a 1e7 x 64 table
-    (measured on the 2-vCPU VM of PERF_NOTES, one thread, in a fresh process after Numba's cache
-    was warm: `python -m tools.quantize_speed`); float16 / bfloat16 are NumPy casts.
+    Speed, one thread, a 1e7 x 64 float32 table (2.56 GB) in a fresh process, page faults of
+    the new storage included (`python -m tools.quantize_speed`, 2-vCPU VM of PERF_NOTES, three
+    runs): int8 1.1-2.3 GB/s (1.1-2.3 s), int4 1.6-3.0 GB/s, float16 1.4-1.8 GB/s, bfloat16
+    3.1 GB/s. (NumPy's own float32 -> float16 cast ran at 1.3 GB/s in cache here: float16 uses
+    a compiled round-to-nearest-even, checked against it on every finite float32 below 65520.)
     """
     from kernels._formats import format_named
 
