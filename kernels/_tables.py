@@ -71,11 +71,6 @@ class Table:
         return self.FORMAT.name
 
     @property
-    def dtype(self) -> np.dtype:
-        """The dtype of a lookup's output by default (float32)."""
-        return self.FORMAT.out_dtype
-
-    @property
     def nbytes(self) -> int:
         """Bytes of the storage: V * FORMAT.row_bytes(D)."""
         return self._packed.nbytes

@@ -47,7 +47,7 @@ def _packed_gather(fmt):
     dequantize = TABLE_CLASSES[fmt.name]._dequantize_rows
 
     def gather(W, ids, out):
-        step = max(1, PACKED_BLOCK_BYTES // W.strides[0])
+        step = max(1, PACKED_BLOCK_BYTES // max(1, W.strides[0]))
         for start in range(0, ids.shape[0], step):
             rows = np.take(W, ids[start : start + step], axis=0, mode="clip")
             dequantize(rows, out[start : start + step])

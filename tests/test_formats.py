@@ -421,6 +421,9 @@ def test_every_kernel_of_a_format_agrees_bit_for_bit(fmt):
         assert_bitwise_equal(k.lookup(T, ids), expected_lookup(k, T, ids), n)
     auto = kernels.for_call(LOOKUP, 500, 48, ids.shape[0], FORMATS[fmt])
     assert_bitwise_equal(kernels.lookup(T, ids, kernel="auto"), expected_lookup(auto, T, ids))
+    bags = ids.reshape(400, 5)
+    LOOKUP_BAG.assert_matches(kernels.lookup_bag(T, bags, mode="mean", kernel="auto"), T, bags,
+                              mode="mean")
 
 
 @pytest.mark.parametrize("kernel_name, fmt", [c for c in LOOKUP_CASES if c.values[1] in ROWWISE])
