@@ -198,10 +198,6 @@ TABLE_CLASSES: dict[str, type[Table]] = {
 """The table class of each low-precision format, by name."""
 
 
-def is_table(x) -> bool:
-    return isinstance(x, Table)
-
-
 def _float_rows(W):
     a = W if type(W) is np.ndarray else np.asarray(W)
     if a.dtype.kind != "f" or a.dtype.itemsize < 2:
@@ -240,14 +236,13 @@ def _to_half(W, name):
     V, D = W.shape
     out = np.empty((V, D), dtype)
     for r0, r1 in _chunks(V, D):
-        chunk = W[r0:r1]
+        chunk = np.ascontiguousarray(W[r0:r1], dtype=_F32)
         _check_finite(chunk, r0)
         if chunk.size and (chunk.max() >= to_inf or chunk.min() <= -to_inf):
             r = int(np.argmax((np.abs(chunk) >= to_inf).any(axis=1)))
             raise ValueError(f"row {r0 + r} of W has a value beyond {name}'s largest finite "
                              f"value ({largest:g}): it would round to inf")
         if dtype == _F16:
-            chunk = np.ascontiguousarray(chunk, dtype=_F32)
             _q.to_float16_bits(chunk, chunk.view(np.uint32), out[r0:r1].view(np.uint16))
         else:
             out[r0:r1] = chunk
