@@ -5,6 +5,8 @@
     dW = kernels.lookup_grad(grad, ids, vocab_size, kernel="cython_gather")
     g = kernels.lookup_grad(grad, ids, vocab_size, sparse=True)  # a SparseGrad: rows hit only
     bags = kernels.lookup_bag(W, ids, offsets, mode="mean", kernel="cython_gather")
+    T = kernels.quantize(W, "int8")                 # a low-precision table (inference)
+    out = kernels.lookup(T, ids)                    # float32, dequantized in the gather
 
 `kernels.KERNELS` maps each name to its Kernel (callable as the lookup); each kernel is also a
 module of the same name (`from kernels import numba_gather; numba_gather.lookup(W, ids)`).
@@ -21,8 +23,10 @@ from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, OPERATIONS, Operation
 from kernels._registry import KERNELS, get_kernel, kernels_implementing, register
 from kernels._sparse import SparseGrad
+from kernels._tables import BFloat16Table, Float16Table, Int4Table, Int8Table, Table, \
+    from_keras_int8, quantize
 from kernels._threads import get_num_threads, num_threads, set_num_threads
-from kernels._validate import check_vocab_size, check_weights, float_array
+from kernels._validate import check_vocab_size, check_weights, float_array, refuse_table
 from kernels.decisions import Decision, explain, fastest, for_call
 from kernels.decisions import reload as reload_measurements
 
@@ -38,6 +42,13 @@ __all__ = [
     "Format",
     "Decision",
     "SparseGrad",
+    "Table",
+    "Float16Table",
+    "BFloat16Table",
+    "Int8Table",
+    "Int4Table",
+    "quantize",
+    "from_keras_int8",
     "lookup",
     "lookup_grad",
     "lookup_bag",
@@ -62,16 +73,18 @@ def _n_ids(ids) -> int:
         return 0  # the kernel's own checks name the problem
 
 
-def lookup(weights, ids, *, kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None
-           ) -> np.ndarray:
+def lookup(weights, ids, *, kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None,
+           out_dtype=None) -> np.ndarray:
     """Return weights[ids], shape ids.shape + (dim,), computed by the named kernel.
 
+    weights: a 2-D float32/float64 array, or a low-precision table (kernels.quantize), whose
+    lookup returns float32 (float16 with out_dtype=np.float16).
     kernel="auto" takes the kernel measured fastest for these sizes (kernels.fastest)."""
     if kernel == "auto":
-        W, fmt = check_weights(weights)
-        V, D = W.shape
-        return for_call(LOOKUP, V, D, _n_ids(ids), fmt).lookup(W, ids, out=out)
-    return get_kernel(kernel).lookup(weights, ids, out=out)
+        W, fmt, (V, D) = check_weights(weights)
+        k = for_call(LOOKUP, V, D, _n_ids(ids), fmt)
+        return k.lookup(weights if fmt.quantized else W, ids, out=out, out_dtype=out_dtype)
+    return get_kernel(kernel).lookup(weights, ids, out=out, out_dtype=out_dtype)
 
 
 def lookup_grad(grad, ids, vocab_size: int, *, sparse: bool = False,
@@ -110,22 +123,27 @@ def _bag_kernel(op, V, D, n_ids, n_bags, fmt, mode) -> Kernel:
 
 def lookup_bag(weights, ids, offsets=None, *, mode: str = "sum", per_sample_weights=None,
                padding_idx: int | None = None, include_last_offset: bool = False,
-               kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None) -> np.ndarray:
+               kernel: str | Kernel = "numpy_take", out: np.ndarray | None = None,
+               out_dtype=None) -> np.ndarray:
     """Pooled lookups (torch's EmbeddingBag): out[b] = the reduction of the rows of bag b.
 
     ids are 1-D with `offsets` (B bag starts, or B + 1 bounds with include_last_offset=True) or
     2-D (B, N) with offsets=None. mode: "sum", "mean", "max" or "sqrtn" (sum / sqrt(sum of
     squared weights), as TF's combiner). per_sample_weights (one per id, the table's dtype) weight
     sum, mean (sum(w e) / sum(w)) and sqrtn. Ids equal to padding_idx (negative: from the end)
-    are left out. A bag with no id, or a divisor of 0, is zeros. Returns (B, dim)."""
+    are left out. A bag with no id, or a divisor of 0, is zeros. Returns (B, dim).
+    weights may be a low-precision table (kernels.quantize): the bags are then float32 sums of
+    its dequantized rows (per_sample_weights float32), float16 with out_dtype=np.float16."""
     if kernel == "auto":
-        W, fmt = check_weights(weights)  # every kernel's first check
-        kernel = _bag_kernel(LOOKUP_BAG, W.shape[0], W.shape[1], _n_ids(ids),
+        W, fmt, (V, D) = check_weights(weights)  # every kernel's first check
+        kernel = _bag_kernel(LOOKUP_BAG, V, D, _n_ids(ids),
                              _n_bags(ids, offsets, include_last_offset), fmt, mode)
-        weights = W
+        if not fmt.quantized:
+            weights = W
     return get_kernel(kernel).lookup_bag(
         weights, ids, offsets, mode=mode, per_sample_weights=per_sample_weights,
-        padding_idx=padding_idx, include_last_offset=include_last_offset, out=out)
+        padding_idx=padding_idx, include_last_offset=include_last_offset, out=out,
+        out_dtype=out_dtype)
 
 
 def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, *,
@@ -139,6 +157,7 @@ def lookup_bag_grad(grad_out, ids, offsets=None, vocab_size: int | None = None, 
     per_sample_weights; then (dW, the gradient of per_sample_weights) is returned. vocab_size
     defaults to len(weights). sparse=True returns a SparseGrad in place of dW (padding ids left
     out; for max only the arg-max rows), as lookup_grad(sparse=True) does."""
+    refuse_table(weights)
     if kernel == "auto":
         try:  # sizes only: the kernel makes every check, in its own order
             G, fmt = float_array(grad_out, "grad_out")

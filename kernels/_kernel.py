@@ -10,13 +10,27 @@ import numpy as np
 from kernels._formats import Format, format_named
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, Operation, \
     operation_named
-from kernels._validate import BAG_MODES
+from kernels._validate import BAG_MODES, refuse_table
 
 
 _prepare_lookup = LOOKUP.prepare
 _prepare_lookup_grad = LOOKUP_GRAD.prepare
 _prepare_bag = LOOKUP_BAG.prepare
 _prepare_bag_grad = LOOKUP_BAG_GRAD.prepare
+
+
+_FLOAT32 = np.dtype(np.float32)
+
+
+def through_float32(fn, args, out):
+    """fn(*args, out), where out may be float16 (out_dtype=np.float16): kernel functions write
+    float32, so they then write a float32 scratch that is cast into out once."""
+    if out.dtype.itemsize == 2:
+        scratch = np.empty(out.shape, _FLOAT32)
+        fn(*args, scratch)
+        out[...] = scratch
+    else:
+        fn(*args, out)
 
 
 def _no_budget(op, vocab_size, dim, n_ids, itemsize):
@@ -105,16 +119,21 @@ class Kernel:
             )
         return fn
 
-    def lookup(self, weights, ids, *, out=None):
-        """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given."""
-        W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out)
+    def lookup(self, weights, ids, *, out=None, out_dtype=None):
+        """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given. weights
+        may be a low-precision table (kernels.quantize): the result is then float32, or float16
+        with out_dtype=np.float16."""
+        W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out, out_dtype)
         fn = self._lookup.get(fmt) or self.function(LOOKUP, fmt)
         if out2d.size:
-            fn(W, flat, out2d)
+            if out_dtype is None:
+                fn(W, flat, out2d)
+            else:
+                through_float32(fn, (W, flat), out2d)
         return result
 
-    def __call__(self, weights, ids, *, out=None):
-        return self.lookup(weights, ids, out=out)
+    def __call__(self, weights, ids, *, out=None, out_dtype=None):
+        return self.lookup(weights, ids, out=out, out_dtype=out_dtype)
 
     def lookup_grad(self, grad, ids, vocab_size, *, sparse=False, out=None):
         """Return dW (vocab_size, dim) with dW[ids[k]] += grad[k] for every k; `out` is overwritten.
@@ -130,17 +149,19 @@ class Kernel:
         return dW
 
     def lookup_bag(self, weights, ids, offsets=None, *, mode="sum", per_sample_weights=None,
-                   padding_idx=None, include_last_offset=False, out=None):
+                   padding_idx=None, include_last_offset=False, out=None, out_dtype=None):
         """Return the (B, dim) pooled bags (kernels.lookup_bag), written into `out` if given."""
         W, fmt, flat, off, mode, psw, pad, out = _prepare_bag(
             weights, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset,
-            out)
+            out, out_dtype)
         fn = self._bag_function(LOOKUP_BAG, fmt, mode)
         if out.size:
-            if flat.shape[0]:
+            if not flat.shape[0]:
+                out.fill(0)
+            elif out_dtype is None:
                 fn(W, flat, off, mode, psw, pad, out)
             else:
-                out.fill(0)
+                through_float32(fn, (W, flat, off, mode, psw, pad), out)
         return out
 
     def lookup_bag_grad(self, grad_out, ids, offsets=None, vocab_size=None, *, mode="sum",
@@ -151,6 +172,7 @@ class Kernel:
         in place of dW."""
         from kernels._bag_math import psw_grad
 
+        refuse_table(weights)
         if vocab_size is None:
             if weights is None:
                 raise TypeError("lookup_bag_grad needs vocab_size (or weights=)")

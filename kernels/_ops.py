@@ -5,12 +5,23 @@ kernels.fastest).
 
 A kernel implements an operation for a table format with a function that receives what
 `prepare` returns (checked arrays, never empty) and writes the result in place.
+
+Low-precision tables (kernels.quantize): the forward functions receive W = the table's storage
+`packed` ((V, D) float16 / bfloat16, or (V, row_bytes) uint8 rows of int8 / int4), D from the
+output's columns (out2d.shape[1], out.shape[1]), and write float32 into a float32 output: the
+dequantized values (kernels._tables) for a lookup, and for a bag the dequantized rows (times
+their float32 per_sample_weights) summed in float32 in bag order, row after row. A float16
+result (out_dtype=np.float16) is cast once from a float32 scratch by the Kernel method, never by
+a kernel function.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from kernels._validate import check_ids, check_out, check_vocab_size, check_weights, float_array
+from kernels._formats import format_named
+from kernels._tables import Table
+from kernels._validate import check_ids, check_out, check_out_dtype, check_vocab_size, \
+    check_weights, float_array, refuse_table
 
 _CHUNK_BYTES = 2**20
 """Reference checks work in chunks this big, so checking a large result stays cheap in memory."""
@@ -18,6 +29,20 @@ _CHUNK_BYTES = 2**20
 
 def _bits(a):
     return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def _values(weights):
+    """The float table a reference reads: a low-precision table's dequantized values."""
+    return weights.dequantize() if isinstance(weights, Table) else np.asarray(weights)
+
+
+def _row_bytes(dim, itemsize, fmt):
+    """(bytes read per row, bytes written per output row): fmt's row bytes and its float
+    output when a format is given, else itemsize per value both ways."""
+    if fmt is None:
+        return dim * itemsize, dim * itemsize
+    fmt = format_named(fmt)
+    return fmt.row_bytes(dim), dim * fmt.out_dtype.itemsize
 
 
 class Operation:
@@ -32,6 +57,8 @@ class Operation:
     ("bag_length" for bags), or None."""
 
     def moved_bytes(self, n_ids: int, vocab_size: int, dim: int, itemsize: int = 4) -> int:
+        """The bytes one call must move at least; forward operations also take fmt= (a
+        Format or its name): rows read at fmt.row_bytes(dim), output written in its float."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -46,33 +73,37 @@ class Lookup(Operation):
     benchmark = "bench_lookup.Lookup.time_lookup"
 
     @staticmethod
-    def prepare(weights, ids, out):
-        """Check a call; return (W, format, flat_ids, out2d, result). The kernel's function is
-        called as fn(W, flat_ids, out2d) when out2d is not empty."""
-        W, fmt = check_weights(weights)
-        V, D = W.shape
+    def prepare(weights, ids, out, out_dtype=None):
+        """Check a call; return (W, format, flat_ids, out2d, result), out2d and result of the
+        output dtype (check_out_dtype). The kernel's function is called as fn(W, flat_ids,
+        out2d) when out2d is not empty (float16: through a float32 scratch, see the module)."""
+        W, fmt, (V, D) = check_weights(weights)
+        dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
         a, flat = check_ids(ids, V)
         shape = a.shape + (D,)
         if out is None:
-            result = np.empty(shape, W.dtype)
+            result = np.empty(shape, dtype)
         else:
-            result = check_out(out, shape, W.dtype, ((W, "weights"), (a, "ids")))
+            result = check_out(out, shape, dtype, ((W, "weights"), (a, "ids")))
         return W, fmt, flat, result.reshape(flat.shape[0], D), result
 
     @staticmethod
-    def moved_bytes(n_ids, vocab_size, dim, itemsize=4):
-        """Read n rows of W, write n output rows: 2*n*D*itemsize."""
-        return 2 * n_ids * dim * itemsize
+    def moved_bytes(n_ids, vocab_size, dim, itemsize=4, fmt=None):
+        """Read n rows of W, write n output rows: 2*n*D*itemsize; with fmt, n rows of
+        fmt.row_bytes(D) read and n float rows written."""
+        read, write = _row_bytes(dim, itemsize, fmt)
+        return n_ids * (read + write)
 
     @staticmethod
     def reference(weights, ids):
-        """W[ids], computed by NumPy's fancy indexing."""
-        return np.asarray(weights)[np.asarray(ids)]
+        """W[ids], computed by NumPy's fancy indexing (a table's dequantized values)."""
+        return _values(weights)[np.asarray(ids)]
 
     @staticmethod
     def assert_matches(got, weights, ids, what="lookup"):
-        """got must equal W[ids] bit for bit (shape ids.shape + (D,)); checked in small chunks."""
-        W = np.asarray(weights)
+        """got must equal W[ids] bit for bit (shape ids.shape + (D,); a table: its dequantized
+        values, float32); checked in small chunks."""
+        W = _values(weights)
         ids = np.asarray(ids)
         expected_shape = ids.shape + (W.shape[1],)
         if got.shape != expected_shape or got.dtype != W.dtype:
@@ -242,35 +273,39 @@ class LookupBag(Operation):
 
     @staticmethod
     def prepare(weights, ids, offsets, mode, per_sample_weights, padding_idx,
-                include_last_offset, out):
+                include_last_offset, out, out_dtype=None):
         """Check a call; return (W, format, flat_ids, offsets, mode, psw, pad, out). offsets are
-        B + 1 private int64 bounds, psw a flat array or None, pad the padding row or -1. The
-        kernel's function is called as fn(W, flat_ids, offsets, mode, psw, pad, out) when out
-        and ids are not empty and must write every row of out (zeros for a bag with no id)."""
-        W, fmt = check_weights(weights)
-        V, D = W.shape
+        B + 1 private int64 bounds, psw a flat array or None, pad the padding row or -1, out of
+        the output dtype (check_out_dtype). The kernel's function is called as
+        fn(W, flat_ids, offsets, mode, psw, pad, out) when out and ids are not empty and must
+        write every row of out (zeros for a bag with no id)."""
+        W, fmt, (V, D) = check_weights(weights)
+        dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
         a, flat, off, mode, psw, pad = _bag_args(
             fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V)
         shape = (off.shape[0] - 1, D)
         if out is None:
-            return W, fmt, flat, off, mode, psw, pad, np.empty(shape, W.dtype)
+            return W, fmt, flat, off, mode, psw, pad, np.empty(shape, dtype)
         inputs = ((W, "weights"), (a, "ids"), (psw, "per_sample_weights"))
-        return W, fmt, flat, off, mode, psw, pad, check_out(out, shape, W.dtype, inputs)
+        return W, fmt, flat, off, mode, psw, pad, check_out(out, shape, dtype, inputs)
 
     @staticmethod
-    def moved_bytes(n_ids, vocab_size, dim, itemsize=4, bag_length=1):
-        """Read n rows, write n / bag_length output rows."""
-        return (n_ids + n_ids // max(1, bag_length)) * dim * itemsize
+    def moved_bytes(n_ids, vocab_size, dim, itemsize=4, bag_length=1, fmt=None):
+        """Read n rows, write n / bag_length output rows (with fmt: rows of fmt.row_bytes(D)
+        read, float rows written)."""
+        read, write = _row_bytes(dim, itemsize, fmt)
+        return n_ids * read + n_ids // max(1, bag_length) * write
 
     @staticmethod
     def reference(weights, ids, offsets, mode="sum", per_sample_weights=None, padding_idx=None,
                   include_last_offset=False):
-        """(ref, tol, zero) in float64, from kernels._bag_math.reference."""
+        """(ref, tol, zero) in float64, from kernels._bag_math.reference (a table: of its
+        dequantized values, with float32's bound)."""
         from kernels._bag_math import reference
 
-        W, fmt = check_weights(weights)
+        W, fmt, (V, D) = check_weights(_values(weights))
         a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
-                                                 padding_idx, include_last_offset, W.shape[0])
+                                                 padding_idx, include_last_offset, V)
         return reference(W, flat, off, mode, psw, pad)
 
     @classmethod
@@ -278,7 +313,7 @@ class LookupBag(Operation):
                        padding_idx=None, include_last_offset=False, what="lookup_bag"):
         """got must be each bag's reduction within the bound of `reference` (NaN fails), torch's
         max bit for bit, and exactly +0.0 for bags with no id (or a zero divisor)."""
-        W = np.asarray(weights)
+        W = _values(weights)
         ref, tol, zero = cls.reference(W, ids, offsets, mode, per_sample_weights, padding_idx,
                                        include_last_offset)
         if got.shape != ref.shape or got.dtype != W.dtype:
@@ -314,7 +349,9 @@ class LookupBagGrad(Operation):
               include_last_offset, weights):
         """The checks of a call, without its (V, D) output: (G, format, ids array, flat_ids,
         offsets, mode, psw, pad, W, V); W is None unless mode is max or psw is given. The
-        sparse gradient (kernels._sparse) runs exactly these."""
+        sparse gradient (kernels._sparse) runs exactly these. A low-precision table as weights
+        is a TypeError (inference only)."""
+        refuse_table(weights)
         G, fmt = float_array(grad_out, "grad_out")
         V = check_vocab_size(vocab_size)
         a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
@@ -330,7 +367,7 @@ class LookupBagGrad(Operation):
                 need = "mode='max' (its arg-max rows)" if mode == "max" else \
                     "the gradient of per_sample_weights"
                 raise ValueError(f"weights= (the table of the forward) is needed for {need}")
-            W, wfmt = check_weights(weights)
+            W, wfmt, _ = check_weights(weights)
             if W.shape != (V, D) or wfmt is not fmt:
                 raise ValueError(f"weights must be the ({V}, {D}) {G.dtype} table of the forward, "
                                  f"got {W.shape} {W.dtype}")

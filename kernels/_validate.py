@@ -1,16 +1,19 @@
 """The one place that checks arguments; every operation's `prepare` runs these before a kernel.
 
-Kernels receive weights that are 2-D native float32/float64 arrays (any strides), ids as a
-1-D C-contiguous int32 or int64 array already checked to lie in [0, vocab_size), and an output
-that is C-contiguous, writeable, of the right shape and dtype, and overlaps no input. Compiled
-loops skip bounds checks only because these functions ran first.
+Kernels receive weights that are 2-D native float32/float64 arrays (any strides) or, for a
+low-precision table (kernels.quantize), its C-contiguous storage `packed` ((V, D) float16 /
+bfloat16, or (V, row_bytes) uint8); ids as a 1-D C-contiguous int32 or int64 array already
+checked to lie in [0, vocab_size), and an output that is C-contiguous, writeable, of the right
+shape and dtype, and overlaps no input. Compiled loops skip bounds checks only because these
+functions ran first.
 """
 import operator
 
 import numpy as np
 
 from kernels._bounds import any_out_of_range, bag_offsets
-from kernels._formats import _BY_DTYPE_CHAR
+from kernels._formats import _BY_DTYPE_CHAR, _HALF_BY_DTYPE, FLOAT16
+from kernels._tables import INFERENCE_ONLY, Table
 
 _INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _INT64 = np.dtype(np.int64)
@@ -19,10 +22,28 @@ MAX_VOCAB_SIZE = int(np.iinfo(np.intp).max)
 _OUT_TYPES = (np.ndarray, np.memmap)
 
 
+def refuse_table(x):
+    """TypeError if x is a low-precision table (kernels.quantize): those are for inference."""
+    if isinstance(x, Table):
+        raise TypeError(INFERENCE_ONLY)
+
+
+def _weights_dtype_error(dt):
+    hint = ""
+    fmt = _HALF_BY_DTYPE.get(dt)
+    if fmt is not None:
+        hint = f"; a {fmt.name} table is made with kernels.quantize(W, {fmt.name!r})"
+    return TypeError(f"weights must be float32 or float64, got {dt}{hint}")
+
+
 def float_array(x, name):
     """(x as an array, never copying an ndarray, its Format); TypeError naming `name` unless
-    it is native float32 or float64."""
-    a = x if type(x) is np.ndarray else np.asarray(x)
+    it is native float32 or float64 (a low-precision table: the inference-only TypeError)."""
+    if type(x) is np.ndarray:
+        a = x
+    else:
+        refuse_table(x)
+        a = np.asarray(x)
     dt = a.dtype
     fmt = _BY_DTYPE_CHAR.get(dt.char)
     if fmt is None or not dt.isnative:
@@ -31,16 +52,48 @@ def float_array(x, name):
 
 
 def check_weights(weights):
-    """(weights as a 2-D float32/float64 array, never copying an ndarray, its Format)."""
-    W = weights if type(weights) is np.ndarray else np.asarray(weights)
+    """(W, its Format, (V, D)): a 2-D float32/float64 array (an ndarray is never copied) and
+    its shape, or a low-precision table's storage `packed` and the table's (V, D)."""
+    if type(weights) is np.ndarray:
+        W = weights
+    elif isinstance(weights, Table):
+        return _table_storage(weights)
+    else:
+        W = np.asarray(weights)
     if W.ndim != 2:
         raise ValueError(f"weights must be 2-D (vocab_size, dim), got shape {W.shape}")
     # float_array's test, inlined: the call to it cost every lookup 0.05-0.07 us (of 2.6) at n = 16
     dt = W.dtype
     fmt = _BY_DTYPE_CHAR.get(dt.char)
     if fmt is None or not dt.isnative:
-        raise TypeError(f"weights must be float32 or float64, got {dt}")
-    return W, fmt
+        raise _weights_dtype_error(dt)
+    return W, fmt, W.shape
+
+
+def _table_storage(table):
+    """(packed, Format, (V, D)) of a table, after checking that its storage is still what the
+    table was made with (an ndarray's shape and dtype can be reassigned in place): the kernels
+    index it with ids checked against V."""
+    W, fmt, (V, D) = table.packed, table.FORMAT, table.shape
+    row = D if fmt.tail_bytes == 0 else fmt.row_bytes(D)
+    if (W.shape != (V, row) or W.dtype != fmt.storage_dtype or not W.flags.c_contiguous):
+        raise ValueError(f"the {fmt.name} table's storage changed since it was made: expected a "
+                         f"C-contiguous ({V}, {row}) {fmt.storage_dtype} array, got {W.shape} "
+                         f"{W.dtype}")
+    return W, fmt, (V, D)
+
+
+def check_out_dtype(out_dtype, fmt):
+    """The dtype a lookup of a `fmt` table returns: the format's output dtype (float32 for the
+    low-precision formats, the table's own for float32/float64) when out_dtype is None, or
+    out_dtype if it is that or float16 for a low-precision format; ValueError otherwise."""
+    if out_dtype is None:
+        return fmt.out_dtype
+    dt = np.dtype(out_dtype)
+    if dt == fmt.out_dtype or (dt == FLOAT16.storage_dtype and fmt.quantized):
+        return fmt.out_dtype if dt == fmt.out_dtype else dt
+    allowed = "float32 or float16" if fmt.quantized else fmt.out_dtype.name
+    raise ValueError(f"out_dtype must be {allowed} for a {fmt.name} table, got {dt}")
 
 
 def check_vocab_size(vocab_size):
@@ -230,16 +283,20 @@ def check_bags(ids, offsets, include_last_offset):
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):
-    """None, or per_sample_weights as a flat C-contiguous array of the table's dtype with one
-    weight per id; ValueError for mode max (a maximum has no weights) or a wrong shape, TypeError
-    for a wrong dtype."""
+    """None, or per_sample_weights as a flat C-contiguous array of the format's output dtype
+    (the table's dtype; float32 for the low-precision formats) with one weight per id;
+    ValueError for mode max (a maximum has no weights) or a wrong shape, TypeError for a wrong
+    dtype."""
     if psw is None:
         return None
     if mode == "max":
         raise ValueError("per_sample_weights is not supported with mode='max' "
                          "(sum, mean and sqrtn take them)")
     p = psw if type(psw) is np.ndarray else np.asarray(psw)
-    if p.dtype != fmt.storage_dtype or not p.dtype.isnative:
+    if p.dtype != fmt.out_dtype or not p.dtype.isnative:
+        if fmt.quantized:
+            raise TypeError(f"per_sample_weights must be {fmt.out_dtype} for a {fmt.name} table, "
+                            f"got {p.dtype}")
         raise TypeError(
             f"per_sample_weights must have the table's dtype {fmt.storage_dtype}, got {p.dtype}"
         )

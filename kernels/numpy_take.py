@@ -12,11 +12,19 @@ mode's divisor; max by np.fmax.reduceat plus torch's NaN and
 first-occurrence rule (kernels._bag_math.max_positions).
 A table that is not C-contiguous is never copied: the forward then indexes it (`W[ids]`, one
 temporary of the output's size), since np.take would first copy the whole table.
+
+Low-precision tables (every format of kernels.quantize): the packed rows are gathered with
+np.take in blocks of PACKED_BLOCK_BYTES and dequantized by the table class's own rule
+(kernels._tables: float32(q) * scale, rounded, + bias, rounded; NumPy has no cheap fused
+multiply-add, and this unfused form is the package's definition), so a lookup equals
+table.dequantize()[ids] bit for bit. Bags sum those float32 rows exactly as float32 tables'
+rows are summed; max takes the gathered dequantized rows of the non-padding ids.
 """
 import numpy as np
 
 from kernels import _bag_math as bm
-from kernels._formats import FLOAT
+from kernels._formats import FLOAT, LOW_PRECISION
+from kernels._tables import TABLE_CLASSES
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 
@@ -30,6 +38,24 @@ def _gather(W, ids, out):
         out[...] = W[ids]
 
 
+PACKED_BLOCK_BYTES = 2**16
+"""Packed rows gathered at a time before dequantizing them into the output (stays in L2)."""
+
+
+def _packed_gather(fmt):
+    """The lookup function of a low-precision format: gather packed rows, dequantize."""
+    dequantize = TABLE_CLASSES[fmt.name]._dequantize_rows
+
+    def gather(W, ids, out):
+        step = max(1, PACKED_BLOCK_BYTES // max(1, W.strides[0]))
+        for start in range(0, ids.shape[0], step):
+            rows = np.take(W, ids[start : start + step], axis=0, mode="clip")
+            dequantize(rows, out[start : start + step])
+
+    gather.__name__ = f"_gather_{fmt.name}"
+    return gather
+
+
 def _scatter_add(G, ids, dW, zeroed):
     if not zeroed:
         dW.fill(0)
@@ -39,12 +65,12 @@ def _scatter_add(G, ids, dW, zeroed):
     dW[sorted_ids[starts]] = np.add.reduceat(G[order], starts, axis=0)
 
 
-def _bag_sums(W, ids, offsets, psw, out):
+def _bag_sums(W, ids, offsets, psw, out, gather):
     """out[b] = the (weighted) sum of bag b's rows. Bags are grouped by length; a group of c bags
     of length L is gathered as one (c * L, D) block and summed as (c, L, D) over axis 1, which
     NumPy adds row after row (measured 2.5-11.6x faster than np.add.reduceat over axis 0 at
     D = 64 and 7x at D = 256, 1.3x slower at D = 16: python -m tools.numpy_forms --bags)."""
-    D = W.shape[1]
+    D = out.shape[1]
     lengths = np.diff(offsets)
     if lengths.shape[0] and lengths.min() == lengths.max():  # one length: no grouping
         groups = [(int(lengths[0]), None)]
@@ -53,14 +79,14 @@ def _bag_sums(W, ids, offsets, psw, out):
         cuts = np.flatnonzero(np.diff(lengths[order])) + 1
         groups = [(int(lengths[g[0]]), g) for g in np.split(order, cuts)]
     for L, bags in groups:
-        target = out if bags is None else np.empty((bags.shape[0], D), W.dtype)
+        target = out if bags is None else np.empty((bags.shape[0], D), out.dtype)
         if L == 0:
             target.fill(0)
         else:
             pos = None if bags is None else (offsets[bags][:, None] + np.arange(L)).reshape(-1)
             sel = ids if pos is None else ids[pos]
-            rows = np.empty((sel.shape[0], D), W.dtype)
-            _gather(W, sel, rows)
+            rows = np.empty((sel.shape[0], D), out.dtype)
+            gather(W, sel, rows)
             if psw is not None:
                 rows *= (psw if pos is None else psw[pos])[:, None]
             rows.reshape(target.shape[0], L, D).sum(axis=1, out=target)
@@ -68,24 +94,42 @@ def _bag_sums(W, ids, offsets, psw, out):
             out[bags] = target
 
 
-def _bag(W, ids, offsets, mode, psw, pad, out):
-    if mode == "max":
-        bm.bag_max(W, ids, offsets, pad, out)
-        return
-    if mode != "sum":
-        count, d = bm.divisors(ids, offsets, mode, psw, pad)
-    _bag_sums(W, *bm.without_padding(ids, offsets, pad, psw), out)
-    if mode != "sum":
-        dd = d.astype(W.dtype)[:, None]
-        np.divide(out, dd, out=out, where=dd != 0)
-        out[d == 0] = 0
+def _bag_function(gather):
+    """The lookup_bag function over rows that `gather` writes (a float table's, or a
+    low-precision table's dequantized ones)."""
+
+    def bag(W, ids, offsets, mode, psw, pad, out):
+        if mode == "max":
+            if gather is _gather:
+                bm.bag_max(W, ids, offsets, pad, out)
+            else:
+                kept, kept_offsets, _ = bm.without_padding(ids, offsets, pad)
+                rows = np.empty((kept.shape[0], out.shape[1]), out.dtype)
+                gather(W, kept, rows)
+                bm.bag_max(rows, np.arange(kept.shape[0]), kept_offsets, -1, out)
+            return
+        if mode != "sum":
+            count, d = bm.divisors(ids, offsets, mode, psw, pad)
+        _bag_sums(W, *bm.without_padding(ids, offsets, pad, psw), out, gather)
+        if mode != "sum":
+            dd = d.astype(out.dtype)[:, None]
+            np.divide(out, dd, out=out, where=dd != 0)
+            out[d == 0] = 0
+
+    return bag
+
+
+_bag = _bag_function(_gather)
+_PACKED = {fmt: _packed_gather(fmt) for fmt in LOW_PRECISION}
 
 
 KERNEL = Kernel(
     "numpy_take",
     "NumPy np.take(mode='clip') / sort + np.add.reduceat",
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
-     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
+     **{(LOOKUP, fmt): fn for fmt, fn in _PACKED.items()},
+     **{(LOOKUP_BAG, fmt): _bag_function(fn) for fmt, fn in _PACKED.items()}},
     compiled=False,
     family="gather",
     colour="#7f7f7f",

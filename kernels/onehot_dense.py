@@ -11,6 +11,12 @@ Bags: the multi-hot block (bags x V, each id's factor c = per_sample_weights or 
 divisor) @ W, chunked by bags under the same budget; max is not a matmul (NotImplementedError
 naming the kernels that have it). Backward: the expanded rows c * G[bag] through onehot.T @ rows.
 
+float16 / bfloat16 tables: the same products over blocks of the table's rows converted to float32
+(exactly; each block within MEMORY_BUDGET), the one-hot columns split alike and the blocks'
+products added in order: a lookup is table.dequantize()[ids] (with the differences above), a bag
+is within the summation bound. int8 / int4 rows are not a matrix: not registered (the
+registry's NotImplementedError names the kernels that have them).
+
 Backward: onehot.T @ grad, chunked the same way. A float32 gradient is multiplied in float64
 (one-hot block, grad chunk and the running sum) and rounded to float32 once at the end: BLAS
 sums in its own blocked order, so the result is not bitwise the id-order sum of the compiled
@@ -20,7 +26,7 @@ sgemm over 1e6 equal contributions was off by 1.5e-4 relative here).
 import numpy as np
 
 from kernels import _bag_math as bm
-from kernels._formats import FLOAT
+from kernels._formats import FLOAT, HALF
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._validate import private_ids
@@ -93,6 +99,48 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
         np.matmul(block, W, out=out[b0:b1])
 
 
+def _float32_blocks(W):
+    """(v0, W[v0:v0 + k] as float32): the rows of a float16 / bfloat16 table in blocks of at
+    most MEMORY_BUDGET bytes of float32."""
+    step = chunk_rows(W.shape[1], 4)
+    for v0 in range(0, W.shape[0], step):
+        yield v0, W[v0 : v0 + step].astype(np.float32)
+
+
+def _multihot_product(W, ids, offsets, c, out):
+    """out = multihot(bags, factors c) @ W for a float16 / bfloat16 table: for each float32
+    block of W's rows, the (bags, block rows) multi-hot block times it, chunked by bags within
+    MEMORY_BUDGET, added to the previous blocks' products."""
+    B = offsets.shape[0] - 1
+    bag = bm.bag_of_ids(offsets)
+    for k, (v0, Wc) in enumerate(_float32_blocks(W)):
+        v1 = v0 + Wc.shape[0]
+        inside = (ids >= v0) & (ids < v1)
+        step = chunk_rows(v1 - v0, 4)
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            i0, i1 = offsets[b0], offsets[b1]
+            sel = inside[i0:i1]
+            block = np.zeros((b1 - b0, v1 - v0), np.float32)
+            np.add.at(block, (bag[i0:i1][sel] - b0, ids[i0:i1][sel] - v0), c[i0:i1][sel])
+            if k == 0:
+                np.matmul(block, Wc, out=out[b0:b1])
+            else:
+                out[b0:b1] += block @ Wc
+
+
+def _gather_half(W, ids, out):
+    ids = private_ids(ids, W.shape[0])
+    n = ids.shape[0]
+    _multihot_product(W, ids, np.arange(n + 1), np.ones(n, np.float32), out)
+
+
+def _bag_half(W, ids, offsets, mode, psw, pad, out):
+    ids = private_ids(ids, W.shape[0])
+    c = bm.coefficients(ids, offsets, mode, psw, pad).astype(np.float32)
+    _multihot_product(W, ids, offsets, c, out)
+
+
 def over_budget(op, vocab_size, dim, n_ids, itemsize=4):
     """Why a call of these sizes is beyond what benchmarks and scripts run (a sentence), or None:
     the one definition of the dense one-hot's limits (ONEHOT_MAX_BYTES, DENSE_MAX_MACS). For
@@ -119,7 +167,8 @@ KERNEL = Kernel(
     "onehot_dense",
     "dense one-hot block @ W (BLAS), chunked",
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
-     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
+     (LOOKUP, HALF): _gather_half, (LOOKUP_BAG, HALF): _bag_half},
     compiled=False,
     family="onehot",
     colour="#d62728",

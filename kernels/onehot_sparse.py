@@ -16,13 +16,16 @@ through the one-hot transpose product above.
 
 The ids are copied and checked again before scipy sees them (it does not bounds-check CSR
 indices). A table that is not C-contiguous (a column slice, a broadcast table) is never copied:
-the product runs over the rows the ids use.
+the product runs over the rows the ids use. float16 and bfloat16 tables take that path too, the
+rows used converted to float32 (exactly) for a float32 product: a lookup is then
+table.dequantize()[ids] (up to -0.0 -> +0.0). int8 / int4 rows are not a matrix: not
+registered (the registry's NotImplementedError names the kernels that have them).
 """
 import numpy as np
 import scipy.sparse as sp
 
 from kernels import _bag_math as bm
-from kernels._formats import FLOAT
+from kernels._formats import FLOAT, HALF
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._validate import private_ids
@@ -39,13 +42,15 @@ def onehot(ids, vocab_size, dtype):
 def _gather(W, ids, out):
     V = W.shape[0]
     ids = private_ids(ids, V)
-    if W.flags.c_contiguous:
+    if W.flags.c_contiguous and W.dtype == out.dtype:
         out[...] = onehot(ids, V, W.dtype) @ W
         return
     # scipy would copy the whole table into a contiguous one: take the product over the rows
-    # the ids use (the same one nonzero per output row, so the same bits), memory ~ the output.
+    # the ids use (the same one nonzero per output row, so the same bits), memory ~ the output;
+    # a float16 / bfloat16 table's rows converted to float32 on the way.
     rows, slot = np.unique(ids, return_inverse=True)
-    out[...] = onehot(slot.astype(ids.dtype, copy=False), rows.shape[0], W.dtype) @ W[rows]
+    out[...] = onehot(slot.astype(ids.dtype, copy=False), rows.shape[0], out.dtype) @ \
+        W[rows].astype(out.dtype, copy=False)
 
 
 def _scatter_add(G, ids, dW, zeroed):
@@ -82,12 +87,12 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
     ids = private_ids(ids, V)
     ids, offsets, c = bm.without_padding(ids, offsets, pad,
                                          bm.coefficients(ids, offsets, mode, psw, pad))
-    if W.flags.c_contiguous:
+    if W.flags.c_contiguous and W.dtype == out.dtype:
         out[...] = multihot(ids, offsets, c, V, W.dtype) @ W
         return
     rows, slot = np.unique(ids, return_inverse=True)
     out[...] = multihot(slot.astype(ids.dtype, copy=False), offsets, c, rows.shape[0],
-                        W.dtype) @ W[rows]
+                        out.dtype) @ W[rows].astype(out.dtype, copy=False)
 
 
 def _scratch_bytes(op, vocab_size, dim, n_ids, itemsize):
@@ -101,7 +106,8 @@ KERNEL = Kernel(
     "onehot_sparse",
     "scipy CSR one-hot @ W",
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
-     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
+     (LOOKUP, HALF): _gather, (LOOKUP_BAG, HALF): _bag},
     compiled=False,
     family="onehot",
     colour="#ff7f0e",

@@ -7,7 +7,9 @@ update of the rows it touched, in place, in one call.
         opt.step(ids, G)                             # coalesce, then update the touched rows of W
 
 Each optimizer is bound to one table at construction: a C-contiguous, writeable, 2-D float32 or
-float64 `numpy.ndarray` (TypeError / ValueError otherwise). Its state lives in `opt.state` (a
+float64 `numpy.ndarray` (TypeError / ValueError otherwise; a low-precision table of
+kernels.quantize is a TypeError: it is for inference, so train the float32 master table and
+re-quantize it). Its state lives in `opt.state` (a
 dict of NumPy arrays of the table's dtype, plus an int "step" where the formula needs one).
 
 A step computes the coalesced gradient of the batch (`rows`: the sorted unique ids that occur,
@@ -92,7 +94,7 @@ from kernels import _bag_math
 from kernels._ops import LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._optim_numba import fused_step as _fused_step
 from kernels._optim_numba import update as _apply_rows
-from kernels._validate import float_array
+from kernels._validate import float_array, refuse_table
 
 __all__ = ["SGD", "Adagrad", "RowwiseAdagrad", "SparseAdam"]
 
@@ -107,6 +109,7 @@ def _busy_error():
 
 
 def _check_table(weights):
+    refuse_table(weights)
     if not isinstance(weights, np.ndarray) or type(weights) not in (np.ndarray, np.memmap):
         raise TypeError(
             f"weights must be a numpy.ndarray (updated in place), got {type(weights).__name__}"

@@ -134,7 +134,7 @@ def random_ids(rng, shape, V: int, dtype) -> np.ndarray:
 
 def _uint_view(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
-    return a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+    return a.view({1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
 
 
 def assert_bitwise_equal(got, expected, what: str = "result") -> None:

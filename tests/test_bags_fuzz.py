@@ -1,12 +1,17 @@
 """Fuzz of the bag operations: 10,000 random lookup_bag calls per kernel (random vocab size, dim,
 bag layout with empty bags, 1-D / include_last_offset / 2-D ids, mode, per_sample_weights,
 padding_idx, table dtype, ids and offsets dtypes), each checked with LOOKUP_BAG.assert_matches;
-and 10,000 random lookup_bag_grad calls per kernel against LOOKUP_BAG_GRAD.reference.
+10,000 random lookup_bag_grad calls per kernel against LOOKUP_BAG_GRAD.reference; and, for every
+low-precision format a kernel implements, 5,000 of the same random bags over the table
+kernels.quantize makes (float32 per_sample_weights and out), checked against the float64
+reference of table.dequantize().
 
 Case i is drawn from np.random.default_rng((SEED, i)) alone, so a failure message names the call
 to replay: `random_bags(np.random.default_rng((SEED, i)), modes)`.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -14,12 +19,14 @@ import pytest
 import kernels
 from conftest import IDS_DTYPES, SENTINEL
 from kernels import LOOKUP_BAG, LOOKUP_BAG_GRAD
+from kernels._formats import LOW_PRECISION
 from kernels._validate import BAG_MODES
 from test_bags import BACKWARD, FORWARD, assert_grad_within_bound, grad_terms, require, Bags
 
 SEED = 20261126
 N_FORWARD = 10_000
 N_BACKWARD = 10_000
+N_LOW_PRECISION = 5_000
 
 OFFSETS_DTYPES = [np.int32, np.int64, np.uint32, np.uint64]
 
@@ -130,3 +137,40 @@ def test_random_bag_gradients_within_the_summation_bound(kernel_name):
             raise AssertionError(f"{kernel_name}: {describe(i, case, W, mode, psw)}\n{e!r}") from e
         checked += 1
     assert checked == N_BACKWARD
+
+
+def low_precision_case(rng, modes, fmt):
+    """random_bags' call over a `fmt` table: the case (D made even for int4), the table, mode,
+    float32 per_sample_weights, use_out."""
+    case, W, mode, psw, use_out = random_bags(rng, modes)
+    if fmt == "int4" and case.D % 2:
+        case = dataclasses.replace(case, D=case.D + 1)
+    W = rng.standard_normal((case.V, case.D)).astype(np.float32)
+    psw = None if psw is None else psw.astype(np.float32)
+    return case, kernels.quantize(W, fmt), mode, psw, use_out
+
+
+@pytest.mark.parametrize("fmt", [f.name for f in LOW_PRECISION])
+def test_random_bags_of_low_precision_tables_match_the_float64_reference(kernel_name, fmt):
+    k = kernels.KERNELS[kernel_name]
+    if not k.implements(FORWARD, fmt):
+        T = kernels.quantize(np.ones((4, 2), np.float32), fmt)
+        with pytest.raises(NotImplementedError, match="implemented by: " + ", ".join(
+                kernels.kernels_implementing(FORWARD, fmt))):
+            k.lookup_bag(T, [1, 2], [0, 1])
+        pytest.skip(f"{kernel_name} does not implement {FORWARD} for {fmt} (checked)")
+    modes = [m for m in BAG_MODES if m in k.bag_modes]
+    for i in range(N_LOW_PRECISION):
+        case, T, mode, psw, use_out = low_precision_case(np.random.default_rng((SEED, i)), modes,
+                                                         fmt)
+        out = np.full((case.B, case.D), SENTINEL, np.float32) if use_out else None
+        try:
+            got = k.lookup_bag(T, case.ids, case.offsets, out=out, **case.kwargs(mode, psw))
+            assert out is None or got is out, "out= was not returned"
+            LOOKUP_BAG.assert_matches(got, T, *case.ref_args(mode, psw))
+        except Exception as e:
+            raise AssertionError(
+                f"{kernel_name} {fmt}: case {i} (replay: low_precision_case(np.random."
+                f"default_rng(({SEED}, {i})), modes, {fmt!r})): V={case.V} D={case.D} "
+                f"mode={mode} padding_idx={case.padding_idx}\n ids={case.ids!r}\n "
+                f"offsets={case.offsets!r}\n per_sample_weights={psw!r}\n{e!r}") from e

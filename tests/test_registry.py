@@ -28,8 +28,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_every_registered_kernel_implements_every_operation_for_both_float_formats():
     assert list(kernels.KERNELS) == _registry.names()
     for k in kernels.KERNELS.values():
-        assert set(k.pairs()) == {(op, f) for op in kernels.OPERATIONS
-                                  for f in ("float32", "float64")}, k.name
+        pairs = set(k.pairs())
+        assert {(op, f) for op in kernels.OPERATIONS for f in ("float32", "float64")} <= pairs
+        low_precision = {(op, f) for op, f in pairs if f not in ("float32", "float64")}
+        assert {op for op, _ in low_precision} <= {"lookup", "lookup_bag"}, k.name  # inference
         assert k.family in ("gather", "onehot") and isinstance(k.compiled, bool)
         assert re.fullmatch(r"#[0-9a-f]{6}", k.colour), k.name
     assert kernels.kernels_implementing("lookup", "float32") == list(kernels.KERNELS)
