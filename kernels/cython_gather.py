@@ -17,7 +17,8 @@ import numpy as np
 from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES
 from kernels._cpu import bag_prefetch_distance, prefetch_distance
-from kernels._formats import FLOAT
+from kernels._formats import FLOAT, LOW_PRECISION
+from kernels._numba_lowp import CODES
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import openmp_threads, threads_for
@@ -49,11 +50,45 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
               bag_prefetch_distance(W))
 
 
+def _storage(W):
+    """A low-precision table's storage as the C decoders read it: rows contiguous, halves as
+    uint16."""
+    if W.strides[1] != W.itemsize:
+        W = np.ascontiguousarray(W)
+    return W.view(np.uint16) if W.dtype.itemsize == 2 else W
+
+
+def _decoding_gather(code):
+    """The lookup function of a low-precision format (_numba_lowp.CODES): rows decoded straight
+    into out."""
+
+    def gather(W, ids, out):
+        S = _storage(W)
+        _core.decode_gather(code, S, ids, out, _threads(out.nbytes), prefetch_distance(S))
+
+    return gather
+
+
+def _decoding_bag(code):
+    """The lookup_bag function of a low-precision format: each row decoded, then pooled as a
+    float32 table's."""
+
+    def bag(W, ids, offsets, mode, psw, pad, out):
+        S = _storage(W)
+        _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
+                         _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
+                         bag_prefetch_distance(S))
+
+    return bag
+
+
 KERNEL = Kernel(
     "cython_gather",
     "Cython OpenMP prange, memcpy per row",
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
-     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
+     **{(LOOKUP, fmt): _decoding_gather(CODES[fmt.name]) for fmt in LOW_PRECISION},
+     **{(LOOKUP_BAG, fmt): _decoding_bag(CODES[fmt.name]) for fmt in LOW_PRECISION}},
     compiled=True,
     family="gather",
     colour="#2ca02c",

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels._cpu import bag_prefetch_distance, prefetch_distance
-from kernels._formats import FLOAT
+from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
 from kernels._numba_lowp import CODES, decode_row, row_of
@@ -631,7 +631,9 @@ KERNEL = Kernel(
     "numba_gather",
     "Numba row loops, chunked prange",
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
-     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add)},
+     (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
+     **{(LOOKUP, fmt): _decoding_gather(fmt.name) for fmt in LOW_PRECISION},
+     **{(LOOKUP_BAG, fmt): _bag_of(CODES[fmt.name]) for fmt in LOW_PRECISION}},
     compiled=True,
     family="gather",
     colour="#1f77b4",
