@@ -507,3 +507,89 @@ def training_grad_data(vocab_size, dim, n=N_IDS):
         ("training_grad", vocab_size, dim, n),
         lambda: (make_grad(dim, shape=(n,)), uniform_ids(vocab_size, shape=(n,))),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Table formats (bench_formats): low-precision tables
+
+FORMATS = ["float32", "float16", "bfloat16", "int8", "int4"]
+"""The formats LowPrecision compares: float32 (the reference ndarray) and kernels' tables."""
+FORMAT_N_IDS = 65_536
+"""ids of one LowPrecision call (lookups; bags: 8,192 bags of 8)."""
+FORMAT_BAG_LENGTH = 8
+
+
+def format_table(fmt, vocab_size, dim, block_rows=4096):
+    """A (vocab_size, dim) table of format fmt, cached. float32: make_weights. The others: a block
+    of block_rows rows of make_weights quantized with kernels.quantize, tiled down the table at
+    memory speed (a 1e7-row table without its 10 GB float32 source), each block's bias (or, for
+    float16/bfloat16, every value) shifted so no two blocks hold the same rows."""
+    def make():
+        if fmt == "float32":
+            return make_weights(vocab_size, dim)
+        block = kernels.quantize(make_weights(min(vocab_size, block_rows), dim), fmt).packed
+        cls = type(kernels.quantize(np.zeros((0, dim), DTYPE), fmt))
+        packed = np.empty((vocab_size,) + block.shape[1:], block.dtype)
+        for r0 in range(0, vocab_size, block_rows):
+            rows = packed[r0:r0 + block_rows]
+            rows[...] = block[:rows.shape[0]]
+            shift = 2 * (r0 // block_rows) % 256
+            if fmt in ("float16", "bfloat16"):
+                rows += rows.dtype.type(shift)
+            elif fmt == "int8":
+                rows[:, dim + 4:dim + 8].view(np.float32)[:, 0] += np.float32(shift)
+            else:
+                rows[:, dim // 2 + 2:dim // 2 + 4].view(np.float16)[:, 0] += np.float16(shift)
+        return cls.from_packed(packed)
+
+    return cached(("format_table", fmt, vocab_size, dim), make)
+
+
+def format_bytes(fmt, vocab_size, dim, n=FORMAT_N_IDS):
+    """Peak bytes of a LowPrecision process: the table, ids, the (n, D) float32 output and the
+    check's decoded copy of the rows read (n, D float32, and their packed rows)."""
+    row = kernels.FORMATS[fmt].row_bytes(dim)
+    return vocab_size * row + n * (2 * dim * 4 + row + 8)
+
+
+def require_format(kernel, fmt, vocab_size, dim, op="lookup"):
+    """NotImplementedError (asv: n/a) when the kernel does not implement the format, or the
+    point is beyond the budget: V = 1e7 only for int8 and int4 (the formats meant for tables
+    that large), at most MAX_PROCESS_BYTES."""
+    K = kernels.KERNELS[kernel]
+    if not K.implements(op, fmt):
+        raise NotImplementedError(f"{kernel} does not implement {op} for {fmt} tables")
+    if vocab_size > 1_000_000 and fmt not in ("int8", "int4"):
+        raise NotImplementedError(f"V = {vocab_size:.0e} is measured for int8 and int4 only")
+    need = format_bytes(fmt, vocab_size, dim)
+    if need > MAX_PROCESS_BYTES:
+        raise NotImplementedError(f"needs ~{need / 2**30:.1f} GiB > budget")
+
+
+def decoded_rows(table, ids):
+    """The float32 rows a lookup of ids must return: W[ids] for an ndarray, else the rows' packed
+    bytes wrapped as a table of their own and dequantized (never the whole table)."""
+    if isinstance(table, np.ndarray):
+        return table[ids]
+    return type(table).from_packed(np.ascontiguousarray(table.packed[ids])).dequantize()
+
+
+def check_format_lookup(K, table, ids, out):
+    """K.lookup(table, ids, out=out) on a NaN-filled out equals decoded_rows bit for bit."""
+    out.fill(np.nan)
+    K.lookup(table, ids, out=out)
+    assert_gathered(out, decoded_rows(table, ids), np.arange(ids.shape[0]),
+                    f"{K.name} ({format_name(table)})")
+
+
+def check_format_bag(K, table, ids, offsets, out):
+    """K.lookup_bag(table, ids, offsets, out=out) within the summation bound of the float64
+    reference over decoded_rows."""
+    out.fill(np.nan)
+    K.lookup_bag(table, ids, offsets, out=out)
+    assert_bag(out, decoded_rows(table, ids), np.arange(ids.shape[0]), offsets,
+               what=f"{K.name} ({format_name(table)})")
+
+
+def format_name(table):
+    return "float32" if isinstance(table, np.ndarray) else table.format

@@ -1,0 +1,146 @@
+"""Low-precision tables against the float32 table, side by side in one process: a Markdown report.
+
+    python -m tools.formats_roofline            # V 1e4, 2e6 x D 64, 128, 256
+    python -m tools.formats_roofline --quick    # V 1e4, 2e6 x D 64, 256, fewer rounds
+
+n = 65,536 uniform int64 ids. At each (V, D), interleaved round after round in a shuffled order
+(kernels._timing.interleaved_best, the best per-round median kept):
+
+- lookup: kernels.lookup(table, ids, kernel=K, out=out) for the float32 table and every format,
+  K = numba_gather and cython_gather;
+- bag: kernels.lookup_bag(table, ids, offsets, kernel=K, out=out), sum, bags of 8 and of 1;
+- torch (when importable, torch.set_num_threads(kernels.get_num_threads())): its quantized bag
+  ops on the same packed bytes (embedding_bag_byte_rowwise_offsets for int8,
+  embedding_bag_4bit_rowwise_offsets for int4) and its float32 embedding_bag, bags of 8 and 1.
+  They allocate their output (no out=).
+
+Tables are benchmarks.common.format_table's (a quantized block of rows tiled down the table), so
+V = 2e6 x D = 256 needs no 2 GB float32 source for the low-precision formats (the float32 table
+itself is built). Ratios in the report are float32's time over the format's, by the same kernel,
+measured in the same round: > 1 means the format is faster.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+import kernels
+from benchmarks import common
+from kernels._timing import interleaved_best
+
+FULL = {"vocab": (10_000, 2_000_000), "dims": (64, 128, 256), "rounds": 7, "reps": 5}
+QUICK = {"vocab": (10_000, 2_000_000), "dims": (64, 256), "rounds": 3, "reps": 3}
+N = 65_536
+KERNELS = ("numba_gather", "cython_gather")
+FORMATS = common.FORMATS
+TORCH_OPS = {"int8": "embedding_bag_byte_rowwise_offsets",
+             "int4": "embedding_bag_4bit_rowwise_offsets"}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(kernels.get_num_threads())
+    return torch
+
+
+def methods_at(V, D, torch):
+    """{(op, format, who): zero-argument callable} at one (V, D)."""
+    ids = common.uniform_ids(V, shape=(N,))
+    out = np.empty((N, D), np.float32)
+    bags8 = np.arange(0, N, 8, dtype=np.int64)
+    bags1 = np.arange(0, N, dtype=np.int64)
+    m = {}
+    tables = {fmt: common.format_table(fmt, V, D) for fmt in FORMATS}
+    for fmt, T in tables.items():
+        for k in KERNELS:
+            m[("lookup", fmt, k)] = lambda T=T, k=k: kernels.lookup(T, ids, kernel=k, out=out)
+            for L, off in ((8, bags8), (1, bags1)):
+                dst = out[:off.shape[0]]
+                m[(f"bag{L}", fmt, k)] = lambda T=T, k=k, off=off, dst=dst: kernels.lookup_bag(
+                    T, ids, off, kernel=k, out=dst)
+    if torch is not None:
+        tids = torch.from_numpy(ids)
+        for L, off in ((8, bags8), (1, bags1)):
+            toff = torch.from_numpy(off)
+            tW = torch.from_numpy(tables["float32"])
+            m[(f"bag{L}", "float32", "torch")] = lambda tW=tW, toff=toff: \
+                torch.nn.functional.embedding_bag(tids, tW, toff, mode="sum")
+            for fmt, name in TORCH_OPS.items():
+                op = getattr(torch.ops.quantized, name)
+                tP = torch.from_numpy(tables[fmt].packed)
+                m[(f"bag{L}", fmt, "torch")] = lambda op=op, tP=tP, toff=toff: op(
+                    tP, tids, toff, mode=0)
+    return m
+
+
+def run(cfg, out=sys.stdout):
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    rows = []
+    for V in cfg["vocab"]:
+        for D in cfg["dims"]:
+            common.clear_cache()
+            m = methods_at(V, D, torch)
+            best = interleaved_best(m, cfg["rounds"], cfg["reps"], rng=rng)
+            for (op, fmt, who), s in best.items():
+                rows.append({"V": V, "D": D, "op": op, "format": fmt, "who": who, "ms": s * 1e3})
+            print(f"   V={V} D={D} done", file=sys.stderr)
+    common.clear_cache()
+    report(rows, torch, out)
+    return rows
+
+
+def report(rows, torch, out):
+    t = {(r["V"], r["D"], r["op"], r["format"], r["who"]): r["ms"] for r in rows}
+    points = sorted({(r["V"], r["D"]) for r in rows})
+    threads = kernels.get_num_threads()
+    print(f"n = {N:,} uniform ids; {threads} threads; torch "
+          f"{torch.__version__ if torch else 'not installed'}\n", file=out)
+    for op in ("lookup", "bag8", "bag1"):
+        title = {"lookup": "Lookup", "bag8": "Bags of 8 (sum)", "bag1": "Bags of 1 (sum)"}[op]
+        print(f"### {title}: ms (float32 ms / format ms)\n", file=out)
+        whos = list(KERNELS) + ([] if op == "lookup" or torch is None else ["torch"])
+        print("| V | D | by | " + " | ".join(FORMATS) + " |", file=out)
+        print("|---:|---:|---|" + "---:|" * len(FORMATS), file=out)
+        for V, D in points:
+            for who in whos:
+                base = t.get((V, D, op, "float32", who))
+                cells = []
+                for fmt in FORMATS:
+                    ms = t.get((V, D, op, fmt, who))
+                    if ms is None:
+                        cells.append("")
+                    elif fmt == "float32" or base is None:
+                        cells.append(f"{ms:.3f}")
+                    else:
+                        cells.append(f"{ms:.3f} ({base / ms:.2f}x)")
+                print(f"| {V:,} | {D} | {who} | " + " | ".join(cells) + " |", file=out)
+        print(file=out)
+    if torch is not None:
+        print("### Ours against torch's quantized bag op (torch ms / our best ms)\n", file=out)
+        print("| V | D | bag length | int8 | int4 |", file=out)
+        print("|---:|---:|---:|---:|---:|", file=out)
+        for V, D in points:
+            for L in (8, 1):
+                cells = []
+                for fmt in ("int8", "int4"):
+                    ours = min(t[(V, D, f"bag{L}", fmt, k)] for k in KERNELS)
+                    cells.append(f"{t[(V, D, f'bag{L}', fmt, 'torch')] / ours:.2f}")
+                print(f"| {V:,} | {D} | {L} | " + " | ".join(cells) + " |", file=out)
+        print(file=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    run(QUICK if args.quick else FULL)
+
+
+if __name__ == "__main__":
+    main()
