@@ -15,23 +15,13 @@ import kernels
 from . import common
 
 
-class FormatTiming(common.Timing):
-    """Timing's attributes with one round and samples for at most 0.1 s a process: the ~150
-    LowPrecision points would otherwise cost `make bench` ~8 minutes (most of a process is its
-    table and its check, not the timed calls)."""
-
-    rounds = 1
-    repeat = (2, 50, 0.1)
-
-
-class LowPrecision(FormatTiming):
+class LowPrecision(common.FormatTiming):
     """time_lookup: K.lookup(table, ids, out=out) (n, D) float32; time_bag: K.lookup_bag(table,
     ids, offsets, out=out) (B, D). Checked once per process against the rows' dequantized values
     (bit for bit; bags within the summation bound). D = 128 is measured by tools.formats_roofline,
     not here (the budget)."""
 
-    params = [common.FORMATS, ["numpy_take", "numba_gather", "cython_gather"],
-              [10_000, 1_000_000, 10_000_000], [64, 256]]
+    params = [common.FORMATS, common.FORMAT_KERNELS, [10_000, 1_000_000, 10_000_000], [64, 256]]
     param_names = ["format", "kernel", "vocab_size", "dim"]
 
     def setup(self, format, kernel, vocab_size, dim):
@@ -56,7 +46,7 @@ class LowPrecision(FormatTiming):
         self.K.lookup_bag(self.T, self.ids, self.offsets, out=self.bag_out)
 
 
-class LowPrecisionMemory(FormatTiming):
+class LowPrecisionMemory(common.FormatTiming):
     """peakmem of a process holding a (1e6, 128) table of each format and looking up n ids in
     it with cython_gather: the table's bytes dominate (float32 512 MB, float16/bfloat16 256 MB,
     int8 136 MB, int4 68 MB). track_table_bytes is the storage alone (table.nbytes)."""

@@ -117,3 +117,33 @@ class BagPeers(common.BagTiming):
 
     def time_bag(self, method, vocab_size, dim, bag_length):
         self.call()
+
+
+class FormatPeers(common.FormatTiming):
+    """LowPrecision.time_bag's bags (n = common.FORMAT_N_IDS ids, bags of 8, sum) by torch's
+    quantized bag ops on the same packed bytes (common.format_table: torch's layouts):
+    torch.ops.quantized.embedding_bag_byte_rowwise_offsets (int8) and
+    embedding_bag_4bit_rowwise_offsets (int4), on common.ALL_THREADS threads; n/a without torch.
+    They allocate their output. Checked once per process within the summation bound of the
+    float64 reference over the dequantized rows (torch fuses q * scale + bias: 1 ulp apart)."""
+
+    params = [["int8", "int4"], [10_000, 1_000_000], [64, 256]]
+    param_names = ["format", "vocab_size", "dim"]
+
+    def setup(self, format, vocab_size, dim):
+        torch = _import_torch()
+        op = {"int8": torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
+              "int4": torch.ops.quantized.embedding_bag_4bit_rowwise_offsets}[format]
+        T = common.format_table(format, vocab_size, dim)
+        n = common.FORMAT_N_IDS
+        ids = common.uniform_ids(vocab_size, shape=(n,))
+        offsets = np.arange(0, n, common.FORMAT_BAG_LENGTH, dtype=np.int64)
+        self.call = functools.partial(op, torch.from_numpy(T.packed), torch.from_numpy(ids),
+                                      torch.from_numpy(offsets), mode=0)
+        common.check_once(
+            ("format_peers", format, vocab_size, dim),
+            lambda: common.assert_bag(self.call().numpy(), common.decoded_rows(T, ids),
+                                      np.arange(n), offsets, what=f"torch {format}"))
+
+    def time_bag(self, format, vocab_size, dim):
+        self.call()

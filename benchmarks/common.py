@@ -442,6 +442,15 @@ class BagTiming(Timing):
     repeat = (2, 50, 0.1)
 
 
+class FormatTiming(Timing):
+    """Timing's attributes with one round and samples for at most 0.1 s a process: the ~150
+    LowPrecision (and FormatPeers) points would otherwise cost `make bench` ~8 minutes (most of
+    a process is its table and its check, not the timed calls)."""
+
+    rounds = 1
+    repeat = (2, 50, 0.1)
+
+
 # ---------------------------------------------------------------------------------------------
 # Training (bench_training): sparse gradients and optimizer steps
 
@@ -514,6 +523,9 @@ def training_grad_data(vocab_size, dim, n=N_IDS):
 
 FORMATS = ["float32", "float16", "bfloat16", "int8", "int4"]
 """The formats LowPrecision compares: float32 (the reference ndarray) and kernels' tables."""
+FORMAT_KERNELS = [k for k in KERNELS if kernels.KERNELS[k].implements("lookup", "int8")]
+"""The kernels LowPrecision times: those with every format (the one-hot kernels have only the
+half-precision ones)."""
 FORMAT_N_IDS = 65_536
 """ids of one LowPrecision call (lookups; bags: 8,192 bags of 8)."""
 FORMAT_BAG_LENGTH = 8

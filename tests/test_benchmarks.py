@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import (  # noqa: E402  (the suite lives beside the package, not inside it)
     bench_bags,
     bench_distribution,
+    bench_formats,
     bench_grad,
     bench_lookup,
     bench_onehot,
@@ -113,6 +114,10 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
         (bench_peers.BagPeers, ["time_bag"], ["method", "vocab_size", "dim", "bag_length"]),
         (bench_training.SparseTraining, ["time_op"], ["op", "vocab_size", "dim"]),
         (bench_training.SparseTrainingBags, ["time_op"], ["op", "vocab_size", "dim"]),
+        (bench_formats.LowPrecision, ["time_lookup", "time_bag"],
+         ["format", "kernel", "vocab_size", "dim"]),
+        (bench_formats.LowPrecisionMemory, ["peakmem_lookup", "track_table_bytes"], ["format"]),
+        (bench_peers.FormatPeers, ["time_bag"], ["format", "vocab_size", "dim"]),
         (bench_training.SparseTrainingMemory, ["peakmem_step", "track_step_bytes"],
          ["n", "dim"]),
     ],
@@ -646,3 +651,63 @@ def test_the_step_memory_benchmark_runs_and_its_step_allocates_with_n_not_v():
     assert sizes[16_384] < V * D * 4 / 10  # far below a dense gradient of the table
     assert sizes[1_024] < sizes[16_384]
     common.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# Table formats (bench_formats)
+
+
+@pytest.mark.parametrize("fmt", common.FORMATS)
+@pytest.mark.parametrize("kernel", bench_formats.LowPrecision.params[1])
+def test_every_format_point_sets_up_checks_and_runs(fmt, kernel):
+    common.clear_cache()
+    bench = bench_formats.LowPrecision()
+    bench.setup(fmt, kernel, 10_000, 64)  # runs the check
+    bench.time_lookup(fmt, kernel, 10_000, 64)
+    bench.time_bag(fmt, kernel, 10_000, 64)
+    common.clear_cache()
+
+
+def test_format_tables_hold_distinct_rows_and_every_block_is_a_valid_table():
+    """format_table tiles one quantized block; each block is shifted, so no row repeats the row
+    a block earlier (a gather of the wrong row cannot pass the check)."""
+    common.clear_cache()
+    for fmt in common.FORMATS:
+        T = common.format_table(fmt, 3 * 4096, 16)
+        W = T if isinstance(T, np.ndarray) else T.dequantize()
+        assert np.isfinite(W).all(), fmt
+        assert not np.array_equal(W[:4096], W[4096:8192]), fmt
+        assert common.format_name(T) == fmt
+    common.clear_cache()
+
+
+def test_the_format_check_rejects_a_wrong_row():
+    common.clear_cache()
+    T = common.format_table("int8", 10_000, 64)
+    ids = common.uniform_ids(10_000, shape=(1000,))
+    out = np.empty((1000, 64), np.float32)
+    right = kernels.KERNELS["cython_gather"]
+    common.check_format_lookup(right, T, ids, out)
+    gather = right.function(LOOKUP, "int8")
+    wrong = Kernel("off_by_one", "reads the next row",
+                   {(LOOKUP, kernels.FORMATS["int8"]):
+                    lambda W, i, o: gather(W, (i + 1) % W.shape[0], o)},
+                   compiled=False, family="gather", colour="#000000")
+    with pytest.raises(AssertionError):
+        common.check_format_lookup(wrong, T, ids, out)
+    common.clear_cache()
+
+
+def test_the_format_grid_is_na_only_where_the_rules_say():
+    """V = 1e7 only for int8 and int4; every kernel listed implements every format."""
+    formats, kernel_names, vocabs, dims = bench_formats.LowPrecision.params
+    for fmt in formats:
+        for k in kernel_names:
+            for V in vocabs:
+                for D in dims:
+                    try:
+                        common.require_format(k, fmt, V, D)
+                        ran = True
+                    except NotImplementedError:
+                        ran = False
+                    assert ran == (V <= 1_000_000 or fmt in ("int8", "int4")), (fmt, k, V, D)

@@ -33,7 +33,8 @@ from kernels._timing import interleaved_best
 FULL = {"vocab": (10_000, 2_000_000), "dims": (64, 128, 256), "rounds": 7, "reps": 5}
 QUICK = {"vocab": (10_000, 2_000_000), "dims": (64, 256), "rounds": 3, "reps": 3}
 N = 65_536
-KERNELS = ("numba_gather", "cython_gather")
+KERNELS = tuple(name for name, k in kernels.KERNELS.items()
+                if k.compiled and k.implements("lookup", "int8"))
 FORMATS = common.FORMATS
 TORCH_OPS = {"int8": "embedding_bag_byte_rowwise_offsets",
              "int4": "embedding_bag_4bit_rowwise_offsets"}
