@@ -40,66 +40,95 @@ _HALF_SCALES = _half_scales()
 
 
 @njit(cache=True, nogil=True)
-def half_to_float(h, bits_out, out, k):
-    """out[k] = the half with bits h (an unsigned integer < 2**16), exactly; bits_out is out
-    viewed as uint32 (infinities and NaNs are written as bits, payload kept)."""
+def half_value(h):
+    """(value, special, bits) of the half with bits h (an unsigned integer < 2**16): its exact
+    float32 value, or for an infinity or NaN (special) the float32 bits to store (payload kept).
+    Scalars only: a helper taking the output arrays paid a reference count per element (10x)."""
     top = h >> 10
     e = top & 31
     m = h & 1023
     if e == 31:
-        bits_out[k] = (np.uint32(h & 0x8000) << 16) | np.uint32(0x7F800000) | \
+        return np.float32(0), True, (np.uint32(h & 0x8000) << 16) | np.uint32(0x7F800000) | \
             (np.uint32(m) << 13)
+    return np.float32(m + (1024 if e else 0)) * _HALF_SCALES[top], False, np.uint32(0)
+
+
+@njit(cache=True, nogil=True)
+def half_to_float(h, out, bits, i, k):
+    """out[i, k] = the half with bits h, exactly; bits is out viewed as uint32."""
+    v, special, b = half_value(h)
+    if special:
+        bits[i, k] = b
     else:
-        out[k] = np.float32(m + (1024 if e else 0)) * _HALF_SCALES[top]
+        out[i, k] = v
 
 
 @njit(cache=True, nogil=True)
-def _half_scalar(lo_byte, hi_byte, tmp, tmp_bits):
-    half_to_float(np.uint32(lo_byte) | (np.uint32(hi_byte) << 8), tmp_bits, tmp, 0)
-    return tmp[0]
+def _le(W, j, c, nbytes):
+    """The little-endian unsigned integer of W[j, c:c + nbytes]."""
+    u = np.uint32(0)
+    for t in range(nbytes):
+        u |= np.uint32(W[j, c + t]) << np.uint32(8 * t)
+    return u
 
 
 @njit(cache=True, nogil=True)
-def decode_row(fmt, W, j, dst):
-    """dst (float32, C-contiguous, D values) = row j of a low-precision table W (its storage)."""
-    D = dst.shape[0]
-    row = W[j]
-    bits = dst.view(np.uint32)
+def decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits):
+    """out[i, :D] (float32; bits: out viewed as uint32) = row j of a low-precision table W (its
+    storage). tmp (float32, shape (1, 2)) and tmp_bits (its uint32 view) carry a row's scale and
+    bias from their bytes to floats: indexing only, no per-row array views (each costs a
+    reference count)."""
+    D = out.shape[1]
     if fmt == BFLOAT16:
         for k in range(D):
-            bits[k] = np.uint32(row[k]) << 16
+            bits[i, k] = np.uint32(W[j, k]) << 16
     elif fmt == FLOAT16:
         for k in range(D):
-            half_to_float(np.uint32(row[k]), bits, dst, k)
+            v, special, b = half_value(np.uint32(W[j, k]))
+            if special:
+                bits[i, k] = b
+            else:
+                out[i, k] = v
     elif fmt == INT8:
-        scale = row[D:D + 4].view(np.float32)[0]
-        bias = row[D + 4:D + 8].view(np.float32)[0]
+        tmp_bits[0, 0] = _le(W, j, D, 4)
+        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
+        scale = tmp[0, 0]
+        bias = tmp[0, 1]
         for k in range(D):
-            dst[k] = np.float32(row[k]) * scale + bias
+            out[i, k] = np.float32(W[j, k]) * scale + bias
     else:
         h = D // 2
-        tmp = np.empty(1, np.float32)
-        tmp_bits = tmp.view(np.uint32)
-        scale = _half_scalar(row[h], row[h + 1], tmp, tmp_bits)
-        bias = _half_scalar(row[h + 2], row[h + 3], tmp, tmp_bits)
+        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
+        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
+        scale = tmp[0, 0]
+        bias = tmp[0, 1]
         for m in range(h):
-            b = np.uint32(row[m])
-            dst[2 * m] = np.float32(b & 15) * scale + bias
-            dst[2 * m + 1] = np.float32(b >> 4) * scale + bias
+            b = np.uint32(W[j, m])
+            out[i, 2 * m] = np.float32(b & 15) * scale + bias
+            out[i, 2 * m + 1] = np.float32(b >> 4) * scale + bias
 
 
-def row_of(W, j, scratch, fmt):
-    """Row j of table W as a float row (compiled only: an overload)."""
+@njit(cache=True, nogil=True)
+def scratch(D):
+    """(row (1, D) float32, its uint32 view, its first row, tmp (1, 2), tmp's uint32 view)."""
+    row = np.empty((1, D), np.float32)
+    tmp = np.empty((1, 2), np.float32)
+    return row, row.view(np.uint32), row[0], tmp, tmp.view(np.uint32)
+
+
+def row_of(W, j, fmt, s):
+    """Row j of table W as a float row (compiled only: an overload): W[j] of a float table, or
+    the decoded row in scratch s (scratch(D))."""
     raise NotImplementedError("row_of runs in compiled code only")
 
 
 @overload(row_of)
-def _row_of(W, j, scratch, fmt):
+def _row_of(W, j, fmt, s):
     if isinstance(W.dtype, types.Float):
-        return lambda W, j, scratch, fmt: W[j]
+        return lambda W, j, fmt, s: W[j]
 
-    def decoded(W, j, scratch, fmt):
-        decode_row(fmt, W, j, scratch)
-        return scratch
+    def decoded(W, j, fmt, s):
+        decode_row(fmt, W, j, s[0], s[1], 0, s[3], s[4])
+        return s[2]
 
     return decoded

@@ -30,7 +30,7 @@ from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
-from kernels._numba_lowp import CODES, decode_row, row_of
+from kernels._numba_lowp import CODES, decode_row, row_of, scratch
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
 from kernels._validate import MODE_CODES
@@ -111,6 +111,9 @@ def _decode_rows(fmt, W, ids, out, lo, hi, prefetch):
     """out[i] = the decoded row ids[i] of a low-precision table for i in lo..hi-1; returns how
     many ids were outside [0, V) (each decoded row 0)."""
     V = W.shape[0]
+    bits = out.view(np.uint32)
+    tmp = np.empty((1, 2), np.float32)
+    tmp_bits = tmp.view(np.uint32)
     bad = 0
     for i in range(lo, hi):
         if prefetch and i + prefetch < hi:
@@ -119,7 +122,7 @@ def _decode_rows(fmt, W, ids, out, lo, hi, prefetch):
         if j < 0 or j >= V:
             bad += 1
             j = 0
-        decode_row(fmt, W, j, out[i])
+        decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits)
     return bad
 
 
@@ -494,7 +497,7 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
     D = out.shape[1]
     n = ids.shape[0]
     zero = out.dtype.type(0)
-    scratch = np.empty(D, out.dtype)
+    s = scratch(D)
     bad = 0
     for b in range(b0, b1):
         row = out[b]
@@ -511,7 +514,7 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = row_of(W, j, scratch, fmt)
+            src = row_of(W, j, fmt, s)
             if mode == 2:
                 if cnt == 0:
                     for k in range(D):
@@ -544,7 +547,7 @@ def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
     D = out.shape[1]
     n = ids.shape[0]
     acc = np.empty(D, out.dtype)
-    scratch = np.empty(D, out.dtype)
+    s = scratch(D)
     zero = out.dtype.type(0)
     bad = 0
     for b in range(b0, b1):
@@ -560,7 +563,7 @@ def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = row_of(W, j, scratch, fmt)
+            src = row_of(W, j, fmt, s)
             for k in range(D):
                 acc[k] += src[k]
             cnt += 1
