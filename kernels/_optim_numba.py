@@ -221,13 +221,26 @@ def sort_ids(ids, vocab_size):
     return rows, starts, pos
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _grad_row(G, src, coef, p):
+    """The row of G that sorted entry p (a position in ids) adds: G[p] for a lookup, G[src[p]]
+    (its bag's) for a bag; the index."""
+    return p if src.shape[0] == 0 else src[p]
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fused_rows(which, W, A, B, M, G, rows, starts, pos, h0, h1, h2, h3, lo, hi):
+def _fused_rows(which, W, A, B, M, G, src, coef, rows, starts, pos, h0, h1, h2, h3, lo, hi):
+    """Rows lo..hi-1 of the unique rows: each summed from its gradient rows, in id order, in
+    float64 (a row with one contribution: 0 + g in the table's dtype, the same value), then
+    updated. Entry p contributes G[p] (lookups, src empty) or G[src[p]] scaled by coef[p] and
+    rounded to the table's dtype (bags, coef non-empty: kernels._bag_math.expanded_rows's
+    E[p], computed here rather than stored)."""
     D = W.shape[1]
     n = pos.shape[0]
     acc = np.empty(D, np.float64)
     g = np.empty(D, W.dtype)
     zero = W.dtype.type(0)
+    scaled = coef.shape[0] > 0
     for u in range(lo, hi):
         if u + ROW_PREFETCH < hi:
             r = rows[u + ROW_PREFETCH]
@@ -239,45 +252,59 @@ def _fused_rows(which, W, A, B, M, G, rows, starts, pos, h0, h1, h2, h3, lo, hi)
         j0, j1 = starts[u], starts[u + 1]
         if j1 + GRAD_PREFETCH <= n:
             for j in range(j0, j1):
-                prefetch_row(G, pos[j + GRAD_PREFETCH])
-        p = pos[j0]
-        if j1 - j0 == 1:  # one row: 0 + g rounded is g (with -0.0 made +0.0, as in the sum)
-            for k in range(D):
-                g[k] = G[p, k] + zero
-        else:
-            for k in range(D):
-                acc[k] = G[p, k]
-            for j in range(j0 + 1, j1):
-                p = pos[j]
+                prefetch_row(G, _grad_row(G, src, coef, pos[j + GRAD_PREFETCH]))
+        for k in range(D):
+            acc[k] = 0.0
+        for j in range(j0, j1):
+            p = pos[j]
+            r = _grad_row(G, src, coef, p)
+            if scaled:
+                c = coef[p]
                 for k in range(D):
-                    acc[k] += G[p, k]
+                    acc[k] += W.dtype.type(np.float64(G[r, k]) * c)
+            elif j1 - j0 == 1:
+                for k in range(D):
+                    g[k] = G[r, k] + zero  # 0 + g: -0.0 made +0.0, as in the sum
+            else:
+                for k in range(D):
+                    acc[k] += G[r, k]
+        if scaled or j1 - j0 > 1:
             for k in range(D):
-                g[k] = acc[k] + 0.0
+                g[k] = acc[k]
         _update_row(which, W, A, B, M, rows[u], g, h0, h1, h2, h3)
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _fused_parallel(which, W, A, B, M, G, rows, starts, pos, h0, h1, h2, h3, nthreads):
+def _fused_parallel(which, W, A, B, M, G, src, coef, rows, starts, pos, h0, h1, h2, h3,
+                    nthreads):
     m = rows.shape[0]
     for c in prange(nthreads):
-        _fused_rows(which, W, A, B, M, G, rows, starts, pos, h0, h1, h2, h3,
+        _fused_rows(which, W, A, B, M, G, src, coef, rows, starts, pos, h0, h1, h2, h3,
                     m * c // nthreads, m * (c + 1) // nthreads)
 
 
-def fused_step(which, W, G, ids, hyper, A=None, B=None, M=None):
-    """The backward of a lookup of checked ids (n,) with gradient rows G (n, D) and the update of
-    the rows it touches, in one pass: the same bits as update() of the coalesced gradient that
-    numba_gather or cython_gather computes. Returns the number of rows updated."""
+_NO_INDEX = np.empty(0, np.int64)
+_NO_COEF = np.empty(0, np.float64)
+
+
+def fused_step(which, W, G, ids, hyper, A=None, B=None, M=None, src=None, coef=None):
+    """The backward of checked ids (n,) and the update of the rows they touch, in one pass: the
+    same bits as update() of the coalesced gradient numba_gather or cython_gather computes.
+    Lookups: G (n, D), entry p adds G[p]. Bags: G (B, D), entry p adds G[src[p]] times coef[p]
+    (float64, or None for 1) rounded to the table's dtype. Returns the number of rows updated."""
     if ids.shape[0] == 0:
         return 0
     rows, starts, pos = sort_ids(ids, W.shape[0])
     h = _hyper(W, hyper)
     A, B, M = _state(W, A, B, M)
-    touched = G.nbytes + rows.shape[0] * W.shape[1] * W.itemsize * (
-        2 + (A.shape[0] > 0) + (B.shape[0] > 0))
+    src = _NO_INDEX if src is None else src
+    coef = _NO_COEF if coef is None else coef
+    touched = ids.shape[0] * W.shape[1] * W.itemsize + rows.shape[0] * W.shape[1] * \
+        W.itemsize * (2 + (A.shape[0] > 0) + (B.shape[0] > 0))
     nthreads = min(_numba_threads(threads_for(touched)), rows.shape[0])
     if nthreads == 1:
-        _fused_rows(which, W, A, B, M, G, rows, starts, pos, *h, 0, rows.shape[0])
+        _fused_rows(which, W, A, B, M, G, src, coef, rows, starts, pos, *h, 0, rows.shape[0])
     else:
-        _run_parallel(_fused_parallel, which, W, A, B, M, G, rows, starts, pos, *h, nthreads)
+        _run_parallel(_fused_parallel, which, W, A, B, M, G, src, coef, rows, starts, pos, *h,
+                      nthreads)
     return rows.shape[0]

@@ -275,8 +275,13 @@ class _Optimizer:
                 G, _, _, flat, off, mode, psw, pad, _, _ = LOOKUP_BAG_GRAD.check(
                     G, ids, offsets, V, mode, per_sample_weights, padding_idx,
                     include_last_offset, W)
-                E, ids_kept = _bag_math.expanded_rows(G, flat, off, mode, psw, pad)
-                self._apply(G=E, ids=ids_kept)
+                keep = _bag_math.kept(flat, pad)
+                bag = _bag_math.bag_of_ids(off)
+                coef = None
+                if mode != "sum" or psw is not None:
+                    coef = _bag_math.coefficients(flat, off, mode, psw, pad, keep, bag)[keep]
+                self._apply(G=np.ascontiguousarray(G), ids=np.ascontiguousarray(flat[keep]),
+                            src=bag[keep], coef=coef)
                 return
             sg = kernels.lookup_bag_grad(
                 G, ids, offsets, V, mode=mode, per_sample_weights=per_sample_weights,
@@ -338,14 +343,14 @@ class _Optimizer:
         one step; called once per step."""
         raise NotImplementedError
 
-    def _apply(self, rows=None, values=None, *, G=None, ids=None):
-        """One step's update: of the coalesced (rows, values), or fused from gradient rows G at
-        checked ids."""
+    def _apply(self, rows=None, values=None, *, G=None, ids=None, src=None, coef=None):
+        """One step's update: of the coalesced (rows, values), or fused from the gradient rows
+        of G at checked ids (bags: G[src] scaled by coef; see _optim_numba.fused_step)."""
         which, hyper, state = self._rule()
         if G is None:
             _apply_rows(which, self.weights, rows, values, hyper, **state)
         else:
-            _fused_step(which, self.weights, G, ids, hyper, **state)
+            _fused_step(which, self.weights, G, ids, hyper, **state, src=src, coef=coef)
 
     # -- state ----------------------------------------------------------------------------------
 
