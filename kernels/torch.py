@@ -438,6 +438,13 @@ def _refuse_unimplemented(max_norm, scale_grad_by_freq, device, dtype):
         raise NotImplementedError(f"dtype={dtype}: kernels.torch tables are float32 or float64")
 
 
+def _hook_weight(weight: Tensor) -> None:
+    """Mark the module's sparse gradients coalesced after accumulation (a table created
+    frozen gets no hook: it receives no gradient)."""
+    if weight.requires_grad:
+        weight.register_post_accumulate_grad_hook(_mark_coalesced)
+
+
 class _FusedMixin:
     """The fused optimizer step shared by both modules."""
 
@@ -487,7 +494,7 @@ class Embedding(_FusedMixin, nn.Embedding):
         self.kernel = _kernel_name(kernel)
         super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type,
                          scale_grad_by_freq, sparse, _weight, _freeze, device, dtype)
-        self.weight.register_post_accumulate_grad_hook(_mark_coalesced)
+        _hook_weight(self.weight)
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, max_norm=None,
@@ -543,7 +550,7 @@ class EmbeddingBag(_FusedMixin, nn.EmbeddingBag):
                          "sum" if mode == "sqrtn" else mode, sparse, _weight,
                          include_last_offset, padding_idx, device, dtype)
         self.mode = mode
-        self.weight.register_post_accumulate_grad_hook(_mark_coalesced)
+        _hook_weight(self.weight)
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze=True, max_norm=None, norm_type=2.0,
