@@ -17,10 +17,9 @@ def _import_torch():
     """torch on the thread count of our kernels; NotImplementedError (asv: n/a) without it."""
     try:
         import torch
-
-        import kernels.torch  # noqa: F401  (registers the operators)
     except ImportError:
         raise NotImplementedError("torch is not installed") from None
+    import kernels.torch  # noqa: F401  (registers the operators)
     torch.set_num_threads(kernels.get_num_threads())
     return torch
 
