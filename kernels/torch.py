@@ -330,13 +330,13 @@ _embedding_bag.register_autograd(_bag_grad, setup_context=_bag_setup)
 
 
 def _flat_bags(input, offsets, per_sample_weights, include_last_offset):
-    """torch's two layouts as one: 2-D (B, N) input becomes 1-D ids with B starts."""
+    """torch's two layouts as one: 2-D (B, N) input becomes 1-D ids with B starts (and, as in
+    torch, include_last_offset does not apply to it). Returns (ids, offsets, per_sample_weights,
+    include_last_offset)."""
     if input.dim() == 2:
         if offsets is not None:
             raise ValueError("offsets has to be None if input is 2-D (fixed-size bags)")
-        if include_last_offset:
-            raise ValueError("include_last_offset=True needs 1-D input with offsets (2-D input "
-                             "has no last offset)")
+        include_last_offset = False
         B, N = input.shape
         offsets = torch.arange(0, B * N, N, dtype=torch.int64)
         input = input.reshape(-1)
@@ -349,7 +349,7 @@ def _flat_bags(input, offsets, per_sample_weights, include_last_offset):
         _check_ids(offsets, "offsets")
     else:
         raise ValueError(f"input has to be 1-D or 2-D, but got a {input.dim()}-D tensor")
-    return input, offsets, per_sample_weights
+    return input, offsets, per_sample_weights, include_last_offset
 
 
 def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
@@ -365,11 +365,11 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     _check_psw(per_sample_weights, weight)
     if mode not in BAG_MODES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, BAG_MODES))}, got {mode!r}")
-    input, offsets, per_sample_weights = _flat_bags(input, offsets, per_sample_weights,
-                                                    include_last_offset)
+    input, offsets, per_sample_weights, last = _flat_bags(input, offsets, per_sample_weights,
+                                                          include_last_offset)
     pad = _padding(padding_idx, weight.shape[0])
-    return _embedding_bag(weight, input, offsets, per_sample_weights, mode, pad,
-                          bool(include_last_offset), bool(sparse), _kernel_name(kernel))
+    return _embedding_bag(weight, input, offsets, per_sample_weights, mode, pad, bool(last),
+                          bool(sparse), _kernel_name(kernel))
 
 
 # -- the fused optimizer step ------------------------------------------------------------------
@@ -529,7 +529,7 @@ class EmbeddingBag(_FusedMixin, nn.EmbeddingBag):
 
     Beyond torch: mode "sqrtn", per_sample_weights with "mean" and "sqrtn", any integer dtype
     of ids. Refused where torch accepts: include_last_offset=True whose last offset is not
-    len(input), or with 2-D input (ValueError). Not implemented (NotImplementedError here):
+    len(input) (ValueError). Not implemented (NotImplementedError here):
     max_norm, scale_grad_by_freq=True, a device other than the CPU, tables other than
     float32/float64. sparse=True gives weight a coalesced sparse COO gradient;
     `fuse_optimizer(kernels.optim.SGD, lr=...)` applies the optimizer in the backward instead."""
@@ -581,11 +581,10 @@ class EmbeddingBag(_FusedMixin, nn.EmbeddingBag):
         if per_sample_weights is not None and per_sample_weights.requires_grad:
             raise NotImplementedError("the fused step computes no gradient of "
                                       "per_sample_weights; detach them or fuse_optimizer(None)")
-        input, offsets, psw = _flat_bags(input, offsets, per_sample_weights,
-                                         self.include_last_offset)
+        input, offsets, psw, last = _flat_bags(input, offsets, per_sample_weights,
+                                               self.include_last_offset)
         return _FusedBag.apply(self.weight, input, offsets, psw, self.fused_optimizer,
-                               self.mode, self.padding_idx, self.include_last_offset,
-                               self.kernel)
+                               self.mode, self.padding_idx, last, self.kernel)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel={self.kernel!r}"

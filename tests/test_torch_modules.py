@@ -231,8 +231,10 @@ def test_embedding_bag_forward_and_gradients_equal_torch(dtype, mode, padding_id
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_embedding_bag_with_2d_input_equals_torch(mode):
-    ref, ours = pair(torch.nn.EmbeddingBag, kt.EmbeddingBag, 30, 4, mode=mode)
+@pytest.mark.parametrize("include_last_offset", [False, True])  # torch: no meaning with 2-D
+def test_embedding_bag_with_2d_input_equals_torch(mode, include_last_offset):
+    ref, ours = pair(torch.nn.EmbeddingBag, kt.EmbeddingBag, 30, 4, mode=mode,
+                     include_last_offset=include_last_offset)
     ids = torch.randint(0, 30, (6, 3), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours(ids), ref(ids), rtol=1e-6, atol=1e-6)
 
