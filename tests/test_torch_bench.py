@@ -64,6 +64,6 @@ def test_train_example_trains_both_sides_and_prints_their_rates():
         torch_rate, ours_rate, ratio = (float(c) for c in rows[label])
         assert torch_rate > 0 and ours_rate > 0 and ratio > 0
     assert len(sides["torch"]["step"]) == len(sides["ours"]["step"]) >= 2
-    t, o = sides["torch"]["losses"], sides["ours"]["losses"]
+    t, o = ([x.item() for x in sides[k]["losses"]] for k in ("torch", "ours"))
     assert len(t) == len(o)
     assert t == pytest.approx(o, rel=1e-3, abs=1e-4)  # the same model, trained the same way

@@ -14,7 +14,7 @@ start from the same tables and MLP weights and see the same batches in the same 
   updated inside the backward, torch.optim.SGD steps the MLP.
 
 Timed, in rounds until --seconds have passed (each round: `--chunk` steps of each method; the
-side that goes first alternates), every step on its own (time.perf_counter):
+side that goes first alternates), every step on its own (kernels._timing.per_call_seconds):
 
 - training step: forward, loss, backward, optimizer step (zero_grad included);
 - embedding part: the bags' forward, the backward of (pooled * G).sum() (G: fixed, small, so
@@ -37,6 +37,7 @@ import numpy as np
 import kernels
 import kernels.optim
 from benchmarks import common
+from kernels._timing import per_call_seconds
 
 DEFAULT_VOCAB = (1_000_000, 1_000_000, 100_000, 100_000)
 N_BATCHES = 8
@@ -82,7 +83,7 @@ def build(torch, vocab, dim, batch, bag_length):
             loss = F.binary_cross_entropy_with_logits(model(ids, offsets), labels)
             loss.backward()
             opt.step()
-            return loss
+            side["losses"].append(loss.detach())
 
         def embedding_step(model=model, bag_opt=bag_opt, side=side):
             ids, offsets, _ = batches[side["i"] % N_BATCHES]
@@ -98,23 +99,19 @@ def build(torch, vocab, dim, batch, bag_length):
 
 def run(sides, seconds, chunk, log):
     """Time both sides in rounds until `seconds` have passed (at least one round)."""
-    start = time.perf_counter()
+    start = time.monotonic()
     rounds = 0
-    while rounds == 0 or time.perf_counter() - start < seconds:
+    while rounds == 0 or time.monotonic() - start < seconds:
         order = ["torch", "ours"] if rounds % 2 == 0 else ["ours", "torch"]
         for kind in ("step", "embedding"):
             for name in order:
                 side = sides[name]
                 fn = side["train_step" if kind == "step" else "embedding_step"]
                 for _ in range(chunk):
-                    t = time.perf_counter()
-                    loss = fn()
-                    side[kind].append(time.perf_counter() - t)
-                    if loss is not None:
-                        side["losses"].append(loss.item())
+                    side[kind].append(per_call_seconds(fn))
         rounds += 1
         if rounds % 5 == 0:
-            log(f"  {rounds} rounds, {time.perf_counter() - start:.0f} s")
+            log(f"  {rounds} rounds, {time.monotonic() - start:.0f} s")
     return rounds
 
 
@@ -131,7 +128,8 @@ def report(sides, rounds, header):
         lines.append(f"| {label}: steps/s | {1 / t:.2f} | {1 / o:.2f} | {t / o:.2f} |")
         lines.append(f"| {label}: median ms | {t * 1e3:.2f} | {o * 1e3:.2f} | |")
     n = len(sides["torch"]["step"])
-    last = {k: float(np.mean(sides[k]["losses"][-min(10, n):])) for k in sides}
+    last = {k: float(np.mean([x.item() for x in sides[k]["losses"][-min(10, n):]]))
+            for k in sides}
     lines.append(f"| training steps timed | {n} | {len(sides['ours']['step'])} | |")
     lines.append(f"| mean loss of the last {min(10, n)} steps | {last['torch']:.5f} | "
                  f"{last['ours']:.5f} | |")
