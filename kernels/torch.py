@@ -450,6 +450,11 @@ class _FusedMixin:
 
     fused_optimizer = None
 
+    def __setstate__(self, state):
+        """Unpickling and copy.deepcopy: the weight's hook (_hook_weight) again."""
+        super().__setstate__(state)
+        _hook_weight(self.weight)
+
     def fuse_optimizer(self, optimizer_class, /, *args, **kwargs):
         """Bind kernels.optim.<optimizer_class>(self.weight's memory, *args, **kwargs) to this
         module and return it: from now on the backward of a forward (with grad enabled and a

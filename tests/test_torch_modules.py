@@ -582,3 +582,28 @@ def test_errors_in_the_fused_backward_change_nothing():
     with pytest.raises(NotImplementedError, match="per_sample_weights"):
         b(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(2, requires_grad=True))
     assert same()
+
+
+def test_saved_loaded_and_copied_modules_keep_their_kernel_and_coalesced_gradients(tmp_path):
+    import copy
+
+    m = kt.EmbeddingBag(20, 4, mode="sum", sparse=True, kernel="numba_gather")
+    torch.save(m, tmp_path / "m.pt")
+    ids = torch.tensor([[1, 2], [3, 3]])
+    for other in (torch.load(tmp_path / "m.pt", weights_only=False), copy.deepcopy(m)):
+        assert other.kernel == "numba_gather" and torch.equal(other.weight, m.weight)
+        other(ids).sum().backward()
+        assert other.weight.grad.is_coalesced()
+        torch.testing.assert_close(other.weight.grad.to_dense()[3], torch.full((4,), 2.0))
+
+
+def test_a_gradient_accumulated_over_two_backward_passes_is_right_and_its_flag_true():
+    m = kt.Embedding(20, 4, sparse=True)
+    m(torch.tensor([1, 2])).sum().backward()
+    m(torch.tensor([2, 5])).sum().backward()
+    g = m.weight.grad
+    if g.is_coalesced():  # the flag, when set, must be true: unique, sorted rows
+        idx = g._indices()[0]
+        assert bool((idx[1:] > idx[:-1]).all())
+    torch.testing.assert_close(g.coalesce().to_dense()[2], torch.full((4,), 2.0))
+    torch.testing.assert_close(g.to_dense().sum(), torch.tensor(16.0))
