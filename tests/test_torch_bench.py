@@ -57,7 +57,7 @@ def test_train_example_trains_both_sides_and_prints_their_rates():
     from tools import train_example
 
     text, sides = train_example.main(["--seconds", "4", "--vocab", "2000,500", "--batch", "64",
-                                      "--chunk", "2"])
+                                      "--chunk", "2", "--threads", "1"])
     rows = {m.group(1).strip(): [c.strip() for c in m.group(2).split("|")]
             for m in re.finditer(r"^\| ([^|]+) \|(.*)\|$", text, re.M)}
     for label in ("training step: steps/s", "embedding part: steps/s"):

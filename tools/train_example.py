@@ -23,7 +23,7 @@ side that goes first alternates), every step on its own (kernels._timing.per_cal
 Printed: steps/s (1 / the median step time) of each side and the ratio ours / torch, and the
 last losses of both (they should agree: the same model trained the same way). Medians, because
 this machine is shared; run it on a quiet machine for numbers worth quoting.
-torch runs on kernels.get_num_threads() threads.
+Both sides run on kernels.get_num_threads() threads (--threads sets both).
 """
 from __future__ import annotations
 
@@ -148,11 +148,16 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=common.RECSYS_BATCH)
     p.add_argument("--bag-length", type=int, default=common.RECSYS_BAG_LENGTH)
     p.add_argument("--chunk", type=int, default=5, help="steps of each method per round")
+    p.add_argument("--threads", type=int,
+                   help="threads of both sides (kernels.set_num_threads and "
+                        "torch.set_num_threads; default: kernels.get_num_threads())")
     args = p.parse_args(argv)
     try:
         import torch  # after kernels: one OpenMP runtime
     except ImportError:
         sys.exit("tools.train_example needs PyTorch: pip install torch")
+    if args.threads is not None:
+        kernels.set_num_threads(args.threads)
     threads = kernels.get_num_threads()
     torch.set_num_threads(threads)
 
