@@ -1,7 +1,7 @@
 """PyTorch drop-ins: `Embedding` and `EmbeddingBag` whose forward and backward run on this
 package's kernels, and the operators under them.
 
-    import kernels.torch as kt
+    import kernels.optim, kernels.torch as kt
     emb = kt.EmbeddingBag(1_000_000, 64, mode="sum", sparse=True)   # was torch.nn.EmbeddingBag
     out = emb(ids, offsets)                       # the kernels' lookup_bag (kernel="auto")
     out.sum().backward()                          # emb.weight.grad: a coalesced sparse COO tensor
@@ -9,7 +9,8 @@ package's kernels, and the operators under them.
 
     emb.fuse_optimizer(kernels.optim.SGD, lr=0.1) # or: the fused step, applied in the backward
 
-Importing `kernels` never imports torch; importing `kernels.torch` does (torch >= 2.4).
+Importing `kernels` never imports torch; importing `kernels.torch` does (tested with torch
+2.13).
 
 Operators (torch.library.custom_op, namespace "embedding_kernels"): `embedding`,
 `embedding_bag` and their backward operators (dense, and sparse: the touched rows and their
