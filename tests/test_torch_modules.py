@@ -607,3 +607,23 @@ def test_a_gradient_accumulated_over_two_backward_passes_is_right_and_its_flag_t
         assert bool((idx[1:] > idx[:-1]).all())
     torch.testing.assert_close(g.coalesce().to_dense()[2], torch.full((4,), 2.0))
     torch.testing.assert_close(g.to_dense().sum(), torch.tensor(16.0))
+
+
+@pytest.mark.parametrize("kernel", sorted(kernels.KERNELS))
+@pytest.mark.parametrize("sparse", [False, True])
+def test_every_kernel_serves_the_modules(kernel, sparse):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30, (24,), generator=g)
+    offsets = torch.tensor([0, 5, 5, 17])
+    G = torch.randn(4, 6, generator=g)
+    ref, ours = pair(torch.nn.EmbeddingBag, kt.EmbeddingBag, 30, 6, mode="mean", sparse=sparse)
+    ours.kernel = kernel
+    out, out_ref = ours(ids, offsets), ref(ids, offsets)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    (out * G).sum().backward()
+    (out_ref * G).sum().backward()
+    torch.testing.assert_close(ours.weight.grad.to_dense(), ref.weight.grad.to_dense(),
+                               rtol=1e-5, atol=1e-6)
+    e_ref, e = pair(torch.nn.Embedding, kt.Embedding, 30, 6, sparse=sparse)
+    e.kernel = kernel
+    assert torch.equal(e(ids), e_ref(ids))
