@@ -491,6 +491,20 @@ def test_torch_compile_with_a_fused_step_runs_the_embedding_eagerly():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_errors_keep_their_types_under_torch_compile():
+    torch._dynamo.reset()
+    m = kt.EmbeddingBag(10, 4, mode="sum")
+    same = unchanged(m)
+    f = torch.compile(m)  # (with fullgraph=True dynamo reports the TypeError as Unsupported)
+    f(torch.tensor([1, 2]), torch.tensor([0]))
+    with pytest.raises(IndexError, match=r"id 12 at position \(1,\)"):
+        f(torch.tensor([1, 12]), torch.tensor([0]))
+    with pytest.raises(TypeError, match="integer dtype"):
+        f(torch.tensor([1.0, 2.0]), torch.tensor([0]))
+    assert same()
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 def unchanged(module):
