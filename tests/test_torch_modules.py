@@ -641,3 +641,4 @@ def test_every_kernel_serves_the_modules(kernel, sparse):
     e_ref, e = pair(torch.nn.Embedding, kt.Embedding, 30, 6, sparse=sparse)
     e.kernel = kernel
     assert torch.equal(e(ids), e_ref(ids))
+
