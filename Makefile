@@ -14,7 +14,7 @@ BENCH ?=
 shell_quote = '$(subst ','\'',$(1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help test test-fast bench bench-quick publish serve screenshots venv clean
+.PHONY: help test test-fast bench bench-peers bench-quick publish serve screenshots venv clean
 
 # The variables whose $(NAME) in a ## line `make help` shows by their value.
 HELP_VARS := ASV_DIR HTML_DIR VENV PYTHON PORT
@@ -64,6 +64,21 @@ bench: venv
 	$(ASV) machine --yes --config asv.conf.json
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(ASV) run --config asv.conf.json $(if $(value BENCH),--bench $(call shell_quote,$(value BENCH))) HEAD^!
 	$(MAKE) publish
+
+## The same suite in an asv environment that also has torch 2.13 (and fbgemm-gpu-cpu where it
+## installs), so the peers (Peers, BagPeers, Torch) are measured instead of n/a: asv.peers.conf.json,
+## with its own environments, results and report under $(ASV_DIR)/peers (`make bench` and the
+## decision table of kernel="auto" never read them). Not timed as a whole yet: expect more than
+## `make bench`. BENCH=<regex> as for bench, e.g. make bench-peers BENCH='^bench_torch'.
+## PyPI's Linux torch wheel is the CUDA build; for the CPU wheel:
+## PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make bench-peers
+PEERS_CONF := asv.peers.conf.json
+bench-peers: venv
+	$(ASV) machine --yes --config $(PEERS_CONF)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(ASV) run --config $(PEERS_CONF) $(if $(value BENCH),--bench $(call shell_quote,$(value BENCH))) HEAD^!
+	$(ASV) publish --config $(PEERS_CONF)
+	$(PY) -m tools.report --config $(PEERS_CONF) --npm-cache $(ASV_DIR)/npm
+	@echo "Report: $(ASV_DIR)/peers/html/index.html (serve it: make serve HTML_DIR=$(ASV_DIR)/peers/html)"
 
 ## A first look in about a minute: the installed package, one sample per benchmark (not real
 ## timings, and not saved: --dry-run), every benchmark but only its parameter sets without

@@ -605,3 +605,74 @@ def check_format_bag(K, table, ids, offsets, out):
 
 def format_name(table):
     return "float32" if isinstance(table, np.ndarray) else table.format
+
+
+# PyTorch (bench_torch, tools/train_example): a small recommender, torch's bags against ours.
+# torch is passed in, never imported here: the default asv environment has none.
+
+RECSYS_DIM = 64
+RECSYS_BATCH = 2_048
+RECSYS_BAG_LENGTH = 8
+RECSYS_HIDDEN = (256, 64)
+RECSYS_LR = 0.05
+
+
+def recsys_table(vocab_size, dim=RECSYS_DIM, seed=0, block_rows=4096):
+    """A (vocab_size, dim) float32 table of small values (normal(0, 0.05)), a seeded block of
+    rows tiled down the table so that it is built at memory speed; trainable (unlike
+    make_weights, whose blocks are shifted apart)."""
+    rng = _rng("recsys_table", seed, vocab_size, dim)
+    base = rng.standard_normal((min(block_rows, vocab_size), dim), dtype=DTYPE)
+    base *= 0.05
+    W = np.empty((vocab_size, dim), DTYPE)
+    for start in range(0, vocab_size, block_rows):
+        stop = min(start + block_rows, vocab_size)
+        W[start:stop] = base[: stop - start]
+    return W
+
+
+def recsys_batch(vocab_sizes, batch=RECSYS_BATCH, bag_length=RECSYS_BAG_LENGTH, seed=0):
+    """(ids, offsets, labels) of one batch of synthetic clicks: per table batch * bag_length
+    uniform int64 ids in `batch` bags of bag_length (offsets: the bag starts), and a label per
+    sample, 1.0 where a hidden score of its ids (a hash of each id, averaged per bag, summed
+    over the tables) is positive."""
+    rng = _rng("recsys_batch", seed, batch, bag_length)
+    ids = [rng.integers(0, V, batch * bag_length, dtype=IDS_DTYPE) for V in vocab_sizes]
+    score = sum(((i * 2654435761) % 1009 / 1009.0 - 0.5).reshape(batch, bag_length).mean(1)
+                for i in ids)
+    labels = (score > 0).astype(DTYPE)
+    offsets = np.arange(0, batch * bag_length, bag_length, dtype=IDS_DTYPE)
+    return ids, offsets, labels
+
+
+def recsys_model(torch, bag_class, tables, hidden=RECSYS_HIDDEN, sparse=True, seed=0):
+    """A torch module: one EmbeddingBag(mode="sum", sparse=sparse) of `bag_class`
+    (torch.nn.EmbeddingBag or kernels.torch.EmbeddingBag) per table (each a (V, D) float32
+    array, shared, not copied: torch.from_numpy), the pooled rows concatenated, then an MLP
+    (Linear + ReLU per hidden width, then Linear to one click logit). The MLP is initialised
+    from `seed`, so two models of the same seed differ only in their bags. forward(ids,
+    offsets) takes one ids tensor per table and the shared offsets."""
+    nn = torch.nn
+
+    class Recommender(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bags = nn.ModuleList(
+                bag_class.from_pretrained(torch.from_numpy(W), freeze=False, mode="sum",
+                                          sparse=sparse) for W in tables)
+            widths = [sum(W.shape[1] for W in tables), *hidden]
+            layers = []
+            for a, b in zip(widths, widths[1:]):
+                layers += [nn.Linear(a, b), nn.ReLU()]
+            layers.append(nn.Linear(widths[-1], 1))
+            self.mlp = nn.Sequential(*layers)
+
+        def pooled(self, ids, offsets):
+            return torch.cat([bag(i, offsets) for bag, i in zip(self.bags, ids)], dim=1)
+
+        def forward(self, ids, offsets):
+            return self.mlp(self.pooled(ids, offsets)).squeeze(1)
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Recommender()
