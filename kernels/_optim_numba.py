@@ -30,8 +30,10 @@ from kernels._threads import ids_changed_error, threads_for
 from kernels.numba_gather import _numba_threads, _run_parallel
 
 SGD, ADAGRAD, ROWWISE_ADAGRAD, SPARSE_ADAM = 0, 1, 2, 3
-ROW_PREFETCH = 4
-"""How many unique rows ahead the fused step prefetches the table's (and the state's) rows."""
+ROW_PREFETCH = 8
+"""How many unique rows ahead the fused step prefetches the table's (and the state's) rows.
+Measured with tools.train_example's embedding part (4 bags tables, V = 1e6 and 1e5, D = 64,
+2 threads, best of 5 medians of 30 steps): 4 / 8 / 16 ahead took 5.09 / 4.76 / 4.96 ms."""
 GRAD_PREFETCH = 8
 """How many sorted positions ahead the fused step prefetches gradient rows."""
 
