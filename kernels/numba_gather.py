@@ -148,7 +148,7 @@ def _decoding_gather(fmt_name):
     def gather(W, ids, out):
         S = _storage(W)
         nthreads = _numba_threads(threads_for(out.nbytes))
-        prefetch = prefetch_distance(S)
+        prefetch = bag_prefetch_distance(S)  # any row length gains here (cython_gather.py)
         if nthreads == 1:
             bad = _decode_rows(fmt, S, ids, out, 0, ids.shape[0], prefetch)
         else:
