@@ -580,6 +580,22 @@ cdef extern from *:
         }
 
 
+    /* Pool one row SRC (D values of T) into the bag's output row: max (torch's rule: the first
+       row, then strictly greater), weighted (w * e, and the divisor's sum), or added. */
+    #define EK_POOL_ROW(T, SRC) \\
+        if (mode == EK_MAX) { \\
+            if (cnt == 0) { for (k = 0; k < D; k++) row[k] = (SRC)[k]; } \\
+            else { for (k = 0; k < D; k++) if ((SRC)[k] > row[k]) row[k] = (SRC)[k]; } \\
+        } else if (psw != NULL) { \\
+            T w = psw[i]; \\
+            double wf = (double)w; \\
+            for (k = 0; k < D; k++) row[k] += w * (SRC)[k]; \\
+            wsum += (mode == EK_SQRTN) ? wf * wf : wf; \\
+        } else { \\
+            for (k = 0; k < D; k++) row[k] += (SRC)[k]; \\
+        } \\
+        cnt++;
+
     #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD) \\
     EK_CLONES static Py_ssize_t NAME( \\
             const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
@@ -609,18 +625,7 @@ cdef extern from *:
                 if (j == pad) continue; \\
                 if ((size_t)j >= (size_t)V) { bad++; continue; } \\
                 const T* src = (const T*)(W + j * rs); \\
-                if (mode == EK_MAX) { \\
-                    if (cnt == 0) { for (k = 0; k < D; k++) row[k] = src[k]; } \\
-                    else { for (k = 0; k < D; k++) if (src[k] > row[k]) row[k] = src[k]; } \\
-                } else if (psw != NULL) { \\
-                    T w = psw[i]; \\
-                    double wf = (double)w; \\
-                    for (k = 0; k < D; k++) row[k] += w * src[k]; \\
-                    wsum += (mode == EK_SQRTN) ? wf * wf : wf; \\
-                } else { \\
-                    for (k = 0; k < D; k++) row[k] += src[k]; \\
-                } \\
-                cnt++; \\
+                EK_POOL_ROW(T, src) \\
             } \\
             EK_BAG_FINISH(T, row, D, cnt, wsum, psw != NULL) \\
         } \\
@@ -908,18 +913,7 @@ cdef extern from *:
                 if (j == pad) continue; \\
                 if ((size_t)j >= (size_t)V) { bad++; continue; } \\
                 DEC(W + j * rs, D, tmp); \\
-                if (mode == EK_MAX) { \\
-                    if (cnt == 0) { for (k = 0; k < D; k++) row[k] = tmp[k]; } \\
-                    else { for (k = 0; k < D; k++) if (tmp[k] > row[k]) row[k] = tmp[k]; } \\
-                } else if (psw != NULL) { \\
-                    float w = psw[i]; \\
-                    double wf = (double)w; \\
-                    for (k = 0; k < D; k++) row[k] += w * tmp[k]; \\
-                    wsum += (mode == EK_SQRTN) ? wf * wf : wf; \\
-                } else { \\
-                    for (k = 0; k < D; k++) row[k] += tmp[k]; \\
-                } \\
-                cnt++; \\
+                EK_POOL_ROW(float, tmp) \\
             } \\
             EK_BAG_FINISH(float, row, D, cnt, wsum, psw != NULL) \\
         }

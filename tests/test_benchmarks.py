@@ -711,3 +711,21 @@ def test_the_format_grid_is_na_only_where_the_rules_say():
                     except NotImplementedError:
                         ran = False
                     assert ran == (V <= 1_000_000 or fmt in ("int8", "int4")), (fmt, k, V, D)
+
+
+@pytest.mark.parametrize("config", ["asv.conf.json", "asv.peers.conf.json"])
+def test_the_asv_environments_hold_every_runtime_dependency(config):
+    """asv installs the package with --no-deps, so its environment matrix must list every
+    dependency of pyproject.toml (one missing: `import kernels` fails in every benchmark)."""
+    import json
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+    text = (ROOT / config).read_text()
+    conf = json.loads("\n".join(line for line in text.splitlines()
+                                if not line.lstrip().startswith("//")))
+    req = {k.lower().replace("_", "-") for k in conf["matrix"]["req"]}
+    assert "--no-deps" in " ".join(conf["install_command"])
+    assert names <= req, f"{config} lacks {sorted(names - req)}"
