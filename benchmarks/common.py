@@ -526,9 +526,9 @@ FORMATS = ["float32", "float16", "bfloat16", "int8", "int4"]
 FORMAT_KERNELS = [k for k in KERNELS if kernels.KERNELS[k].implements("lookup", "int8")]
 """The kernels LowPrecision times: those with every format (the one-hot kernels have only the
 half-precision ones)."""
-FORMAT_N_IDS = 65_536
-"""ids of one LowPrecision call (lookups; bags: 8,192 bags of 8)."""
-FORMAT_BAG_LENGTH = 8
+FORMAT_N_IDS = LOOKUP.format_benchmark_n_ids
+"""ids of one LowPrecision call (lookups; bags: 8,192 bags of 8), read by the decision table."""
+FORMAT_BAG_LENGTH = LOOKUP_BAG.format_bag_length
 
 
 def format_table(fmt, vocab_size, dim, block_rows=4096):

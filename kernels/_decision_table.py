@@ -66,6 +66,33 @@ def _op_points(run: results.Run, op) -> dict:
     return grid
 
 
+def _format_rows(run: results.Run, op) -> list:
+    """Decision rows of the low-precision formats from the operation's format_benchmark
+    (parameters format, kernel, vocab_size, dim); float32 points are left to the operation's own
+    benchmark."""
+    r = run.records(op.format_benchmark) if op.format_benchmark else None
+    if r is None:
+        return []
+    names, recs = r
+    axes = ["format", "kernel", "vocab_size", "dim"]
+    if names != axes and names != [f"param{i}" for i in range(len(axes))]:
+        return []
+    grid = {}
+    for params, t in recs:
+        values = dict(zip(axes, params.values()))
+        if t is not None and values["format"] != FLOAT32.name:
+            key = (str(values["format"]), values["vocab_size"], values["dim"])
+            grid.setdefault(key, {})[str(values["kernel"])] = t
+    rows = []
+    for (fmt, V, D), times in sorted(grid.items(), key=lambda kv: (kv[0][0], *kv[0][1:])):
+        row = {"vocab_size": V, "dim": D, "n_ids": op.format_benchmark_n_ids, "dtype": fmt,
+               "times": times}
+        if op.extra_param:
+            row[op.extra_param] = op.format_bag_length
+        rows.append(row)
+    return rows
+
+
 def build_table(run: results.Run) -> dict:
     """A decision table from one asv results file: for every operation, the times of its
     benchmark (parameters kernel, vocab_size, dim, and the operation's extra_param -- bag_length
@@ -82,6 +109,7 @@ def build_table(run: results.Run) -> dict:
             if extra:
                 row[extra] = point[2]
             rows.append(row)
+        rows += _format_rows(run, op)
         if rows:
             ops[name] = rows
     copy = {str(c[0]): t for c, t in run.points(COPY_BENCHMARK).items() if len(c) == 1}
@@ -133,12 +161,13 @@ def write_table(table: dict, path: str, source: str) -> None:
     os.replace(tmp, path)
 
 
-def winners(table: dict, op_name: str) -> dict:
-    """{(V, D): fastest kernel} of one operation's rows; {(V, D, bag_length): ...} for bags."""
+def winners(table: dict, op_name: str, fmt: str = FLOAT32.name) -> dict:
+    """{(V, D): fastest kernel} of one operation's rows of one table format (float32 by
+    default: the crossover page's); {(V, D, bag_length): ...} for bags."""
     extra = OPERATIONS[op_name].extra_param
     return {(r["vocab_size"], r["dim"]) + ((r.get(extra, F.DEFAULT_BAG_LENGTH),) if extra else ()):
             min(r["times"], key=r["times"].get)
-            for r in table["ops"].get(op_name, [])}
+            for r in table["ops"].get(op_name, []) if r.get("dtype", FLOAT32.name) == fmt}
 
 
 def format_table(table: dict) -> str:
@@ -147,36 +176,44 @@ def format_table(table: dict) -> str:
     lines = [f"source: {table['source']}",
              f"machine: {table['machine']}, commit {table['commit']}, {table['date']}"]
     for name, op in OPERATIONS.items():
-        rows = table["ops"].get(name) or []
-        if not rows:
-            continue
-        extra = op.extra_param
-        if extra:
-            rows = sorted(rows, key=lambda r: (r.get(extra, F.DEFAULT_BAG_LENGTH),
-                                               r["vocab_size"], r["dim"]))
-        lines.append(f"\n{name} (n = {rows[0]['n_ids']:,} ids, {rows[0]['dtype']}; "
-                     "% copy = Roofline.time_copy / time, runner-up = its time / the fastest's):")
-        lines.append(f"{'vocab_size':>10} {'dim':>5} " + (f"{extra:>10} " if extra else "")
-                     + f" {'fastest':<14} {'time':>10} {'GB/s':>7} {'% copy':>7}  runner-up")
-        for row in rows:
-            times = row["times"]
-            best = min(times, key=times.get)
-            t = times[best]
-            V, D, n = row["vocab_size"], row["dim"], row["n_ids"]
-            itemsize = FLOAT32.storage_dtype.itemsize
-            if extra:
-                b = row.get(extra, F.DEFAULT_BAG_LENGTH)
-                nbytes = op.moved_bytes(n, V, D, itemsize, **{extra: b})
-            else:
-                nbytes = op.moved_bytes(n, V, D, itemsize)
-            copy = table.get("copy", {}).get(str(D))
-            pct = f"{copy / t * 100:6.0f}%" if copy and name == "lookup" else "    n/a"
-            others = sorted((s, k) for k, s in times.items() if k != best)
-            runner = f"{others[0][1]} x{others[0][0] / t:.2f}" if others else "-"
-            lines.append(f"{V:>10} {D:>5} " + (f"{b:>10} " if extra else "")
-                         + f" {best:<14} {t * 1e6:>8.1f}us "
-                         f"{nbytes / t / 1e9:>7.1f} {pct}  {runner}")
+        all_rows = table["ops"].get(name) or []
+        for dtype in dict.fromkeys(r.get("dtype", FLOAT32.name) for r in all_rows):
+            rows = [r for r in all_rows if r.get("dtype", FLOAT32.name) == dtype]
+            lines += _format_section(name, op, rows, table)
     return "\n".join(lines)
+
+
+def _format_section(name, op, rows, table) -> list:
+    """The lines of one operation's rows of one table format."""
+    lines = []
+    extra = op.extra_param
+    if extra:
+        rows = sorted(rows, key=lambda r: (r.get(extra, F.DEFAULT_BAG_LENGTH),
+                                           r["vocab_size"], r["dim"]))
+    lines.append(f"\n{name} (n = {rows[0]['n_ids']:,} ids, {rows[0]['dtype']}; "
+                 "% copy = Roofline.time_copy / time, runner-up = its time / the fastest's):")
+    lines.append(f"{'vocab_size':>10} {'dim':>5} " + (f"{extra:>10} " if extra else "")
+                 + f" {'fastest':<14} {'time':>10} {'GB/s':>7} {'% copy':>7}  runner-up")
+    for row in rows:
+        times = row["times"]
+        best = min(times, key=times.get)
+        t = times[best]
+        V, D, n = row["vocab_size"], row["dim"], row["n_ids"]
+        itemsize = FLOAT32.storage_dtype.itemsize
+        fmt = {} if row["dtype"] == FLOAT32.name else {"fmt": row["dtype"]}
+        if extra:
+            b = row.get(extra, F.DEFAULT_BAG_LENGTH)
+            nbytes = op.moved_bytes(n, V, D, itemsize, **{extra: b}, **fmt)
+        else:
+            nbytes = op.moved_bytes(n, V, D, itemsize, **fmt)
+        copy = table.get("copy", {}).get(str(D))
+        pct = f"{copy / t * 100:6.0f}%" if copy and name == "lookup" else "    n/a"
+        others = sorted((s, k) for k, s in times.items() if k != best)
+        runner = f"{others[0][1]} x{others[0][0] / t:.2f}" if others else "-"
+        lines.append(f"{V:>10} {D:>5} " + (f"{b:>10} " if extra else "")
+                     + f" {best:<14} {t * 1e6:>8.1f}us "
+                     f"{nbytes / t / 1e9:>7.1f} {pct}  {runner}")
+    return lines
 
 
 def main(argv=None) -> None:

@@ -55,6 +55,11 @@ class Operation:
     extra_param: str | None = None
     """The benchmark's parameter after (kernel, vocab_size, dim) that decision rows also key on
     ("bag_length" for bags), or None."""
+    format_benchmark: str | None = None
+    """The asv benchmark (module.Class.method, parameters format, kernel, vocab_size, dim) whose
+    times give the decision rows of the low-precision formats, or None."""
+    format_benchmark_n_ids = 65_536
+    """The ids of one call of format_benchmark (bags: in bags of FORMAT_BAG_LENGTH)."""
 
     def moved_bytes(self, n_ids: int, vocab_size: int, dim: int, itemsize: int = 4) -> int:
         """The bytes one call must move at least; forward operations also take fmt= (a
@@ -71,6 +76,7 @@ class Lookup(Operation):
     name = "lookup"
     title = "Forward: W[ids]"
     benchmark = "bench_lookup.Lookup.time_lookup"
+    format_benchmark = "bench_formats.LowPrecision.time_lookup"
 
     @staticmethod
     def prepare(weights, ids, out, out_dtype=None):
@@ -265,6 +271,9 @@ class LookupBag(Operation):
     title = "Bags: pooled W[ids] per bag (EmbeddingBag)"
     benchmark = "bench_bags.Bags.time_bag"
     extra_param = "bag_length"
+    format_benchmark = "bench_formats.LowPrecision.time_bag"
+    format_bag_length = 8
+    """The bag length of format_benchmark's bags."""
     benchmark_n_ids = 32_768
     """The ids of one call of the bag benchmarks (all bags together: B = n / bag_length), read by
     benchmarks/common.py and the decision table alike. Half the roofline script's 65,536: a bag

@@ -243,6 +243,8 @@ def _nearest(rows, vocab_size, dim, n_ids, fmt: Format, bag_length=None):
     def distance(row):
         d = math.log(max(1, vocab_size) / row["vocab_size"]) ** 2
         d += math.log(row_bytes / format_named(row["dtype"]).row_bytes(row["dim"])) ** 2
+        if row["dtype"] != fmt.name:
+            d += 1.0  # another format's row counts as e times farther in size
         if several_n:
             d += math.log(max(1, n_ids) / row["n_ids"]) ** 2
         if several_b:

@@ -509,3 +509,60 @@ def test_cli_on_a_table_without_bag_rows_prints_no_bag_section(env, capsys):
     T.main(["--config", str(env.config)])  # no results: the shipped table (lookup rows only)
     out = capsys.readouterr().out
     assert "lookup_bag" not in out and set(parse_cli(out)) == {"lookup", "lookup_grad"}
+
+
+# -- low-precision formats: their own decision rows (bench_formats.LowPrecision) ---------------
+
+
+class _Run:
+    """The part of kernels._asv_results.Run that _format_rows reads."""
+
+    def __init__(self, records):
+        self._records = records
+
+    def records(self, key):
+        return self._records.get(key)
+
+
+def _lowp_records(times):
+    names = ["format", "kernel", "vocab_size", "dim"]
+    return names, [(dict(zip(names, key)), t) for key, t in times.items()]
+
+
+def test_format_rows_come_from_the_lowprecision_benchmark_and_leave_float32_to_its_own():
+    from kernels import _decision_table as T
+    from kernels._ops import LOOKUP, LOOKUP_BAG
+
+    times = {("int8", "cython_gather", 10_000, 64): 1e-4,
+             ("int8", "numba_gather", 10_000, 64): 3e-4,
+             ("float32", "numba_gather", 10_000, 64): 1e-5,
+             ("int4", "numba_gather", 10_000, 64): None}
+    run = _Run({LOOKUP.format_benchmark: _lowp_records(times),
+                LOOKUP_BAG.format_benchmark: _lowp_records(times)})
+    rows = T._format_rows(run, LOOKUP)
+    assert rows == [{"vocab_size": 10_000, "dim": 64, "n_ids": LOOKUP.format_benchmark_n_ids,
+                     "dtype": "int8", "times": {"cython_gather": 1e-4, "numba_gather": 3e-4}}]
+    bag_rows = T._format_rows(run, LOOKUP_BAG)
+    assert [r["bag_length"] for r in bag_rows] == [LOOKUP_BAG.format_bag_length]
+    assert T._format_rows(_Run({}), LOOKUP) == []
+
+
+def test_a_table_is_decided_by_its_format_rows_and_float32_winners_ignore_them():
+    from kernels import _decision_table as T
+
+    table = F.validate_table({
+        "format": F.TABLE_FORMAT, "source": "test", "machine": "m", "commit": "c", "date": "d",
+        "ops": {"lookup": [
+            {"vocab_size": 1_000_000, "dim": 64, "n_ids": 65_536, "dtype": "float32",
+             "times": {"numba_gather": 1e-3, "cython_gather": 2e-3, "numpy_take": 5e-3}},
+            {"vocab_size": 1_000_000, "dim": 64, "n_ids": 65_536, "dtype": "int8",
+             "times": {"numba_gather": 3e-3, "cython_gather": 1e-3, "numpy_take": 5e-3}},
+        ]},
+        "copy": {}}, "test")
+    assert F.decide(table, 1_000_000, 64, 65_536, "float32").kernel.name == "numba_gather"
+    assert F.decide(table, 1_000_000, 64, 65_536, "int8").kernel.name == "cython_gather"
+    assert F.decide(table, 2_000_000, 128, 65_536, "int8").kernel.name == "cython_gather"
+    assert T.winners(table, "lookup") == {(1_000_000, 64): "numba_gather"}
+    assert T.winners(table, "lookup", "int8") == {(1_000_000, 64): "cython_gather"}
+    text = T.format_table(table)
+    assert "lookup (n = 65,536 ids, float32" in text and "lookup (n = 65,536 ids, int8" in text
