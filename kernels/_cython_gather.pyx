@@ -897,6 +897,15 @@ cdef extern from *:
     EK_DEFINE_DECODE_GATHER(ek_decode_i32, int32_t, ek_load_i32, ek_f16c_gather_i32)
     EK_DEFINE_DECODE_GATHER(ek_decode_i64, int64_t, ek_load_i64, ek_f16c_gather_i64)
 
+    /* The id at position i of a decoded bag into j (the row `prefetch` ids ahead prefetched);
+       padding and (only if ids changed since their check) out-of-range ids skipped. */
+    #define EK_DECODE_BAG_ID(LOAD) \\
+        if (prefetch && i + prefetch < n) \\
+            ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
+        j = LOAD(&ids[i]); \\
+        if (j == pad) continue; \\
+        if ((size_t)j >= (size_t)V) { bad++; continue; }
+
     /* Bags of decoded rows: each row decoded into tmp, then pooled exactly as a float32 table's
        row is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
        max from the first row with a strict >, the float64 divisor rounded to float32). */
@@ -907,11 +916,7 @@ cdef extern from *:
             double wsum = 0.0; \\
             for (k = 0; k < D; k++) row[k] = 0.0f; \\
             for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
-                if (prefetch && i + prefetch < n) \\
-                    ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
-                j = LOAD(&ids[i]); \\
-                if (j == pad) continue; \\
-                if ((size_t)j >= (size_t)V) { bad++; continue; } \\
+                EK_DECODE_BAG_ID(LOAD) \\
                 DEC(W + j * rs, D, tmp); \\
                 EK_POOL_ROW(float, tmp) \\
             } \\
@@ -927,11 +932,7 @@ cdef extern from *:
             Py_ssize_t cnt = 0; \\
             for (k = 0; k < (DIM); k++) acc[k] = 0.0f; \\
             for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
-                if (prefetch && i + prefetch < n) \\
-                    ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
-                j = LOAD(&ids[i]); \\
-                if (j == pad) continue; \\
-                if ((size_t)j >= (size_t)V) { bad++; continue; } \\
+                EK_DECODE_BAG_ID(LOAD) \\
                 DEC(W + j * rs, (DIM), tmp); \\
                 for (k = 0; k < (DIM); k++) acc[k] += tmp[k]; \\
                 cnt++; \\
