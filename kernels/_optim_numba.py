@@ -32,7 +32,7 @@ from kernels.numba_gather import _numba_threads, _run_parallel
 SGD, ADAGRAD, ROWWISE_ADAGRAD, SPARSE_ADAM = 0, 1, 2, 3
 ROW_PREFETCH = 8
 """How many unique rows ahead the fused step prefetches the table's (and the state's) rows.
-Measured with tools.train_example's embedding part (4 bags tables, V = 1e6 and 1e5, D = 64,
+Measured with tools.train_example's embedding part (4 bag tables, V = 1e6 and 1e5, D = 64,
 2 threads, best of 5 medians of 30 steps): 4 / 8 / 16 ahead took 5.09 / 4.76 / 4.96 ms."""
 GRAD_PREFETCH = 8
 """How many sorted positions ahead the fused step prefetches gradient rows."""
@@ -224,9 +224,9 @@ def sort_ids(ids, vocab_size):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _grad_row(G, src, coef, p):
-    """The row of G that sorted entry p (a position in ids) adds: G[p] for a lookup, G[src[p]]
-    (its bag's) for a bag; the index."""
+def _grad_row(src, p):
+    """The index of the row of G that entry p (a position in ids) adds: p for a lookup,
+    src[p] (its bag) for a bag."""
     return p if src.shape[0] == 0 else src[p]
 
 
@@ -254,12 +254,12 @@ def _fused_rows(which, W, A, B, M, G, src, coef, rows, starts, pos, h0, h1, h2, 
         j0, j1 = starts[u], starts[u + 1]
         if j1 + GRAD_PREFETCH <= n:
             for j in range(j0, j1):
-                prefetch_row(G, _grad_row(G, src, coef, pos[j + GRAD_PREFETCH]))
+                prefetch_row(G, _grad_row(src, pos[j + GRAD_PREFETCH]))
         for k in range(D):
             acc[k] = 0.0
         for j in range(j0, j1):
             p = pos[j]
-            r = _grad_row(G, src, coef, p)
+            r = _grad_row(src, p)
             if scaled:
                 c = coef[p]
                 for k in range(D):
