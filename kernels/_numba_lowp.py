@@ -25,6 +25,12 @@ FLOAT16, BFLOAT16, INT8, INT4 = 1, 2, 3, 4
 CODES = {"float16": FLOAT16, "bfloat16": BFLOAT16, "int8": INT8, "int4": INT4}
 
 
+def storage(W):
+    """A table's storage as the compiled decoders (Numba's and C's) read it: halves as uint16
+    bits, rowwise formats as their uint8 rows (kernels._validate has checked it C-contiguous)."""
+    return W.view(np.uint16) if W.dtype.itemsize == 2 else W
+
+
 def _half_scales():
     """T[h >> 10] for a half h whose exponent field e is below 31: (-1)**sign * 2**(max(e, 1)
     - 25), so that float32(mantissa + (1024 if e else 0)) * T is the half's value, exactly (a

@@ -18,7 +18,7 @@ from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES
 from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
-from kernels._numba_lowp import CODES
+from kernels._numba_lowp import CODES, storage
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import openmp_threads, threads_for
@@ -50,20 +50,12 @@ def _bag(W, ids, offsets, mode, psw, pad, out):
               bag_prefetch_distance(W))
 
 
-def _storage(W):
-    """A low-precision table's storage as the C decoders read it: rows contiguous, halves as
-    uint16."""
-    if W.strides[1] != W.itemsize:
-        W = np.ascontiguousarray(W)
-    return W.view(np.uint16) if W.dtype.itemsize == 2 else W
-
-
 def _decoding_gather(code):
     """The lookup function of a low-precision format (_numba_lowp.CODES): rows decoded straight
     into out."""
 
     def gather(W, ids, out):
-        S = _storage(W)
+        S = storage(W)
         # every row length gains from prefetch here, as in the bags: measured at V = 2e6,
         # n = 65,536, 2 threads, none / 16 ahead: int8 D = 64 1.07 / 0.37 ms, int4 D = 128
         # 4.78 / 0.77 ms (the lookup's 128-byte minimum left both unprefetched)
@@ -77,7 +69,7 @@ def _decoding_bag(code):
     float32 table's."""
 
     def bag(W, ids, offsets, mode, psw, pad, out):
-        S = _storage(W)
+        S = storage(W)
         _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
                          _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
                          bag_prefetch_distance(S))

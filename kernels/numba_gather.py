@@ -30,7 +30,7 @@ from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
-from kernels._numba_lowp import CODES, decode_row, row_of, scratch
+from kernels._numba_lowp import CODES, decode_row, row_of, scratch, storage
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
 from kernels._validate import MODE_CODES
@@ -136,17 +136,12 @@ def _decode_parallel(fmt, W, ids, out, prefetch, nthreads):
     return bad
 
 
-def _storage(W):
-    """A low-precision table's storage as the decoders read it: halves as uint16."""
-    return W.view(np.uint16) if W.dtype.itemsize == 2 else W
-
-
 def _decoding_gather(fmt_name):
     """The lookup function of a low-precision format: rows decoded straight into out."""
     fmt = CODES[fmt_name]
 
     def gather(W, ids, out):
-        S = _storage(W)
+        S = storage(W)
         nthreads = _numba_threads(threads_for(out.nbytes))
         prefetch = bag_prefetch_distance(S)  # any row length gains here (cython_gather.py)
         if nthreads == 1:
@@ -604,7 +599,7 @@ def _bag_of(fmt):
     """The lookup_bag function of table format code fmt (0: float32/float64 rows)."""
 
     def bag(W, ids, offsets, mode, psw, pad, out):
-        S = _storage(W) if fmt else W
+        S = storage(W) if fmt else W
         nthreads = _numba_threads(
             threads_for(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes))
         prefetch = bag_prefetch_distance(S) if S.strides[1] == S.itemsize else 0
