@@ -147,3 +147,36 @@ class FormatPeers(common.FormatTiming):
 
     def time_bag(self, format, vocab_size, dim):
         self.call()
+
+
+class TrainingPeers(common.TrainingTiming):
+    """bench_training.SparseTraining's optimizer steps by the peers, on the same batch (n =
+    common.N_IDS uniform ids, G float32) and a copy of the same table: torch's
+    nn.Embedding(sparse=True) forward, (out * G).sum().backward(), optimizer.step() and
+    zero_grad() (optim.SGD, Adagrad, SparseAdam at common.TRAINING_LR, torch's defaults), and
+    FBGEMM's CPU TBE with EXACT_ROWWISE_ADAGRAD (forward, backward, which updates), on
+    common.ALL_THREADS threads; n/a where not importable. Each includes its forward (the
+    lookup), unlike SparseTraining's opt.step alone. Checked once per process: the step runs and
+    leaves the table finite."""
+
+    params = [["torch_sgd", "torch_adagrad", "torch_sparse_adam", "fbgemm_rowwise_adagrad"],
+              [100_000, 1_000_000], [64]]
+    param_names = ["method", "vocab_size", "dim"]
+
+    def setup(self, method, vocab_size, dim):
+        torch = _import_torch()
+        G, ids = common.training_grad_data(vocab_size, dim)
+        W = common.training_table(vocab_size, dim)
+        if method == "fbgemm_rowwise_adagrad":
+            tbe = common.fbgemm_tbe()
+            if tbe is None:
+                raise NotImplementedError("fbgemm_gpu is not usable")
+            self.call = common.fbgemm_training_step(torch, tbe, W, ids, G)
+        else:
+            name = {"torch_sgd": "SGD", "torch_adagrad": "Adagrad",
+                    "torch_sparse_adam": "SparseAdam"}[method]
+            self.call = common.torch_training_step(torch, name, W, ids, G)
+        common.check_once(("training_peers", method, vocab_size, dim), self.call)
+
+    def time_step(self, method, vocab_size, dim):
+        self.call()

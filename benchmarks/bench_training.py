@@ -16,22 +16,15 @@ KERNEL = "cython_gather"
 """The kernel of every op here (the sparse gradient's scatter-add and the optimizers' kernel=)."""
 
 
-class TrainingTiming(common.Timing):
-    """common.Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)): the 36
-    SparseTraining sets (3 n/a) and 6 SparseTrainingMemory sets, 3 rounds each, measured 64 s of
-    benchmarks (76 s with asv's build) at bff28ce on a quiet machine, 118 s on a busy one. A step
-    takes 0.3-15 ms, so 0.2 s still holds 10+ samples."""
-
-    repeat = (2, 50, 0.2)
-
-
-class SparseTraining(TrainingTiming):
+class SparseTraining(common.TrainingTiming):
     """One training op on n = 16,384 uniform ids (1-D), G (n, D) float32 in [-1, 1):
 
     - sparse_grad: kernels.lookup_grad(G, ids, V, sparse=True, kernel="cython_gather"), the
       coalesced SparseGrad (rows, values): its cost should not grow with V;
     - dense_grad: the dense lookup_grad into a preallocated (V, D) dW (zeroes all of it): the
       scale reference, n/a beyond V = 1e6;
+    - dense_sgd: dense_grad, then the dense SGD update of the whole table (W -= lr * dW): the
+      scale reference of a step, n/a beyond V = 1e6;
     - sgd, adagrad, rowwise_adagrad, sparse_adam: one opt.step(ids, G) of kernels.optim's
       optimizer (lr = 0.01, its default hyperparameters, kernel="cython_gather") bound to a
       (V, D) float32 table: coalesce, then update the touched rows of the table and the state in
@@ -47,8 +40,8 @@ class SparseTraining(TrainingTiming):
     common.MAX_PROCESS_BYTES (sparse_adam at V = 1e7, D = 64: three 2.5 GB tables).
     """
 
-    params = [["sparse_grad", "dense_grad", *common.OPTIMIZERS],
-              [10_000, 1_000_000, 10_000_000], [16, 64, 256]]
+    params = [["sparse_grad", "dense_grad", "dense_sgd", *common.OPTIMIZERS],
+              [10_000, 100_000, 1_000_000, 10_000_000], [16, 64, 256]]
     param_names = ["op", "vocab_size", "dim"]
 
     def setup(self, op, vocab_size, dim):
@@ -59,6 +52,21 @@ class SparseTraining(TrainingTiming):
                               lambda: _check_sparse_grad(self.G, self.ids, vocab_size))
             self._call = lambda: kernels.lookup_grad(self.G, self.ids, vocab_size, sparse=True,
                                                      kernel=KERNEL)
+        elif op == "dense_sgd":
+            W = common.training_table(vocab_size, dim)
+            dW = common.cached(("training_dW", vocab_size, dim),
+                               lambda: np.empty((vocab_size, dim), common.DTYPE))
+            lr = common.DTYPE.type(common.TRAINING_LR)
+
+            def dense_step():
+                kernels.lookup_grad(self.G, self.ids, vocab_size, kernel=KERNEL, out=dW)
+                np.multiply(dW, lr, out=dW)
+                np.subtract(W, dW, out=W)
+
+            self.dW = dW
+            common.check_once(("training", op, vocab_size, dim),
+                              lambda: _check_first_step(_Table(W), self.G, self.ids, dense_step))
+            self._call = dense_step
         elif op == "dense_grad":
             self.dW = common.cached(("training_dW", vocab_size, dim),
                                     lambda: np.empty((vocab_size, dim), common.DTYPE))
@@ -80,7 +88,7 @@ class SparseTraining(TrainingTiming):
         self._call()
 
 
-class SparseTrainingBags(TrainingTiming):
+class SparseTrainingBags(common.TrainingTiming):
     """The same ops on bags: n = 16,384 uniform ids in 2,048 bags of 8 (mode "sum"), G (2048, D)
     the gradient of the pooled output:
 
@@ -122,7 +130,7 @@ class SparseTrainingBags(TrainingTiming):
         self._call()
 
 
-class SparseTrainingMemory(TrainingTiming):
+class SparseTrainingMemory(common.TrainingTiming):
     """peakmem of Adagrad training a (1e6, D) float32 table on n uniform ids: peak RSS of the
     whole process, which includes the table (V*D*4 bytes: 64 MB at D = 16, 256 MB at D = 64)
     and Adagrad's state["sum"] (the same size; paged in whole in setup, as after a long run).
@@ -179,6 +187,13 @@ def _check_sparse_bag_grad(G, ids, offsets, vocab_size):
     np.testing.assert_array_equal(sg.rows, rows)
     dense = kernels.lookup_bag_grad(G, ids, offsets, vocab_size, kernel=KERNEL)
     np.testing.assert_array_equal(sg.values.view(np.uint32), dense[rows].view(np.uint32))
+
+
+class _Table:
+    """What _check_first_step reads of an optimizer: its table."""
+
+    def __init__(self, W):
+        self.weights = W
 
 
 def _check_first_step(opt, G, ids, step=None):

@@ -442,6 +442,16 @@ class BagTiming(Timing):
     repeat = (2, 50, 0.1)
 
 
+class TrainingTiming(Timing):
+    """Timing with samples for at most 0.2 s a process (repeat = (2, 50, 0.2)) for the training
+    classes (bench_training, bench_peers.TrainingPeers): a step takes 0.3-15 ms, so 0.2 s still
+    holds 10+ samples, and most of a process is building its table (up to 2.5 GB) anyway.
+    (Measured at bff28ce: the 36 SparseTraining sets of then and SparseTrainingMemory took 64 s
+    of benchmarks on a quiet machine.)"""
+
+    repeat = (2, 50, 0.2)
+
+
 class FormatTiming(Timing):
     """Timing's attributes with one round and samples for at most 0.1 s a process: the ~150
     LowPrecision (and FormatPeers) points would otherwise cost `make bench` ~8 minutes (most of
@@ -467,6 +477,72 @@ def make_optimizer(op, W, kernel="cython_gather"):
     return getattr(kernels.optim, OPTIMIZERS[op])(W, TRAINING_LR, kernel=kernel)
 
 
+TORCH_OPTIMIZERS = {"SGD": "SGD", "Adagrad": "Adagrad", "SparseAdam": "SparseAdam"}
+"""kernels.optim class -> torch.optim class of the same semantics (torch's defaults)."""
+ROWWISE = "RowwiseAdagrad"
+"""The kernels.optim class whose peer is FBGEMM's CPU TBE (EXACT_ROWWISE_ADAGRAD)."""
+
+
+# The training peers (bench_peers.TrainingPeers, tools/train_step): torch is passed in, never
+# imported here.
+
+def fbgemm_tbe():
+    """(SplitTableBatchedEmbeddingBagsCodegen, its enums) or None when fbgemm_gpu does not load."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+            EmbeddingLocation,
+            PoolingMode,
+        )
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except Exception:  # noqa: BLE001 (any failure to load the optional peer: no column)
+        return None
+    return SplitTableBatchedEmbeddingBagsCodegen, EmbOptimType, EmbeddingLocation, \
+        PoolingMode, ComputeDevice
+
+
+def torch_training_step(torch, name, W, ids, G):
+    """nn.Embedding(sparse=True) forward, (out * G).sum().backward(), optimizer step, zero_grad."""
+    V, D = W.shape
+    emb = torch.nn.Embedding(V, D, sparse=True)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(W))
+    opt = getattr(torch.optim, TORCH_OPTIMIZERS[name])(emb.parameters(), lr=TRAINING_LR)
+    tids, tG = torch.from_numpy(ids), torch.from_numpy(G)
+
+    def step():
+        out = emb(tids)
+        (out * tG).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+def fbgemm_training_step(torch, tbe, W, ids, G):
+    """FBGEMM's CPU TBE with EXACT_ROWWISE_ADAGRAD (kernels.optim.RowwiseAdagrad's defaults:
+    eps = 1e-8, no weight decay), bags of one id: forward, then backward (which updates)."""
+    Codegen, EmbOptimType, EmbeddingLocation, PoolingMode, ComputeDevice = tbe
+    V, D = W.shape
+    module = Codegen([(V, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
+                     optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=TRAINING_LR, eps=1e-8,
+                     pooling_mode=PoolingMode.SUM)
+    with torch.no_grad():
+        module.split_embedding_weights()[0].copy_(torch.from_numpy(W))
+    tids = torch.from_numpy(ids)
+    offsets = torch.arange(ids.shape[0] + 1, dtype=torch.int64)
+    tG = torch.from_numpy(G)
+
+    def step():
+        module(tids, offsets).backward(tG)
+
+    return step
+
+
 def optimizer_state_tables(op, dim):
     """How many (V, D) tables the optimizer's state holds (0 for SGD, 1 for Adagrad, 2 for
     SparseAdam; RowwiseAdagrad's (V,) accumulator counts as 1/D), read from a (1, dim) instance
@@ -486,6 +562,8 @@ def estimated_training_bytes(op, vocab_size, dim, n=N_IDS, itemsize=DTYPE.itemsi
     table_bytes = vocab_size * dim * itemsize
     if op == "dense_grad":
         total += table_bytes + vocab_size * dim * 8
+    elif op == "dense_sgd":
+        total += 2 * table_bytes
     elif op in OPTIMIZERS:
         total += table_bytes * (1 + optimizer_state_tables(op, dim))
     return int(total)
@@ -495,8 +573,8 @@ def require_training_budget(op, vocab_size, dim, n=N_IDS):
     """Raise NotImplementedError (asv: n/a) if the training case is beyond the budget:
     the dense gradient at vocab_size > 1e6 (it is the scale reference, not a subject), or more
     than MAX_PROCESS_BYTES."""
-    if op == "dense_grad" and vocab_size > 1_000_000:
-        raise NotImplementedError("dense_grad: the scale reference is measured up to V = 1e6")
+    if op.startswith("dense") and vocab_size > 1_000_000:
+        raise NotImplementedError(f"{op}: the scale reference is measured up to V = 1e6")
     need = estimated_training_bytes(op, vocab_size, dim, n)
     if need > MAX_PROCESS_BYTES:
         raise NotImplementedError(

@@ -118,6 +118,7 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
          ["format", "kernel", "vocab_size", "dim"]),
         (bench_formats.LowPrecisionMemory, ["peakmem_lookup", "track_table_bytes"], ["format"]),
         (bench_peers.FormatPeers, ["time_bag"], ["format", "vocab_size", "dim"]),
+        (bench_peers.TrainingPeers, ["time_step"], ["method", "vocab_size", "dim"]),
         (bench_training.SparseTrainingMemory, ["peakmem_step", "track_step_bytes"],
          ["n", "dim"]),
     ],
@@ -580,6 +581,12 @@ def test_every_training_op_sets_up_checks_and_runs(op, vocab_size, dim):
         np.testing.assert_array_equal(W[~hit].view(np.uint32), untouched.view(np.uint32))
     elif op == "dense_grad":
         common.assert_grad(bench.dW, bench.G, bench.ids, vocab_size)
+    elif op == "dense_sgd":  # two steps (the check's and the timed one) of W -= lr * dW
+        W, W0 = common.training_table(vocab_size, dim), common.make_weights(vocab_size, dim)
+        lr = np.float32(common.TRAINING_LR)
+        step = np.float32(lr) * kernels.lookup_grad(bench.G, bench.ids, vocab_size,
+                                                     kernel="cython_gather")
+        np.testing.assert_array_equal(W, (W0 - step) - step)
     common.clear_cache()
 
 
@@ -612,8 +619,9 @@ def test_the_training_check_rejects_a_wrong_sparse_gradient(monkeypatch):
 
 
 def test_the_training_grid_is_na_only_where_the_budget_says_so():
-    """dense_grad beyond V = 1e6 (the scale reference), sparse_adam at V = 1e7, D = 64 (three
-    2.5 GB tables), every table at V = 1e7, D = 256 (10 GB); everything else runs. n/a is raised before any data is built."""
+    """dense_grad and dense_sgd beyond V = 1e6 (the scale references), sparse_adam at V = 1e7,
+    D = 64 (three 2.5 GB tables), every table at V = 1e7, D = 256 (10 GB); everything else runs.
+    n/a is raised before any data is built."""
     ops, vocabs, dims = bench_training.SparseTraining.params
     na = set()
     for op in ops:
@@ -628,8 +636,8 @@ def test_the_training_grid_is_na_only_where_the_budget_says_so():
                         bench_training.SparseTraining().setup(op, V, D)
                     assert not common._CACHE
     at_1e7_256 = {(op, 10_000_000, 256) for op in ops if op != "sparse_grad"}
-    assert na == {("dense_grad", 10_000_000, 16), ("dense_grad", 10_000_000, 64),
-                  ("sparse_adam", 10_000_000, 64), *at_1e7_256}
+    dense_at_1e7 = {(op, 10_000_000, D) for op in ("dense_grad", "dense_sgd") for D in dims}
+    assert na == {*dense_at_1e7, ("sparse_adam", 10_000_000, 64), *at_1e7_256}
 
 
 def test_the_optimizers_state_is_counted_in_tables_from_kernels_optim():

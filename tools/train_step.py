@@ -54,9 +54,11 @@ FULL = {"vocab": (100_000, 1_000_000), "dims": (16, 64),
         "rounds": 9, "reps": 5}
 QUICK = {"vocab": (100_000,), "dims": (16, 64), "grad_vocab": (10_000, 1_000_000),
          "dense_vocab": 1_000_000, "rounds": 4, "reps": 3}
-TORCH_OPTIMIZERS = {"SGD": "SGD", "Adagrad": "Adagrad", "SparseAdam": "SparseAdam"}
-"""kernels.optim class -> torch.optim class of the same semantics (torch's defaults)."""
-ROWWISE = "RowwiseAdagrad"
+TORCH_OPTIMIZERS = common.TORCH_OPTIMIZERS
+ROWWISE = common.ROWWISE
+_fbgemm_tbe = common.fbgemm_tbe
+torch_step = common.torch_training_step
+fbgemm_step = common.fbgemm_training_step
 
 
 def _torch():
@@ -65,25 +67,6 @@ def _torch():
     except ImportError:
         return None
     return torch
-
-
-def _fbgemm_tbe():
-    """(SplitTableBatchedEmbeddingBagsCodegen, its enums) or None when fbgemm_gpu does not load."""
-    try:
-        import fbgemm_gpu  # noqa: F401
-        from fbgemm_gpu.split_embedding_configs import EmbOptimType
-        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
-            EmbeddingLocation,
-            PoolingMode,
-        )
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-            ComputeDevice,
-            SplitTableBatchedEmbeddingBagsCodegen,
-        )
-    except Exception:  # noqa: BLE001 (any failure to load the optional peer: no column)
-        return None
-    return SplitTableBatchedEmbeddingBagsCodegen, EmbOptimType, EmbeddingLocation, \
-        PoolingMode, ComputeDevice
 
 
 def data(V, D, n):
@@ -100,44 +83,6 @@ def ours_step(name, W, ids, G):
     def step():
         kernels.lookup(W, ids, kernel=KERNEL, out=out)
         opt.step(ids, G)
-
-    return step
-
-
-def torch_step(torch, name, W, ids, G):
-    """nn.Embedding(sparse=True) forward, (out * G).sum().backward(), optimizer step, zero_grad."""
-    V, D = W.shape
-    emb = torch.nn.Embedding(V, D, sparse=True)
-    with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(W))
-    opt = getattr(torch.optim, TORCH_OPTIMIZERS[name])(emb.parameters(), lr=LR)
-    tids, tG = torch.from_numpy(ids), torch.from_numpy(G)
-
-    def step():
-        out = emb(tids)
-        (out * tG).sum().backward()
-        opt.step()
-        opt.zero_grad()
-
-    return step
-
-
-def fbgemm_step(torch, tbe, W, ids, G):
-    """FBGEMM's CPU TBE with EXACT_ROWWISE_ADAGRAD (kernels.optim.RowwiseAdagrad's defaults:
-    eps = 1e-8, no weight decay), bags of one id: forward, then backward (which updates)."""
-    Codegen, EmbOptimType, EmbeddingLocation, PoolingMode, ComputeDevice = tbe
-    V, D = W.shape
-    module = Codegen([(V, D, EmbeddingLocation.HOST, ComputeDevice.CPU)],
-                     optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=LR, eps=1e-8,
-                     pooling_mode=PoolingMode.SUM)
-    with torch.no_grad():
-        module.split_embedding_weights()[0].copy_(torch.from_numpy(W))
-    tids = torch.from_numpy(ids)
-    offsets = torch.arange(ids.shape[0] + 1, dtype=torch.int64)
-    tG = torch.from_numpy(G)
-
-    def step():
-        module(tids, offsets).backward(tG)
 
     return step
 
