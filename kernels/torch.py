@@ -39,7 +39,7 @@ import kernels
 from kernels._kernel import Kernel
 from kernels._validate import BAG_MODES
 
-__all__ = ["Embedding", "EmbeddingBag", "embedding", "embedding_bag"]
+__all__ = ["Embedding", "EmbeddingBag", "QuantizedEmbeddingBag", "embedding", "embedding_bag"]
 
 NAMESPACE = "embedding_kernels"
 _FLOATS = (torch.float32, torch.float64)
@@ -594,3 +594,64 @@ class EmbeddingBag(_FusedMixin, nn.EmbeddingBag):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel={self.kernel!r}"
+
+
+class QuantizedEmbeddingBag(nn.Module):
+    """An inference-only EmbeddingBag backed by a low-precision table (kernels.quantize:
+    float16, bfloat16, int8 or int4): forward(input, offsets=None, per_sample_weights=None)
+    returns float32 (B, D) pooled bags of the dequantized rows, by the kernels' fused decoding
+    bags (kernel="auto": the kernel measured fastest for the table's format). The table is not
+    a parameter: nothing trains it (train a float32 EmbeddingBag and re-quantize its weight).
+    Eager only (the call is not a registered operator, so torch.compile runs it outside the
+    graph). The table's storage is shared with torch without a copy: `table.packed` of an int8
+    or int4 table is what torch.ops.quantized's bag ops read.
+
+        T = kernels.quantize(bag.weight.detach().numpy(), "int8")
+        qbag = kt.QuantizedEmbeddingBag(T, mode="sum")"""
+
+    def __init__(self, table, mode: str = "mean", include_last_offset: bool = False,
+                 padding_idx: int | None = None, kernel="auto"):
+        super().__init__()
+        if not isinstance(table, kernels.Table):
+            raise TypeError(f"table must be a kernels.Table (kernels.quantize(W, format)), got "
+                            f"{type(table).__name__}")
+        if mode not in BAG_MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, BAG_MODES))}, got "
+                             f"{mode!r}")
+        self.table = table
+        self.mode = mode
+        self.include_last_offset = bool(include_last_offset)
+        self.padding_idx = _padding(padding_idx, table.shape[0])
+        self.kernel = _kernel_name(kernel)
+
+    @classmethod
+    def from_embedding_bag(cls, bag: nn.EmbeddingBag, format: str, kernel="auto"):
+        """The quantized copy of a trained torch (or kernels.torch) EmbeddingBag's table, with
+        its mode, include_last_offset and padding_idx."""
+        W = bag.weight.detach().to(torch.float32).numpy()
+        return cls(kernels.quantize(W, format), mode=getattr(bag, "mode", "mean"),
+                   include_last_offset=bag.include_last_offset, padding_idx=bag.padding_idx,
+                   kernel=kernel)
+
+    @torch.compiler.disable
+    def forward(self, input: Tensor, offsets: Tensor | None = None,
+                per_sample_weights: Tensor | None = None) -> Tensor:
+        _check_ids(input)
+        if per_sample_weights is not None:
+            _check_cpu(per_sample_weights, "per_sample_weights")
+            if per_sample_weights.dtype != torch.float32:
+                raise TypeError(f"per_sample_weights must be float32 for a quantized table, got "
+                                f"{per_sample_weights.dtype}")
+        input, offsets, psw, last = _flat_bags(input, offsets, per_sample_weights,
+                                               self.include_last_offset)
+        B = offsets.shape[0] - (1 if last else 0)
+        out = torch.empty((B, self.table.shape[1]), dtype=torch.float32)
+        kernels.lookup_bag(self.table, _np(input), _np(offsets), mode=self.mode,
+                           per_sample_weights=_np_or_none(psw), padding_idx=self.padding_idx,
+                           include_last_offset=last, kernel=self.kernel, out=out.numpy())
+        return out
+
+    def extra_repr(self) -> str:
+        V, D = self.table.shape
+        return (f"{V}, {D}, format={self.table.format!r}, mode={self.mode!r}, "
+                f"kernel={self.kernel!r}")

@@ -642,3 +642,55 @@ def test_every_kernel_serves_the_modules(kernel, sparse):
     e.kernel = kernel
     assert torch.equal(e(ids), e_ref(ids))
 
+
+
+# -- QuantizedEmbeddingBag: inference on a low-precision table ---------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16", "int8", "int4"])
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+def test_quantized_bag_equals_the_kernels_bag_of_its_table(fmt, mode):
+    torch.manual_seed(3)
+    bag = torch.nn.EmbeddingBag(500, 32, mode=mode, padding_idx=7)
+    q = kt.QuantizedEmbeddingBag.from_embedding_bag(bag, fmt, kernel="cython_gather")
+    rng = np.random.default_rng(3)
+    ids = torch.from_numpy(rng.integers(0, 500, 300))
+    offsets = torch.from_numpy(np.sort(rng.choice(300, 40, replace=False)))
+    offsets[0] = 0
+    got = q(ids, offsets)
+    want = kernels.lookup_bag(q.table, ids.numpy(), offsets.numpy(), mode=mode, padding_idx=7,
+                              kernel="numpy_take")
+    assert got.dtype == torch.float32 and got.shape == (40, 32)
+    np.testing.assert_array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+    theirs = bag(ids, offsets).detach().numpy()  # the float32 table: within quantization error
+    err = np.abs(bag.weight.detach().numpy() - q.table.dequantize()).max()
+    longest = int(np.diff(np.append(offsets.numpy(), 300)).max())
+    np.testing.assert_allclose(got.numpy(), theirs, rtol=0, atol=longest * err * 1.01 + 1e-5)
+
+
+def test_quantized_int8_bag_agrees_with_torchs_quantized_op_on_the_same_bytes():
+    torch.manual_seed(4)
+    bag = torch.nn.EmbeddingBag(400, 64, mode="sum")
+    q = kt.QuantizedEmbeddingBag.from_embedding_bag(bag, "int8")
+    ids = torch.randint(0, 400, (50, 6))  # 2-D: fixed-size bags
+    got = q(ids)
+    flat = ids.reshape(-1)
+    theirs = torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
+        torch.from_numpy(q.table.packed), flat, torch.arange(0, 300, 6), mode=0)
+    np.testing.assert_allclose(got.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_bag_refuses_what_it_cannot_do():
+    T = kernels.quantize(np.ones((10, 4), np.float32), "int8")
+    with pytest.raises(TypeError, match="kernels.Table"):
+        kt.QuantizedEmbeddingBag(np.ones((10, 4), np.float32))
+    with pytest.raises(ValueError, match="mode"):
+        kt.QuantizedEmbeddingBag(T, mode="median")
+    q = kt.QuantizedEmbeddingBag(T, mode="sum")
+    with pytest.raises(TypeError, match="float32"):
+        q(torch.tensor([1, 2]), torch.tensor([0]), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="integer dtype"):
+        q(torch.tensor([1.0, 2.0]), torch.tensor([0]))
+    with pytest.raises(IndexError, match="out of range"):
+        q(torch.tensor([1, 10]), torch.tensor([0]))
+    assert not list(q.parameters())  # inference only: nothing to train
