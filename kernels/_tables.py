@@ -115,26 +115,28 @@ class Table:
         return f"{type(self).__name__}(V={V}, D={D}, {self.nbytes:,} bytes)"
 
 
-class Float16Table(Table):
+class _HalfTable(Table):
+    """Rows of a 16-bit float dtype, whose values float32 holds exactly."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def _dequantize_rows(rows, out):
+        out[...] = rows
+
+
+class Float16Table(_HalfTable):
     """float16 rows (IEEE binary16: 11-bit significand, largest finite 65504)."""
 
     FORMAT = FLOAT16
     __slots__ = ()
 
-    @staticmethod
-    def _dequantize_rows(rows, out):
-        out[...] = rows
 
-
-class BFloat16Table(Table):
+class BFloat16Table(_HalfTable):
     """bfloat16 rows (ml_dtypes.bfloat16: float32's exponent, 8-bit significand)."""
 
     FORMAT = BFLOAT16
     __slots__ = ()
-
-    @staticmethod
-    def _dequantize_rows(rows, out):
-        out[...] = rows
 
 
 def _scale_bias(rows, D, dtype):

@@ -872,6 +872,20 @@ def test_max_gradient_goes_to_the_first_arg_max_row(kernel_name, wdtype):
 COMPILED_PAIR = ("numba_gather", "cython_gather")
 
 
+def case_arrays(case, wdtype, weighted):
+    """(W, per_sample_weights or None, grad_out) of a bag case in the table's dtype."""
+    return table(case, wdtype), case.weights(wdtype) if weighted else None, grad_out(case, wdtype)
+
+
+def parallel_bags(n_bags, V, D, wdtype, weighted):
+    """(case, W, psw, G): n_bags 1-D bags of 0-39 ids (one padding id each, bags 5 and 6 all
+    padding), large enough to run the compiled kernels on two threads."""
+    lengths = np.random.default_rng(4).integers(0, 40, size=n_bags)
+    case = bags_1d("parallel", lengths, V=V, D=D, seed=4, padding_idx=-11, padding_per_bag=1,
+                   all_padding=[5, 6])
+    return (case, *case_arrays(case, wdtype, weighted))
+
+
 PARALLEL_CASES = [
     # (V, D, layout): a table in L2 and beyond it, a generic and fixed row sizes, 2-D ids
     (3000, 33, "1d"), (20000, 16, "1d"), (20000, 128, "1d"), (3000, 64, "2d")]
@@ -888,13 +902,9 @@ def test_compiled_kernels_agree_bitwise_for_one_and_two_threads(wdtype, mode, we
     if layout == "2d":
         case = bags_2d("parallel_2d", 4000, 9, V=V, D=D, seed=4, padding_idx=-11,
                        all_padding=[5, 6])
+        W, psw, G = case_arrays(case, wdtype, weighted)
     else:
-        lengths = np.random.default_rng(4).integers(0, 40, size=2000)
-        case = bags_1d("parallel", lengths, V=V, D=D, seed=4, padding_idx=-11,
-                       padding_per_bag=1, all_padding=[5, 6])
-    W = table(case, wdtype)
-    psw = case.weights(wdtype) if weighted else None
-    G = grad_out(case, wdtype)
+        case, W, psw, G = parallel_bags(2000, V, D, wdtype, weighted)
     results = {}
     for name in COMPILED_PAIR:
         k = kernels.KERNELS[name]

@@ -32,6 +32,7 @@ from test_bags import (
     bags_1d,
     grad_out,
     grad_terms,
+    parallel_bags,
     require,
     run_backward,
     table,
@@ -297,12 +298,7 @@ def test_compiled_pair_agree_bitwise_for_one_and_two_threads(wdtype, V, D):
 
 @pytest.mark.parametrize("mode,weighted", MODE_PARAMS)
 def test_compiled_pair_agree_bitwise_on_large_bags(wdtype, mode, weighted):
-    lengths = np.random.default_rng(4).integers(0, 40, size=15_000)  # ~300k ids
-    case = bags_1d("parallel", lengths, V=5000, D=16, seed=4, padding_idx=-11,
-                   padding_per_bag=1, all_padding=[5, 6])
-    W = table(case, wdtype)
-    psw = case.weights(wdtype) if weighted else None
-    G = grad_out(case, wdtype)
+    case, W, psw, G = parallel_bags(15_000, 5000, 16, wdtype, weighted)  # ~300k ids
     results = {}
     for name in COMPILED_PAIR:
         k = require(name, mode, wdtype, op=BACKWARD)
