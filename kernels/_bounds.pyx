@@ -16,7 +16,7 @@ cdef extern from *:
     """
     #include <stdint.h>
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #define EK_CLONES __attribute__((target_clones("avx2", "default")))
+    #define EK_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
     #else
     #define EK_CLONES
     #endif

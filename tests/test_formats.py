@@ -400,7 +400,8 @@ def expected_lookup(kernel, T, ids):
 
 @pytest.mark.parametrize("kernel_name, fmt", LOOKUP_CASES)
 @pytest.mark.parametrize("V, D, shape", [(1, 2, (5,)), (50, 16, (7, 9)), (1000, 64, (3000,)),
-                                         (300, 130, (257,))])
+                                         (300, 130, (257,)), (200, 32, (300,)),
+                                         (300, 128, (500,)), (300, 256, (400,))])
 def test_lookup_equals_dequantize_bit_for_bit(kernel_name, fmt, V, D, shape):
     T = check_table(V, D, fmt)
     ids = np.random.default_rng(V + D).integers(0, V, shape)
@@ -482,6 +483,25 @@ def test_gather_kernels_bag_sums_agree_bit_for_bit(fmt):
                                       padding_idx=5, kernel=n) for n in names]
         for n, r in zip(names, results):
             assert_bitwise_equal(r, results[0], f"{fmt} {mode}: {n} vs {names[0]}")
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("D", [32, 64, 128, 256])
+def test_gather_kernels_agree_bit_for_bit_at_the_compiled_row_sizes(fmt, D):
+    """The row sizes with compiled fixed-size bag loops (decoded into vector registers) give
+    the bits of every other gather kernel, padding, empty bags and a bag longer than the
+    prefetch distance included."""
+    names = [n for n, k in kernels.KERNELS.items()
+             if k.family == "gather" and k.implements("lookup_bag", fmt)]
+    T = check_table(300, D, fmt, seed=D)
+    ids, offsets = bag_layout(D, 300, n=3000, B=200)
+    offsets[5] = offsets[6] = offsets[4]
+    for mode in ("sum", "mean", "sqrtn"):
+        results = [kernels.lookup_bag(T, ids, offsets, mode=mode, padding_idx=5, kernel=n)
+                   for n in names]
+        for n, r in zip(names, results):
+            assert_bitwise_equal(r, results[0], f"{fmt} D={D} {mode}: {n} vs {names[0]}")
+        LOOKUP_BAG.assert_matches(results[0], T, ids, offsets, mode, None, 5)
 
 
 @pytest.mark.parametrize("kernel_name, fmt", LOOKUP_CASES)
