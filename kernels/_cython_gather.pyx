@@ -1047,11 +1047,19 @@ cdef extern from *:
             && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
             && __builtin_cpu_supports("avx512dq");
     }
+    /* Tests: level 0 keeps the decoders' portable loops, 1 allows AVX2/F16C, 2 AVX-512 too
+       (each only where the CPU has it). */
+    static void ek_set_isa(int level) {
+        ek_init_cpu();
+        if (level < 2) ek_use_avx512 = 0;
+        if (level < 1) ek_use_f16c = 0;
+    }
     #else
     #define EK_TRY_F16C(NAME)
     #define EK_TRY_VEC_BAG(NAME, NAME512)
     #define EK_TRY_VEC_GATHER(NAME, NAME512)
     static void ek_init_cpu(void) {}
+    static void ek_set_isa(int level) { (void)level; }
     #endif
 
     static inline void ek_dec_f16_int_row(const char* restrict row, Py_ssize_t D,
@@ -1194,6 +1202,7 @@ cdef extern from *:
     EK_DEFINE_DECODE_BAG(ek_decode_bag_i64, int64_t, ek_load_i64, ek_vec_bag_i64, ek_vec512_bag_i64)
     """
     void ek_init_cpu() noexcept nogil
+    void ek_set_isa(int level) noexcept nogil
     Py_ssize_t ek_decode_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                              Py_ssize_t rowbytes, const int32_t* ids, float* out, Py_ssize_t D,
                              Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
@@ -1213,6 +1222,12 @@ cdef extern from *:
 
 
 ek_init_cpu()
+
+
+def set_isa(int level):
+    """For tests: decode low-precision rows with the portable loops only (0), with AVX2 and
+    F16C where the CPU has them (1), or with AVX-512 too (2, the default)."""
+    ek_set_isa(level)
 
 
 cdef Py_ssize_t _decode_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,

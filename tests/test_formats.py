@@ -504,6 +504,35 @@ def test_gather_kernels_agree_bit_for_bit_at_the_compiled_row_sizes(fmt, D):
         LOOKUP_BAG.assert_matches(results[0], T, ids, offsets, mode, None, 5)
 
 
+@pytest.fixture(params=[0, 1, 2], ids=["portable", "avx2", "avx512"])
+def cython_isa(request):
+    """cython_gather decoding with the portable loops, AVX2 or AVX-512 (where the CPU has
+    them; a level the CPU lacks falls back to the one below)."""
+    from kernels import _cython_gather
+
+    _cython_gather.set_isa(request.param)
+    yield request.param
+    _cython_gather.set_isa(2)
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("D", [32, 64, 128, 256])
+def test_cython_decoders_agree_at_every_isa_level(fmt, D, cython_isa):
+    """Each of cython_gather's decoding paths gives numba_gather's bits (lookups: the
+    dequantized table's), bags of the compiled row sizes and a row size without one."""
+    for dim in (D, D + 8):
+        T = check_table(300, dim, fmt, seed=dim)
+        ids, offsets = bag_layout(dim, 300, n=3000, B=200)
+        assert_bitwise_equal(kernels.lookup(T, ids, kernel="cython_gather"),
+                             T.dequantize()[ids], f"{fmt} D={dim} lookup")
+        for mode in ("sum", "mean", "sqrtn", "max"):
+            got = kernels.lookup_bag(T, ids, offsets, mode=mode, padding_idx=5,
+                                     kernel="cython_gather")
+            want = kernels.lookup_bag(T, ids, offsets, mode=mode, padding_idx=5,
+                                      kernel="numba_gather")
+            assert_bitwise_equal(got, want, f"{fmt} D={dim} {mode}")
+
+
 @pytest.mark.parametrize("kernel_name, fmt", LOOKUP_CASES)
 def test_out_dtype_float16_is_the_float32_result_rounded_once(kernel_name, fmt):
     k = kernels.KERNELS[kernel_name]
