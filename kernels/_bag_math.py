@@ -12,6 +12,37 @@ _BLOCK = 65_536
 """Ids per block where a computation would otherwise hold an (n, D) float64 array."""
 
 
+def fma32(a, x, c):
+    """float32 fma(a, x, c) element-wise (a * x + c rounded once, as C's fmaf), exactly, for
+    float32 arrays a and c and a float32 x of integers below 2**29 (the codes of a quantized
+    row): a * x is exact in float64, the float64 sum is rounded to odd (TwoSum tells whether it
+    was inexact; a float64 with 29 more bits than float32 rounded to odd, then to float32,
+    rounds as the exact sum would), then rounded to float32. inf and NaN follow IEEE."""
+    p = np.multiply(a, x, dtype=np.float64)
+    c = np.asarray(c, np.float64)
+    s = p + c
+    t = s - p
+    err = (p - (s - t)) + (c - t)
+    fix = (err != 0) & ((s.view(np.int64) & 1) == 0) & np.isfinite(err)
+    if fix.any():
+        s[fix] = np.nextafter(s[fix], np.copysign(np.inf, err[fix]))
+    return s.astype(np.float32)
+
+
+def quantized_bag_sum(q, scale, bias, weights=None):
+    """The bags of a rowwise-quantized table as torch's quantized bag ops sum them (FBGEMM's
+    kernels, measured bit for bit): for each row in bag order, acc = fma(scale, q, acc + bias),
+    from acc = +0; with weights, scale and bias are first multiplied by the row's weight
+    (rounded). q (c, L, D) float32 codes, scale and bias (c, L) float32: returns (c, D)."""
+    if weights is not None:
+        scale = scale * weights
+        bias = bias * weights
+    acc = np.zeros((q.shape[0], q.shape[2]), np.float32)
+    for l in range(q.shape[1]):
+        acc = fma32(scale[:, l, None], q[:, l], acc + bias[:, l, None])
+    return acc
+
+
 def bag_of_ids(offsets):
     """The bag each id belongs to: int64 array of length offsets[-1]."""
     return np.repeat(np.arange(offsets.shape[0] - 1, dtype=np.int64), np.diff(offsets))
@@ -113,12 +144,15 @@ def max_routes(W, ids, offsets, pad):
     return ids[pos[b, k]], k, b
 
 
-def reference(W, ids, offsets, mode, psw, pad):
+def reference(W, ids, offsets, mode, psw, pad, parts=None, eps=None):
     """(ref, tol, zero): the float64 result of each bag, the bound a kernel's result must lie
     within (|got - ref| <= tol), and which bags must be exactly +0.0 (no id, or divisor 0).
     For max, ref is the exact torch result and tol 0.
     Sums: (k + 3) * eps * sum|w e| / d for k non-padding ids and divisor d, plus the divisor's own
-    float64 rounding; bags with no id, or divisor 0, are exactly zero."""
+    float64 rounding; bags with no id, or divisor 0, are exactly zero. eps is W's unless given.
+    parts (V, D), for the exact values s * q + b of a quantized table summed as torch sums them
+    (quantized_bag_sum: two roundings a row, of the running sum + b and of the fma): the
+    magnitude |s q| + |b| of each value, and the bound (2k + 3) * eps * sum|w| parts / d."""
     W = np.asarray(W)
     B, D = offsets.shape[0] - 1, W.shape[1]
     if mode == "max":
@@ -135,17 +169,20 @@ def reference(W, ids, offsets, mode, psw, pad):
         sl = slice(i0, i0 + _BLOCK)
         k = keep[sl]
         e = W[ids[sl][k]].astype(np.float64)
+        m = np.abs(e) if parts is None else parts[ids[sl][k]].astype(np.float64)
         if psw is not None:
             w = psw[sl][k].astype(np.float64)
             e *= w[:, None]
+            m *= np.abs(w)[:, None]
             np.add.at(wabs, bag[sl][k], np.abs(w) ** (2 if mode == "sqrtn" else 1))
         np.add.at(S, bag[sl][k], e)
-        np.add.at(mag, bag[sl][k], np.abs(e))
-    eps = float(np.finfo(W.dtype).eps)
+        np.add.at(mag, bag[sl][k], m)
+    eps = float(np.finfo(W.dtype).eps) if eps is None else eps
+    terms = count if parts is None else 2 * count
     ok = (count > 0) & (d != 0)
     dd = np.where(ok, d, 1.0)
     ref = np.where(ok[:, None], S / dd[:, None], 0.0)
-    tol = (count[:, None] + 3) * eps * mag / np.abs(dd)[:, None]
+    tol = (terms[:, None] + 3) * eps * mag / np.abs(dd)[:, None]
     if psw is not None and mode == "mean":  # a sum of weights that cancels is ill-conditioned
         cond = (count + 1) * np.finfo(np.float64).eps * wabs / np.abs(dd)
         tol += np.abs(ref) * cond[:, None]

@@ -927,7 +927,52 @@ cdef extern from *:
     }
     typedef float ek_vf16 __attribute__((vector_size(64)));
 
-    #define EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
+    /* A bag adds a row to its accumulators: half formats add the decoded values; int8 and int4
+       rows are added as torch's quantized bag ops (FBGEMM) add them, acc = fma(s, q, acc + b),
+       one rounding fewer than decoding first, and measured bit for bit equal to torch's
+       (kernels._bag_math.quantized_bag_sum is the definition; tests/test_formats.py). */
+    #define EK_AVX2_FMA __attribute__((target("avx2,f16c,fma"), always_inline)) static inline
+    EK_AVX2_FMA __m256 ek_vpool_i8(__m256 acc, const char* row, Py_ssize_t k0, float s,
+                                    float b) {
+        __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+            _mm_loadl_epi64((const __m128i*)(row + k0))));
+        return _mm256_fmadd_ps(q, _mm256_set1_ps(s), _mm256_add_ps(acc, _mm256_set1_ps(b)));
+    }
+    EK_AVX2_FMA __m256 ek_vpool_i4(__m256 acc, const char* row, Py_ssize_t k0, float s,
+                                    float b) {
+        __m256 q = ek_vdec_i4(row, k0, 1.0f, 0.0f);  /* q * 1 + 0: q exactly */
+        return _mm256_fmadd_ps(q, _mm256_set1_ps(s), _mm256_add_ps(acc, _mm256_set1_ps(b)));
+    }
+    EK_AVX2_FMA __m256 ek_vpool_bf16(__m256 acc, const char* row, Py_ssize_t k0, float s,
+                                      float b) {
+        return _mm256_add_ps(acc, ek_vdec_bf16(row, k0, s, b));
+    }
+    EK_AVX2_FMA __m256 ek_vpool_f16(__m256 acc, const char* row, Py_ssize_t k0, float s,
+                                     float b) {
+        return _mm256_add_ps(acc, ek_vdec_f16(row, k0, s, b));
+    }
+    #define EK_AVX512_FMA __attribute__((target(EK_AVX512 ",fma"), always_inline)) static inline
+    EK_AVX512_FMA __m512 ek_vpool16_i8(__m512 acc, const char* row, Py_ssize_t k0, float s,
+                                        float b) {
+        __m512 q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+            _mm_loadu_si128((const __m128i*)(row + k0))));
+        return _mm512_fmadd_ps(q, _mm512_set1_ps(s), _mm512_add_ps(acc, _mm512_set1_ps(b)));
+    }
+    EK_AVX512_FMA __m512 ek_vpool16_i4(__m512 acc, const char* row, Py_ssize_t k0, float s,
+                                        float b) {
+        __m512 q = ek_vdec16_i4(row, k0, 1.0f, 0.0f);
+        return _mm512_fmadd_ps(q, _mm512_set1_ps(s), _mm512_add_ps(acc, _mm512_set1_ps(b)));
+    }
+    EK_AVX512_FMA __m512 ek_vpool16_bf16(__m512 acc, const char* row, Py_ssize_t k0, float s,
+                                          float b) {
+        return _mm512_add_ps(acc, ek_vdec16_bf16(row, k0, s, b));
+    }
+    EK_AVX512_FMA __m512 ek_vpool16_f16(__m512 acc, const char* row, Py_ssize_t k0, float s,
+                                         float b) {
+        return _mm512_add_ps(acc, ek_vdec16_f16(row, k0, s, b));
+    }
+
+    #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
         for (b = b0; b < b1; b++) { \\
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\
             float* row = out + b * (DIM); \\
@@ -946,7 +991,7 @@ cdef extern from *:
                     float s_, b_; \\
                     SB(src, (DIM), s_, b_) \\
                     const char* at = src + v0 * (VL) * (HB) / 2; \\
-                    for (k = 0; k < NB; k++) acc[k] += VDEC(at, k * (VL), s_, b_); \\
+                    for (k = 0; k < NB; k++) acc[k] = VPOOL(acc[k], at, k * (VL), s_, b_); \\
                     cnt++; \\
                 } \\
                 memcpy((char*)row + v0 * (VL) * 4, acc, sizeof(acc)); \\
@@ -964,26 +1009,28 @@ cdef extern from *:
         }
     /* NBLOCK accumulators a pass: 8 AVX2 registers of the 16 (16 spilled some to the stack),
        16 AVX-512 registers of the 32 (every row size in one pass). */
-    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, VT, VL, SUF) \\
+    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, VT, VL, POOL) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
             const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         switch (fmt) { \\
-        case EK_F16: EK_VEC_BAG_DIMS(SUF##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
-        case EK_BF16: EK_VEC_BAG_DIMS(SUF##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
-        case EK_I8: EK_VEC_BAG_DIMS(SUF##i8, EK_SB_I8, 2, NBLOCK, VT, VL, LOAD) break; \\
-        default: EK_VEC_BAG_DIMS(SUF##i4, EK_SB_I4, 1, NBLOCK, VT, VL, LOAD) \\
+        case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
+        case EK_BF16: EK_VEC_BAG_DIMS(POOL##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
+        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK, VT, VL, LOAD) break; \\
+        default: EK_VEC_BAG_DIMS(POOL##i4, EK_SB_I4, 1, NBLOCK, VT, VL, LOAD) \\
         } \\
         return bad; \\
     }
-    EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c", 8, ek_vf, 8, ek_vdec_)
-    EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c", 8, ek_vf, 8, ek_vdec_)
-    EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512, 16, ek_vf16, 16,
-                      ek_vdec16_)
-    EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512, 16, ek_vf16, 16,
-                      ek_vdec16_)
+    EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, ek_vf, 8,
+                      ek_vpool_)
+    EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c,fma", 8, ek_vf, 8,
+                      ek_vpool_)
+    EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512 ",fma", 16, ek_vf16,
+                      16, ek_vpool16_)
+    EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, ek_vf16,
+                      16, ek_vpool16_)
 
     /* Lookups of the same row sizes: each row decoded in registers and stored to out. */
     #define EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, DIM) \\
@@ -1033,9 +1080,9 @@ cdef extern from *:
         if (ek_use_f16c && (D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, out, D, lo, \\
                                                     hi, prefetch);
-    static int ek_use_avx512 = 0;
+    static int ek_use_avx512 = 0, ek_use_fma = 0;
     #define EK_TRY_VEC_BAG(NAME, NAME512) \\
-        if (ek_use_f16c && psw == NULL && mode != EK_MAX \\
+        if (ek_use_fma && psw == NULL && mode != EK_MAX \\
                 && (D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, n, offsets, \\
                                                     b0, b1, out, D, mode, pad, prefetch);
@@ -1043,7 +1090,8 @@ cdef extern from *:
     static void ek_init_cpu(void) {
         __builtin_cpu_init();
         ek_use_f16c = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-        ek_use_avx512 = ek_use_f16c && __builtin_cpu_supports("avx512f")
+        ek_use_fma = ek_use_f16c && __builtin_cpu_supports("fma");
+        ek_use_avx512 = ek_use_fma && __builtin_cpu_supports("avx512f")
             && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
             && __builtin_cpu_supports("avx512dq");
     }
@@ -1052,7 +1100,7 @@ cdef extern from *:
     static void ek_set_isa(int level) {
         ek_init_cpu();
         if (level < 2) ek_use_avx512 = 0;
-        if (level < 1) ek_use_f16c = 0;
+        if (level < 1) ek_use_f16c = ek_use_fma = 0;
     }
     #else
     #define EK_TRY_F16C(NAME)
@@ -1139,6 +1187,33 @@ cdef extern from *:
     /* Bags of decoded rows: each row decoded into tmp, then pooled exactly as a float32 table's
        row is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
        max from the first row with a strict >, the float64 divisor rounded to float32). */
+    /* acc += an int8 or int4 row as torch adds it (the vector paths' ek_vpool_i8/_i4):
+       acc[k] = fmaf(s, q[k], acc[k] + b), s and b first multiplied by the weight (rounded). */
+    static inline void ek_pool_codes(int fmt, const char* restrict row, Py_ssize_t D,
+                                     float* restrict acc, float w, int weighted) {
+        const uint8_t* q = (const uint8_t*)row;
+        float s, b;
+        if (fmt == EK_I8) {
+            memcpy(&s, q + D, 4);
+            memcpy(&b, q + D + 4, 4);
+        } else {
+            uint16_t hs, hb;
+            memcpy(&hs, q + D / 2, 2);
+            memcpy(&hb, q + D / 2 + 2, 2);
+            s = ek_half(hs);
+            b = ek_half(hb);
+        }
+        if (weighted) { s = w * s; b = w * b; }
+        if (fmt == EK_I8) {
+            for (Py_ssize_t k = 0; k < D; k++) acc[k] = fmaf(s, (float)q[k], acc[k] + b);
+        } else {
+            for (Py_ssize_t m = 0; m < D / 2; m++) {
+                acc[2 * m] = fmaf(s, (float)(q[m] & 15u), acc[2 * m] + b);
+                acc[2 * m + 1] = fmaf(s, (float)(q[m] >> 4), acc[2 * m + 1] + b);
+            }
+        }
+    }
+
     #define EK_DECODE_BAG_LOOP(DEC, LOAD) \\
         for (b = b0; b < b1; b++) { \\
             float* row = out + b * D; \\
@@ -1147,6 +1222,13 @@ cdef extern from *:
             for (k = 0; k < D; k++) row[k] = 0.0f; \\
             for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
                 EK_DECODE_BAG_ID(LOAD) \\
+                if ((fmt == EK_I8 || fmt == EK_I4) && mode != EK_MAX) { \\
+                    float w_ = psw != NULL ? psw[i] : 0.0f; \\
+                    ek_pool_codes(fmt, W + j * rs, D, row, w_, psw != NULL); \\
+                    if (psw != NULL) wsum += (mode == EK_SQRTN) ? (double)w_ * w_ : (double)w_; \\
+                    cnt++; \\
+                    continue; \\
+                } \\
                 DEC(W + j * rs, D, tmp); \\
                 EK_POOL_ROW(float, tmp) \\
             } \\
@@ -1193,8 +1275,8 @@ cdef extern from *:
         switch (fmt) { \\
         case EK_F16: EK_DECODE_BAG_DIMS(ek_dec_f16_int_row, LOAD) break; \\
         case EK_BF16: EK_DECODE_BAG_DIMS(ek_dec_bf16, LOAD) break; \\
-        case EK_I8: EK_DECODE_BAG_DIMS(ek_dec_i8, LOAD) break; \\
-        default: EK_DECODE_BAG_DIMS(ek_dec_i4, LOAD) \\
+        case EK_I8: EK_DECODE_BAG_LOOP(ek_dec_i8, LOAD) break; \\
+        default: EK_DECODE_BAG_LOOP(ek_dec_i4, LOAD) \\
         } \\
         return bad; \\
     }

@@ -106,3 +106,18 @@ def load_id(typingctx, ids, i):
         return builder.load_atomic(ptr, "monotonic", align)
 
     return sig, codegen
+
+
+@intrinsic
+def fma32(typingctx, a, x, c):
+    """float32 a * x + c rounded once (llvm.fma.f32: the FMA instruction where the CPU has one,
+    else libm's fmaf; never an unfused multiply-add). Arguments must be float32."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f = ir.FloatType()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f, f]),
+                                            "llvm.fma.f32")
+        return builder.call(fn, args)
+
+    return sig, codegen

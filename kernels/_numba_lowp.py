@@ -19,6 +19,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from kernels._numba_intrinsics import fma32
+
 FLOAT16, BFLOAT16, INT8, INT4 = 1, 2, 3, 4
 """Format codes of the compiled decoders (0: a float32/float64 table, no decoding)."""
 
@@ -138,3 +140,56 @@ def _row_of(W, j, fmt, s):
         return s[2]
 
     return decoded
+
+
+@njit(cache=True, nogil=True)
+def add_codes(fmt, W, j, acc, w, weighted, tmp, tmp_bits):
+    """acc += row j of an int8 or int4 table W (its storage) as torch's quantized bag ops add
+    it: acc[k] = fma(scale, q[k], acc[k] + bias), scale and bias first multiplied by w
+    (rounded) when weighted (kernels._bag_math.quantized_bag_sum is the NumPy form)."""
+    D = acc.shape[0]
+    if fmt == INT8:
+        tmp_bits[0, 0] = _le(W, j, D, 4)
+        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
+    else:
+        h = D // 2
+        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
+        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
+    scale = tmp[0, 0]
+    bias = tmp[0, 1]
+    if weighted:
+        scale = np.float32(w * scale)
+        bias = np.float32(w * bias)
+    if fmt == INT8:
+        for k in range(D):
+            acc[k] = fma32(scale, np.float32(W[j, k]), acc[k] + bias)
+    else:
+        for m in range(D // 2):
+            b = W[j, m]
+            acc[2 * m] = fma32(scale, np.float32(b & 15), acc[2 * m] + bias)
+            acc[2 * m + 1] = fma32(scale, np.float32(b >> 4), acc[2 * m + 1] + bias)
+
+
+def pool_row(W, j, fmt, s, acc, w, weighted):
+    """acc += row j of table W (times w when weighted), compiled only (an overload): a float
+    table's row or a half format's decoded one (in scratch s) added as float32 rows are, an
+    int8 or int4 row fused as torch adds it (add_codes)."""
+    raise NotImplementedError("pool_row runs in compiled code only")
+
+
+@overload(pool_row, inline="always")
+def _pool_row(W, j, fmt, s, acc, w, weighted):
+    if W.dtype == types.uint8:
+        def fused(W, j, fmt, s, acc, w, weighted):
+            add_codes(fmt, W, j, acc, w, weighted, s[3], s[4])
+        return fused
+
+    def added(W, j, fmt, s, acc, w, weighted):
+        src = row_of(W, j, fmt, s)
+        if weighted:
+            for k in range(acc.shape[0]):
+                acc[k] += w * src[k]
+        else:
+            for k in range(acc.shape[0]):
+                acc[k] += src[k]
+    return added

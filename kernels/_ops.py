@@ -36,6 +36,17 @@ def _values(weights):
     return weights.dequantize() if isinstance(weights, Table) else np.asarray(weights)
 
 
+def _exact_rowwise(weights):
+    """(s * q + b exactly in float64, |s q| + |b|) of an int8 or int4 table, else None: what
+    its bags sum (kernels._bag_math.quantized_bag_sum) before their roundings."""
+    codes = getattr(type(weights), "_codes", None)
+    if codes is None or not isinstance(weights, Table):
+        return None
+    q, scale, bias = codes(weights.packed, weights.shape[1])
+    qs = q.astype(np.float64) * scale
+    return qs + bias, np.abs(qs) + np.abs(bias)
+
+
 def _row_bytes(dim, itemsize, fmt):
     """(bytes read per row, bytes written per output row): fmt's row bytes and its float
     output when a format is given, else itemsize per value both ways."""
@@ -309,12 +320,17 @@ class LookupBag(Operation):
     def reference(weights, ids, offsets, mode="sum", per_sample_weights=None, padding_idx=None,
                   include_last_offset=False):
         """(ref, tol, zero) in float64, from kernels._bag_math.reference (a table: of its
-        dequantized values, with float32's bound)."""
+        dequantized values, with float32's bound; int8 and int4 sums: of the exact s * q + b,
+        with the bound of torch's fused sum)."""
         from kernels._bag_math import reference
 
         W, fmt, (V, D) = check_weights(_values(weights))
         a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
                                                  padding_idx, include_last_offset, V)
+        exact = None if mode == "max" else _exact_rowwise(weights)
+        if exact is not None:
+            return reference(exact[0], flat, off, mode, psw, pad, parts=exact[1],
+                             eps=float(np.finfo(np.float32).eps))
         return reference(W, flat, off, mode, psw, pad)
 
     @classmethod
@@ -323,8 +339,8 @@ class LookupBag(Operation):
         """got must be each bag's reduction within the bound of `reference` (NaN fails), torch's
         max bit for bit, and exactly +0.0 for bags with no id (or a zero divisor)."""
         W = _values(weights)
-        ref, tol, zero = cls.reference(W, ids, offsets, mode, per_sample_weights, padding_idx,
-                                       include_last_offset)
+        ref, tol, zero = cls.reference(weights, ids, offsets, mode, per_sample_weights,
+                                       padding_idx, include_last_offset)
         if got.shape != ref.shape or got.dtype != W.dtype:
             raise AssertionError(f"{what}: got {got.shape} {got.dtype}, expected {ref.shape} "
                                  f"{W.dtype}")

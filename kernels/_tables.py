@@ -161,6 +161,12 @@ class Int8Table(Table):
         out *= scale
         out += bias
 
+    @staticmethod
+    def _codes(rows, D):
+        """(q (k, D) float32, scale (k, 1), bias (k, 1)) of gathered packed rows."""
+        scale, bias = _scale_bias(rows, D, _F32)
+        return rows[:, :D].astype(_F32), scale, bias
+
     @classmethod
     def _dim_of(cls, row_items):
         if row_items < 8:
@@ -186,6 +192,16 @@ class Int4Table(Table):
         np.right_shift(q, 4, out=pairs[:, :, 1], casting="unsafe")
         out *= scale
         out += bias
+
+    @staticmethod
+    def _codes(rows, D):
+        """(q (k, D) float32, scale (k, 1), bias (k, 1)) of gathered packed rows."""
+        scale, bias = _scale_bias(rows, D, _F16)
+        q = np.empty((rows.shape[0], D), _F32)
+        pairs = q.reshape(rows.shape[0], D // 2, 2)
+        np.bitwise_and(rows[:, : D // 2], 15, out=pairs[:, :, 0], casting="unsafe")
+        np.right_shift(rows[:, : D // 2], 4, out=pairs[:, :, 1], casting="unsafe")
+        return q, scale, bias
 
     @classmethod
     def _dim_of(cls, row_items):

@@ -30,7 +30,7 @@ from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
-from kernels._numba_lowp import CODES, decode_row, row_of, scratch, storage
+from kernels._numba_lowp import CODES, decode_row, pool_row, row_of, scratch, storage
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._threads import ids_changed_error, openmp_threads, threads_for
 from kernels._validate import MODE_CODES
@@ -486,8 +486,9 @@ def _divide_into(acc, row, mode, d):
 def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, prefetch):
     """Bags b0..b1-1, each summed (or maxed) in id order into its own output row, then divided
     by its divisor: float64 count, sum of weights or sqrt of the sum of squares, rounded to the
-    output's dtype. A low-precision table's rows (fmt > 0) are decoded into a scratch row first,
-    then pooled as a float32 table's. Returns how many ids were outside [0, V) (each skipped)."""
+    output's dtype. A half-precision table's rows are decoded into a scratch row first, then
+    pooled as a float32 table's; int8 and int4 rows are summed as torch sums them (pool_row);
+    max compares decoded rows. Returns how many ids were outside [0, V) (each skipped)."""
     V = W.shape[0]
     D = out.shape[1]
     n = ids.shape[0]
@@ -509,8 +510,8 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = row_of(W, j, fmt, s)
             if mode == 2:
+                src = row_of(W, j, fmt, s)
                 if cnt == 0:
                     for k in range(D):
                         row[k] = src[k]
@@ -521,13 +522,11 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
                             row[k] = v
             elif weighted:
                 w = psw[i]
-                for k in range(D):
-                    row[k] += w * src[k]
+                pool_row(W, j, fmt, s, row, w, True)
                 wf = np.float64(w)
                 wsum += wf * wf if mode == 3 else wf
             else:
-                for k in range(D):
-                    row[k] += src[k]
+                pool_row(W, j, fmt, s, row, zero, False)
             cnt += 1
         if mode == 1 or mode == 3:
             _divide_into(row, row, mode, wsum if weighted else np.float64(cnt))
@@ -558,9 +557,7 @@ def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            src = row_of(W, j, fmt, s)
-            for k in range(D):
-                acc[k] += src[k]
+            pool_row(W, j, fmt, s, acc, zero, False)
             cnt += 1
         row = out[b]
         if mode == 0:

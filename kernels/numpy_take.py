@@ -17,8 +17,11 @@ Low-precision tables (every format of kernels.quantize): the packed rows are gat
 np.take in blocks of PACKED_BLOCK_BYTES and dequantized by the table class's own rule
 (kernels._tables: float32(q) * scale, rounded, + bias, rounded; NumPy has no cheap fused
 multiply-add, and this unfused form is the package's definition), so a lookup equals
-table.dequantize()[ids] bit for bit. Bags sum those float32 rows exactly as float32 tables'
-rows are summed; max takes the gathered dequantized rows of the non-padding ids.
+table.dequantize()[ids] bit for bit. Bags of float16 and bfloat16 rows sum those float32 rows
+exactly as float32 tables' rows are summed; int8 and int4 bags are summed as torch's quantized
+bag ops sum them, acc = fma(scale, q, acc + bias) row after row, the fused multiply-add
+emulated exactly in float64 (kernels._bag_math.fma32); max takes the gathered dequantized rows
+of the non-padding ids.
 """
 import numpy as np
 
@@ -65,11 +68,13 @@ def _scatter_add(G, ids, dW, zeroed):
     dW[sorted_ids[starts]] = np.add.reduceat(G[order], starts, axis=0)
 
 
-def _bag_sums(W, ids, offsets, psw, out, gather):
+def _bag_sums(W, ids, offsets, psw, out, gather, codes=None):
     """out[b] = the (weighted) sum of bag b's rows. Bags are grouped by length; a group of c bags
     of length L is gathered as one (c * L, D) block and summed as (c, L, D) over axis 1, which
     NumPy adds row after row (measured 2.5-11.6x faster than np.add.reduceat over axis 0 at
-    D = 64 and 7x at D = 256, 1.3x slower at D = 16: python -m tools.numpy_forms --bags)."""
+    D = 64 and 7x at D = 256, 1.3x slower at D = 16: python -m tools.numpy_forms --bags).
+    With `codes` (a rowwise-quantized table's Table._codes) the packed rows are gathered and
+    summed as torch sums them (kernels._bag_math.quantized_bag_sum)."""
     D = out.shape[1]
     lengths = np.diff(offsets)
     if lengths.shape[0] and lengths.min() == lengths.max():  # one length: no grouping
@@ -85,18 +90,27 @@ def _bag_sums(W, ids, offsets, psw, out, gather):
         else:
             pos = None if bags is None else (offsets[bags][:, None] + np.arange(L)).reshape(-1)
             sel = ids if pos is None else ids[pos]
-            rows = np.empty((sel.shape[0], D), out.dtype)
-            gather(W, sel, rows)
-            if psw is not None:
-                rows *= (psw if pos is None else psw[pos])[:, None]
-            rows.reshape(target.shape[0], L, D).sum(axis=1, out=target)
+            w = None if psw is None else (psw if pos is None else psw[pos])
+            if codes is not None:
+                q, scale, bias = codes(np.take(W, sel, axis=0, mode="clip"), D)
+                c = target.shape[0]
+                target[...] = bm.quantized_bag_sum(
+                    q.reshape(c, L, D), scale.reshape(c, L), bias.reshape(c, L),
+                    None if w is None else w.reshape(c, L))
+            else:
+                rows = np.empty((sel.shape[0], D), out.dtype)
+                gather(W, sel, rows)
+                if w is not None:
+                    rows *= w[:, None]
+                rows.reshape(target.shape[0], L, D).sum(axis=1, out=target)
         if bags is not None:
             out[bags] = target
 
 
-def _bag_function(gather):
+def _bag_function(gather, codes=None):
     """The lookup_bag function over rows that `gather` writes (a float table's, or a
-    low-precision table's dequantized ones)."""
+    low-precision table's dequantized ones); sums of a rowwise-quantized table's rows go through
+    `codes` (_bag_sums)."""
 
     def bag(W, ids, offsets, mode, psw, pad, out):
         if mode == "max":
@@ -110,7 +124,7 @@ def _bag_function(gather):
             return
         if mode != "sum":
             count, d = bm.divisors(ids, offsets, mode, psw, pad)
-        _bag_sums(W, *bm.without_padding(ids, offsets, pad, psw), out, gather)
+        _bag_sums(W, *bm.without_padding(ids, offsets, pad, psw), out, gather, codes)
         if mode != "sum":
             dd = d.astype(out.dtype)[:, None]
             np.divide(out, dd, out=out, where=dd != 0)
@@ -129,7 +143,8 @@ KERNEL = Kernel(
     {(LOOKUP, FLOAT): _gather, (LOOKUP_GRAD, FLOAT): _scatter_add,
      (LOOKUP_BAG, FLOAT): _bag, (LOOKUP_BAG_GRAD, FLOAT): bag_grad_by_scatter(_scatter_add),
      **{(LOOKUP, fmt): fn for fmt, fn in _PACKED.items()},
-     **{(LOOKUP_BAG, fmt): _bag_function(fn) for fmt, fn in _PACKED.items()}},
+     **{(LOOKUP_BAG, fmt): _bag_function(fn, getattr(TABLE_CLASSES[fmt.name], "_codes", None))
+        for fmt, fn in _PACKED.items()}},
     compiled=False,
     family="gather",
     colour="#7f7f7f",

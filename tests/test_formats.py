@@ -317,29 +317,30 @@ def test_a_storage_reshaped_in_place_is_refused_before_any_read():
         kernels.lookup(T, [9])
 
 
-@pytest.mark.parametrize("fmt", ROWWISE)
-@pytest.mark.parametrize("weighted", [False, True], ids=["sum", "sum+psw"])
-def test_our_tables_work_in_torchs_quantized_bag_ops(fmt, weighted):
+@pytest.mark.parametrize("kernel_name, fmt", [c for c in BAG_CASES if c.values[1] in ROWWISE])
+@pytest.mark.parametrize("D", [8, 32, 64, 256, 42])
+def test_int_bags_equal_torchs_quantized_bag_ops_bit_for_bit(kernel_name, fmt, D, cython_isa):
+    """int8 and int4 sums (with and without per_sample_weights, empty bags, every bag length,
+    the compiled row sizes and others) are torch's, bit for bit: acc = fma(scale, q, acc + bias)
+    a row (kernels._bag_math.quantized_bag_sum), at every decoding path of cython_gather."""
     torch = pytest.importorskip("torch")
+    if cython_isa != 2 and kernel_name != "cython_gather":
+        pytest.skip("the ISA levels are cython_gather's")
     op = {"int8": torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
           "int4": torch.ops.quantized.embedding_bag_4bit_rowwise_offsets}[fmt]
-    T = kernels.quantize(table_values(300, 32, seed=9), fmt)
-    rng = np.random.default_rng(10)
-    ids = rng.integers(0, 300, 400)
-    offsets = np.sort(rng.integers(0, 400, 60))
+    T = check_table(300, D, fmt, seed=D)
+    rng = np.random.default_rng(D)
+    ids = rng.integers(0, 300, 3000)
+    offsets = np.sort(rng.integers(0, 3000, 300))
     offsets[0] = 0
-    psw = rng.uniform(0.25, 2, 400).astype(np.float32) if weighted else None
-    theirs = op(torch.from_numpy(T.packed), torch.from_numpy(ids), torch.from_numpy(offsets),
-                mode=0, per_sample_weights=None if psw is None else torch.from_numpy(psw)).numpy()
-    ref = LOOKUP_BAG.reference(T, ids, offsets, "sum", psw)[0]
-    # theirs adds each row as fma(q, w * scale, out + w * bias): two roundings a row, of
-    # magnitudes up to the running sum plus |bias|
-    _, bias = row_params(T)
-    magnitudes = (np.abs(T.dequantize()) + np.abs(bias)).astype(np.float32)
-    mag = LOOKUP_BAG.reference(magnitudes, ids, offsets, "sum",
-                               None if psw is None else np.abs(psw))[0]
-    count = np.diff(np.append(offsets, ids.shape[0]))[:, None]
-    assert (np.abs(theirs - ref) <= 2 * (count + 3) * EPS32 * mag).all()
+    offsets[7] = offsets[8]
+    k = kernels.KERNELS[kernel_name]
+    for psw in (None, rng.uniform(-2, 2, 3000).astype(np.float32)):
+        theirs = op(torch.from_numpy(T.packed), torch.from_numpy(ids),
+                    torch.from_numpy(offsets), mode=0,
+                    per_sample_weights=None if psw is None else torch.from_numpy(psw)).numpy()
+        ours = k.lookup_bag(T, ids, offsets, per_sample_weights=psw)
+        assert_bitwise_equal(ours, theirs, f"{kernel_name} {fmt} D={D}")
 
 
 def keras_abs_max_quantize(x):
