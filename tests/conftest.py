@@ -229,3 +229,15 @@ def assert_grad_close(got, grad, ids, V) -> None:
             f"at {idx}: got {got[idx]!r}, float64 reference {ref[idx]!r}, "
             f"|err| {err[idx]!r} > bound {bound[idx]!r} (k={int(counts[idx[0]])})"
         )
+
+
+@pytest.fixture(params=[0, 1, 2], ids=["portable", "avx2", "avx512"])
+def cython_isa(request):
+    """cython_gather's run-time dispatched loops (low-precision decoding, float32 bags of 64 and
+    128 values) limited to the portable ones, AVX2 or AVX-512 (where the CPU has
+    them; a level the CPU lacks falls back to the one below)."""
+    from kernels import _cython_gather
+
+    _cython_gather.set_isa(request.param)
+    yield request.param
+    _cython_gather.set_isa(2)

@@ -1161,3 +1161,20 @@ def test_auto_only_picks_kernels_that_have_the_mode(op, mode, wdtype):
                 k = kernels.fastest(V, D, 4096, wdtype, op=op, bag_length=length, mode=mode)
                 assert mode in k.bag_modes, (V, D, length, k.name)
                 assert k.implements(op, wdtype.name), (V, D, length, k.name)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cython_bags_give_numbas_bits_at_every_isa_level(D, dtype, cython_isa):
+    """cython_gather's float bags (AVX-512 vectors for float32 rows of 64 and 128 values, the
+    target clones otherwise) give numba_gather's bits, padding and empty bags included."""
+    rng = np.random.default_rng(D)
+    W = rng.standard_normal((500, D)).astype(dtype)
+    ids = rng.integers(0, 500, 4000)
+    offsets = np.sort(rng.integers(0, 4000, 400))
+    offsets[0] = 0
+    offsets[9] = offsets[10]
+    for mode in ("sum", "mean", "sqrtn"):
+        got = kernels.lookup_bag(W, ids, offsets, mode=mode, padding_idx=7, kernel="cython_gather")
+        want = kernels.lookup_bag(W, ids, offsets, mode=mode, padding_idx=7, kernel="numba_gather")
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))

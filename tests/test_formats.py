@@ -505,17 +505,6 @@ def test_gather_kernels_agree_bit_for_bit_at_the_compiled_row_sizes(fmt, D):
         LOOKUP_BAG.assert_matches(results[0], T, ids, offsets, mode, None, 5)
 
 
-@pytest.fixture(params=[0, 1, 2], ids=["portable", "avx2", "avx512"])
-def cython_isa(request):
-    """cython_gather decoding with the portable loops, AVX2 or AVX-512 (where the CPU has
-    them; a level the CPU lacks falls back to the one below)."""
-    from kernels import _cython_gather
-
-    _cython_gather.set_isa(request.param)
-    yield request.param
-    _cython_gather.set_isa(2)
-
-
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 @pytest.mark.parametrize("D", [32, 64, 128, 256])
 def test_cython_decoders_agree_at_every_isa_level(fmt, D, cython_isa):
