@@ -9,12 +9,13 @@ and check it against V before using it: ids that another thread rewrites during 
 is replaced by row 0 in the gather and skipped in the scatter, and the call raises RuntimeError
 afterwards (kernels._threads.ids_changed_error)."""
 cimport numpy as cnp
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.stdint cimport INT32_MAX, int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from kernels._threads import ids_changed_error
+from kernels._validate import IdsOutOfRange
 
 cnp.import_array()
 
@@ -511,6 +512,21 @@ cdef extern from *:
     #endif
     enum { EK_SUM = 0, EK_MEAN = 1, EK_MAX = 2, EK_SQRTN = 3 };
 
+    /* Whether an id of ids[lo:hi] is outside [0, V): the shared check's branch-free pass
+       (kernels/_bounds.pyx), run by each bag thread over its own ids before it writes. */
+    EK_CLONES static int ek_ids_bad_i64(const int64_t* p, Py_ssize_t lo, Py_ssize_t hi,
+                                        Py_ssize_t vocab) {
+        uint64_t bad = 0, V = (uint64_t)vocab;
+        for (Py_ssize_t i = lo; i < hi; i++) bad |= (uint64_t)p[i] >= V;
+        return bad != 0;
+    }
+    EK_CLONES static int ek_ids_bad_i32(const int32_t* p, Py_ssize_t lo, Py_ssize_t hi,
+                                        Py_ssize_t vocab) {
+        uint64_t bad = 0, V = (uint64_t)vocab;
+        for (Py_ssize_t i = lo; i < hi; i++) bad |= (uint64_t)(int64_t)p[i] >= V;
+        return bad != 0;
+    }
+
     #define EK_BAG_FINISH(T, ROW, DIM, CNT, WSUM, WEIGHTED) \\
         if (mode == EK_MEAN || mode == EK_SQRTN) { \\
             double d_ = (WEIGHTED) ? (WSUM) : (double)(CNT); \\
@@ -689,6 +705,8 @@ cdef extern from *:
                               Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
+    int ek_ids_bad_i64(const int64_t* p, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t vocab) noexcept nogil
+    int ek_ids_bad_i32(const int32_t* p, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t vocab) noexcept nogil
     Py_ssize_t ek_bag_f64_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
                               Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
@@ -712,6 +730,21 @@ cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const voi
                           mode, <const double*>psw, pad, prefetch)
 
 
+cdef inline int _ids_bad(const void* ids, bint i32, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t V) noexcept nogil:
+    if i32:
+        return ek_ids_bad_i32(<const int32_t*>ids, lo, hi, V)
+    return ek_ids_bad_i64(<const int64_t*>ids, lo, hi, V)
+
+
+cdef inline bint _any(const int* flags, int n) noexcept nogil:
+    cdef int c
+    for c in range(n):
+        if flags[c]:
+            return True
+    return False
+
+
 cdef Py_ssize_t _first_bag_from(const int64_t* offsets, Py_ssize_t B,
                                 Py_ssize_t target) noexcept nogil:
     """The first bag b < B with offsets[b] >= target, else B (np.searchsorted, side left)."""
@@ -727,12 +760,13 @@ cdef Py_ssize_t _first_bag_from(const int64_t* offsets, Py_ssize_t B,
 
 def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets not None,
         int mode, psw, Py_ssize_t pad, cnp.ndarray out not None, int nthreads,
-        int prefetch=0):
+        int prefetch=0, bint check=False):
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
     or None), ids equal to pad (or -1) left out. W has contiguous rows; offsets are B + 1 int64
     bounds. The bags are split among nthreads threads by the ids they hold, each bag whole on
-    one thread (nthreads <= 1: no OpenMP region). Raises RuntimeError if an id read was outside
-    [0, V) (ids changed meanwhile)."""
+    one thread (nthreads <= 1: no OpenMP region). check: each thread first checks its ids'
+    bounds, and if any is outside [0, V) nothing is written and IdsOutOfRange is raised.
+    Raises RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
@@ -747,23 +781,34 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
     cdef Py_ssize_t c, bad = 0
     cdef Py_ssize_t nbad[MAX_THREADS]
+    cdef int flags[MAX_THREADS]
     if psw is not None:
         pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            bad = _bag_range(w, V, rs, p, i32, n, off, 0, B, o, f32, D, mode, pw, pad,
-                             prefetch)
+            flags[0] = check and _ids_bad(p, i32, 0, n, V)
+            if not flags[0]:
+                bad = _bag_range(w, V, rs, p, i32, n, off, 0, B, o, f32, D, mode, pw, pad,
+                                 prefetch)
         else:
             bd[0] = 0
             bd[nthreads] = B
             for c in range(1, nthreads):
                 bd[c] = _first_bag_from(off, B, n * c // nthreads)
-            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                nbad[c] = _bag_range(w, V, rs, p, i32, n, off, bd[c], bd[c + 1], o, f32, D,
-                                     mode, pw, pad, prefetch)
+            with parallel(num_threads=nthreads):
+                # the same static schedule twice: each thread checks the ids it then reads
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    flags[c] = check and _ids_bad(p, i32, off[bd[c]], off[bd[c + 1]], V)
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    nbad[c] = 0
+                    if not _any(flags, nthreads):
+                        nbad[c] = _bag_range(w, V, rs, p, i32, n, off, bd[c], bd[c + 1], o,
+                                             f32, D, mode, pw, pad, prefetch)
             for c in range(nthreads):
                 bad = bad + nbad[c]
+    if _any(flags, nthreads):
+        raise IdsOutOfRange()
     if bad:
         raise ids_changed_error(V)
 
@@ -1405,10 +1450,11 @@ cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize
 
 def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
                cnp.ndarray offsets not None, int mode, psw, Py_ssize_t pad,
-               cnp.ndarray out not None, int nthreads, int prefetch=0):
+               cnp.ndarray out not None, int nthreads, int prefetch=0, bint check=False):
     """bag() for a low-precision table (see decode_gather for fmt and W): each row decoded to
-    float32, then pooled exactly as a float32 table's row. Raises RuntimeError if an id read was
-    outside [0, V) (ids changed meanwhile), MemoryError without memory for a decoded row."""
+    float32 and pooled as a float32 table's row, int8 and int4 rows fused as torch adds them;
+    check as bag()'s. Raises RuntimeError if an id read was outside [0, V) (ids changed
+    meanwhile), MemoryError without memory for a decoded row."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
@@ -1424,27 +1470,38 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     cdef Py_ssize_t c, bad = 0
     cdef bint no_memory = False
     cdef Py_ssize_t nbad[MAX_THREADS]
+    cdef int flags[MAX_THREADS]
     if psw is not None:
         pw = <const float*>cnp.PyArray_DATA(<cnp.ndarray>psw)
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, 0, B, o, D, mode,
-                                    pw, pad, prefetch)
+            flags[0] = check and _ids_bad(p, i32, 0, n, V)
+            if not flags[0]:
+                bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, 0, B, o, D,
+                                        mode, pw, pad, prefetch)
             no_memory = bad < 0
         else:
             bd[0] = 0
             bd[nthreads] = B
             for c in range(1, nthreads):
                 bd[c] = _first_bag_from(off, B, n * c // nthreads)
-            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, bd[c],
-                                            bd[c + 1], o, D, mode, pw, pad, prefetch)
+            with parallel(num_threads=nthreads):
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    flags[c] = check and _ids_bad(p, i32, off[bd[c]], off[bd[c + 1]], V)
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    nbad[c] = 0
+                    if not _any(flags, nthreads):
+                        nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off,
+                                                    bd[c], bd[c + 1], o, D, mode, pw, pad,
+                                                    prefetch)
             for c in range(nthreads):
                 if nbad[c] < 0:
                     no_memory = True
                 else:
                     bad = bad + nbad[c]
+    if _any(flags, nthreads):
+        raise IdsOutOfRange()
     if no_memory:
         raise MemoryError("no memory for a decoded row of a low-precision bag")
     if bad:

@@ -262,13 +262,13 @@ def operation_named(op) -> Operation:
 
 
 def _bag_args(weights_or_fmt, ids, offsets, mode, per_sample_weights, padding_idx,
-              include_last_offset, vocab_size):
+              include_last_offset, vocab_size, bounds=True):
     from kernels._validate import check_bags, check_mode, check_padding_idx, \
         check_per_sample_weights
 
     mode = check_mode(mode)
     ids, off = check_bags(ids, offsets, include_last_offset)
-    a, flat = check_ids(ids, vocab_size)
+    a, flat = check_ids(ids, vocab_size, bounds)
     pad = check_padding_idx(padding_idx, vocab_size)
     psw = check_per_sample_weights(per_sample_weights, a.shape, weights_or_fmt, mode)
     return a, flat, off, mode, psw, pad
@@ -293,16 +293,18 @@ class LookupBag(Operation):
 
     @staticmethod
     def prepare(weights, ids, offsets, mode, per_sample_weights, padding_idx,
-                include_last_offset, out, out_dtype=None):
+                include_last_offset, out, out_dtype=None, bounds=True):
         """Check a call; return (W, format, flat_ids, offsets, mode, psw, pad, out). offsets are
         B + 1 private int64 bounds, psw a flat array or None, pad the padding row or -1, out of
         the output dtype (check_out_dtype). The kernel's function is called as
         fn(W, flat_ids, offsets, mode, psw, pad, out) when out and ids are not empty and must
-        write every row of out (zeros for a bag with no id)."""
+        write every row of out (zeros for a bag with no id). bounds=False leaves the ids' bounds
+        to a kernel function called with check_ids=True (kernels._validate.IdsOutOfRange)."""
         W, fmt, (V, D) = check_weights(weights)
         dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
         a, flat, off, mode, psw, pad = _bag_args(
-            fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V)
+            fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V,
+            bounds)
         shape = (off.shape[0] - 1, D)
         if out is None:
             return W, fmt, flat, off, mode, psw, pad, np.empty(shape, dtype)

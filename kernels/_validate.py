@@ -147,8 +147,15 @@ def _ids_from_python(ids, a, vocab_size):
     return obj.astype(_INT64)
 
 
-def check_ids(ids, vocab_size):
-    """Return (ids as an array, flat C-contiguous int32/int64 copy or view), bounds-checked."""
+class IdsOutOfRange(Exception):
+    """Raised by a kernel function that checks the ids' bounds itself (inside its own parallel
+    pass, before writing anything) when one is outside [0, V); the caller then runs check_ids,
+    whose IndexError names the id and its position. Never reaches a user."""
+
+
+def check_ids(ids, vocab_size, bounds=True):
+    """Return (ids as an array, flat C-contiguous int32/int64 copy or view), bounds-checked
+    (bounds=False: every other check; the caller's kernel checks the bounds, IdsOutOfRange)."""
     if type(ids) is np.ndarray:
         a = ids
     else:
@@ -163,7 +170,7 @@ def check_ids(ids, vocab_size):
     flat = a.reshape(-1)
     if not flat.flags.c_contiguous or not dt.isnative:
         flat = np.ascontiguousarray(flat, dtype=dt.newbyteorder("="))
-    if flat.shape[0] and any_out_of_range(flat, vocab_size):
+    if bounds and flat.shape[0] and any_out_of_range(flat, vocab_size):
         raise _first_out_of_range(a, vocab_size)
     if flat.dtype not in _INDEX_DTYPES:
         # In range, so every value fits in int64; uint64 reinterprets without a copy.

@@ -15,7 +15,7 @@ starts no OpenMP region; in a forked child where OpenMP is unsafe every call run
 import numpy as np
 
 from kernels import _cython_gather as _core
-from kernels._validate import MODE_CODES
+from kernels._validate import MODE_CODES, IdsOutOfRange, any_out_of_range
 from kernels._cpu import bag_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._numba_lowp import CODES, storage
@@ -39,15 +39,17 @@ def _scatter_add(G, ids, dW, zeroed):
     _core.scatter_add(G, ids, dW, zeroed, _threads(G.nbytes + (0 if zeroed else dW.nbytes)))
 
 
-def _bag(W, ids, offsets, mode, psw, pad, out):
+def _bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
     if W.strides[1] != W.itemsize:  # rows not contiguous: bag a compact copy of the rows used
+        if check_ids and any_out_of_range(ids, W.shape[0]):
+            raise IdsOutOfRange()
         rows, slot = np.unique(ids, return_inverse=True)
         hit = np.flatnonzero(rows == pad)
         W, ids, pad = np.ascontiguousarray(W[rows]), slot.astype(ids.dtype), \
             (int(hit[0]) if hit.size else -1)
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
               _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes),
-              bag_prefetch_distance(W))
+              bag_prefetch_distance(W), check_ids)
 
 
 def _decoding_gather(code):
@@ -68,11 +70,11 @@ def _decoding_bag(code):
     """The lookup_bag function of a low-precision format: each row decoded, then pooled as a
     float32 table's."""
 
-    def bag(W, ids, offsets, mode, psw, pad, out):
+    def bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
         S = storage(W)
         _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
                          _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
-                         bag_prefetch_distance(S))
+                         bag_prefetch_distance(S), check_ids)
 
     return bag
 
@@ -87,6 +89,7 @@ KERNEL = Kernel(
     compiled=True,
     family="gather",
     colour="#2ca02c",
+    bag_checks_ids=True,
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad

@@ -1178,3 +1178,29 @@ def test_cython_bags_give_numbas_bits_at_every_isa_level(D, dtype, cython_isa):
         got = kernels.lookup_bag(W, ids, offsets, mode=mode, padding_idx=7, kernel="cython_gather")
         want = kernels.lookup_bag(W, ids, offsets, mode=mode, padding_idx=7, kernel="numba_gather")
         np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("where", [0, 0.3, 0.7, -1], ids=["first", "thread0", "thread1", "last"])
+@pytest.mark.parametrize("bad, dtype", [(-1, np.int64), (5000, np.int64), (-3, np.int32),
+                                        (2**64 - 1, np.uint64)],
+                         ids=["neg64", "past64", "neg32", "huge_u64"])
+def test_cython_bags_own_bounds_pass_names_the_id_and_writes_nothing(fmt, threads, where, bad,
+                                                                     dtype):
+    """cython_gather checks a bag call's ids inside its own parallel pass (bag_checks_ids): an
+    id out of range anywhere in either thread's share gives the shared IndexError, naming the
+    id and its position, with out untouched."""
+    rng = np.random.default_rng(11)
+    V, D, n = 5000, 64, 40_000
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    ids = rng.integers(0, V, n).astype(dtype)
+    pos = n - 1 if where == -1 else int(where * n)
+    ids[pos] = bad
+    offsets = np.arange(0, n, 8)
+    out = np.full((n // 8, D), 7.0, np.float32)
+    with kernels.num_threads(threads):
+        with pytest.raises(IndexError, match=rf"id {bad} at position \({pos},\)"):
+            kernels.lookup_bag(T, ids, offsets, kernel="cython_gather", out=out)
+    assert (out == 7.0).all()
