@@ -1260,9 +1260,6 @@ cdef extern from *:
         if (j == pad) continue; \\
         if ((size_t)j >= (size_t)V) { bad++; continue; }
 
-    /* Bags of decoded rows: each row decoded into tmp, then pooled exactly as a float32 table's
-       row is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
-       max from the first row with a strict >, the float64 divisor rounded to float32). */
     /* acc += an int8 or int4 row as torch adds it (the vector paths' ek_vpool_i8/_i4):
        acc[k] = fmaf(s, q[k], acc[k] + b), s and b first multiplied by the weight (rounded). */
     static inline void ek_pool_codes(int fmt, const char* restrict row, Py_ssize_t D,
@@ -1290,6 +1287,10 @@ cdef extern from *:
         }
     }
 
+    /* Bags of decoded rows (the portable path; int8 and int4 sums fused by ek_pool_codes): each
+       row decoded into tmp, then pooled exactly as a float32 table's row
+       is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
+       max from the first row with a strict >, the float64 divisor rounded to float32). */
     #define EK_DECODE_BAG_LOOP(DEC, LOAD) \\
         for (b = b0; b < b1; b++) { \\
             float* row = out + b * D; \\

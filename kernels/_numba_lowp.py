@@ -13,7 +13,8 @@ so that every kernel that gathers the decoded rows gives the same bits.
 bfloat16, uint8 rows for int8 and int4); `row_of(W, j, scratch, fmt)` is what the bag loops
 read a row through: a float table's own row W[j] (the loops compile exactly as before for float
 tables: measured, a branch on fmt in the loop instead cost the float32 sum bag 35-55%), or the
-decoded row written into scratch.
+decoded row written into scratch. `pool_row` is what they add a row through: int8 and int4 rows
+are fused into the sum as torch's quantized bag ops do (`add_codes`), other rows added.
 """
 import numpy as np
 from numba import njit, types

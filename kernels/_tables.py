@@ -9,7 +9,9 @@ The dequantized value of an element is defined once, and every kernel computes e
 - int8 / int4: float32(float32(q) * scale) + bias, rounded to float32 after the product and
   after the sum (two roundings, no fused multiply-add). torch's quantized bag ops (FBGEMM) fuse
   them (one rounding): their values differ from ours by at most one float32 rounding of the
-  product, |q * scale| * 2**-24 (see README, "Table formats").
+  product, |q * scale| * 2**-24 (see README, "Table formats"). Bag sums of int8 / int4 rows are
+  torch's own, bit for bit: acc = fma(scale, q, acc + bias) a row
+  (kernels._bag_math.quantized_bag_sum).
 
 A table is for inference: the gradient operations and kernels.optim refuse it with a TypeError.
 """
