@@ -958,10 +958,6 @@ cdef extern from *:
         return f;
     }
 
-    /* Unweighted sum / mean / sqrtn, D a compile-time constant, in AVX2 code: the float32
-       bag's loop (EK_BAG_FIXED: vector accumulators in registers, a block of columns a pass)
-       with each row decoded into registers as it is added, nothing staged in memory. The same
-       additions in the same order as the general loop, so the same bits. */
     /* The same, sixteen values in one AVX-512 register: half the instructions, which is what
        limits a decoded bag in cache (measured in a C harness, int8 D = 64, 1 thread: 0.27
        against 0.39 ms). */
@@ -1048,6 +1044,10 @@ cdef extern from *:
         return _mm512_add_ps(acc, ek_vdec16_f16(row, k0, s, b));
     }
 
+    /* Unweighted sum / mean / sqrtn, D a compile-time constant, in AVX2 or AVX-512 code: the float32
+       bag's loop (EK_BAG_FIXED: vector accumulators in registers, a block of columns a pass)
+       with each row added in registers (VPOOL: ek_vpool_*), nothing staged in memory. The same
+       additions in the same order as the general loop, so the same bits. */
     #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
         for (b = b0; b < b1; b++) { \\
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\

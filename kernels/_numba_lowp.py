@@ -82,6 +82,20 @@ def _le(W, j, c, nbytes):
 
 
 @njit(cache=True, nogil=True)
+def _scale_bias(fmt, W, j, D, tmp, tmp_bits):
+    """(scale, bias) of row j of an int8 (float32 pair) or int4 (float16 pair) table of row
+    size D, read from the row's tail bytes through tmp (float32 (1, 2)) and its uint32 view."""
+    if fmt == INT8:
+        tmp_bits[0, 0] = _le(W, j, D, 4)
+        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
+    else:
+        h = D // 2
+        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
+        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
+    return tmp[0, 0], tmp[0, 1]
+
+
+@njit(cache=True, nogil=True)
 def decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits):
     """out[i, :D] (float32; bits: out viewed as uint32) = row j of a low-precision table W (its
     storage). tmp (float32, shape (1, 2)) and tmp_bits (its uint32 view) carry a row's scale and
@@ -99,19 +113,12 @@ def decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits):
             else:
                 out[i, k] = v
     elif fmt == INT8:
-        tmp_bits[0, 0] = _le(W, j, D, 4)
-        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
-        scale = tmp[0, 0]
-        bias = tmp[0, 1]
+        scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
         for k in range(D):
             out[i, k] = np.float32(W[j, k]) * scale + bias
     else:
-        h = D // 2
-        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
-        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
-        scale = tmp[0, 0]
-        bias = tmp[0, 1]
-        for m in range(h):
+        scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
+        for m in range(D // 2):
             b = np.uint32(W[j, m])
             out[i, 2 * m] = np.float32(b & 15) * scale + bias
             out[i, 2 * m + 1] = np.float32(b >> 4) * scale + bias
@@ -149,15 +156,7 @@ def add_codes(fmt, W, j, acc, w, weighted, tmp, tmp_bits):
     it: acc[k] = fma(scale, q[k], acc[k] + bias), scale and bias first multiplied by w
     (rounded) when weighted (kernels._bag_math.quantized_bag_sum is the NumPy form)."""
     D = acc.shape[0]
-    if fmt == INT8:
-        tmp_bits[0, 0] = _le(W, j, D, 4)
-        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
-    else:
-        h = D // 2
-        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
-        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
-    scale = tmp[0, 0]
-    bias = tmp[0, 1]
+    scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
     if weighted:
         scale = np.float32(w * scale)
         bias = np.float32(w * bias)
