@@ -943,12 +943,13 @@ cdef extern from *:
     }
     EK_AVX2 __m256 ek_vdec_f16(const char* row, Py_ssize_t k0, float s, float b) {
         (void)s; (void)b;
-        const __m256i mag = _mm256_set1_epi32(0x7fff), inf = _mm256_set1_epi32(0x7c00);
         __m128i x = _mm_loadu_si128((const __m128i*)(row + 2 * k0));
         __m256 f = _mm256_cvtph_ps(x);
-        __m256i w = _mm256_cvtepu16_epi32(x);
-        __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(w, mag), inf);
-        if (!_mm256_testz_si256(nan, nan)) {
+        /* a lane is NaN after the conversion exactly when its half is: one compare on the
+           common path, the integer form only for a vector holding a NaN */
+        if (_mm256_movemask_ps(_mm256_cmp_ps(f, f, _CMP_UNORD_Q))) {
+            __m256i w = _mm256_cvtepu16_epi32(x);
+            __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
             __m256i sign = _mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(0x8000)), 16);
             __m256i man = _mm256_slli_epi32(_mm256_and_si256(w, _mm256_set1_epi32(1023)), 13);
             __m256i bits = _mm256_or_si256(_mm256_or_si256(sign, man),
@@ -986,10 +987,9 @@ cdef extern from *:
         (void)s; (void)b;
         __m256i x = _mm256_loadu_si256((const __m256i*)(row + 2 * k0));
         __m512 f = _mm512_cvtph_ps(x);
-        __m512i w = _mm512_cvtepu16_epi32(x);
-        __mmask16 nan = _mm512_cmpgt_epi32_mask(
-            _mm512_and_si512(w, _mm512_set1_epi32(0x7fff)), _mm512_set1_epi32(0x7c00));
+        __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
         if (nan) {
+            __m512i w = _mm512_cvtepu16_epi32(x);
             __m512i bits = _mm512_or_si512(_mm512_or_si512(
                 _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)), 16),
                 _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(1023)), 13)),
