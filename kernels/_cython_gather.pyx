@@ -842,6 +842,14 @@ cdef extern from *:
         return v;
     }
 
+    /* A row's scale S and bias B (float32) from its tail bytes, for a row of DIM values:
+       int8's float32 pair, int4's float16 pair; NONE for the half formats (unused). */
+    #define EK_SB_I8(ROW, DIM, S, B) { memcpy(&S, (ROW) + (DIM), 4); \\
+        memcpy(&B, (ROW) + (DIM) + 4, 4); }
+    #define EK_SB_I4(ROW, DIM, S, B) { uint16_t hs_, hb_; memcpy(&hs_, (ROW) + (DIM) / 2, 2); \\
+        memcpy(&hb_, (ROW) + (DIM) / 2 + 2, 2); S = ek_half(hs_); B = ek_half(hb_); }
+    #define EK_SB_NONE(ROW, DIM, S, B) { S = 0.0f; B = 0.0f; }
+
     static inline void ek_dec_bf16(const char* restrict row, Py_ssize_t D,
                                   float* restrict dst) {
         const uint16_t* h = (const uint16_t*)row;
@@ -917,10 +925,6 @@ cdef extern from *:
        the same bits. AVX2 code with intrinsics: GCC 12 turned the generic vector conversion
        of eight bytes into 24 scalar instructions. */
     #define EK_AVX2 __attribute__((target("avx2,f16c"), always_inline)) static inline
-    #define EK_SB_I8(ROW, DIM, S, B) memcpy(&S, (ROW) + (DIM), 4); memcpy(&B, (ROW) + (DIM) + 4, 4);
-    #define EK_SB_I4(ROW, DIM, S, B) { uint16_t hs_, hb_; memcpy(&hs_, (ROW) + (DIM) / 2, 2); \\
-        memcpy(&hb_, (ROW) + (DIM) / 2 + 2, 2); S = ek_half(hs_); B = ek_half(hb_); }
-    #define EK_SB_NONE(ROW, DIM, S, B) S = 0.0f; B = 0.0f;
     EK_AVX2 __m256 ek_vdec_i8(const char* row, Py_ssize_t k0, float s, float b) {
         __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
             _mm_loadl_epi64((const __m128i*)(row + k0))));
@@ -1204,20 +1208,16 @@ cdef extern from *:
                                   float* restrict dst) {
         const uint8_t* q = (const uint8_t*)row;
         float s, b;
-        memcpy(&s, q + D, 4);
-        memcpy(&b, q + D + 4, 4);
+        EK_SB_I8(row, D, s, b)
         for (Py_ssize_t k = 0; k < D; k++) dst[k] = (float)q[k] * s + b;
     }
 
     static inline void ek_dec_i4(const char* restrict row, Py_ssize_t D,
                                   float* restrict dst) {
         const uint8_t* q = (const uint8_t*)row;
-        Py_ssize_t h = D / 2;
-        uint16_t hs, hb;
-        memcpy(&hs, q + h, 2);
-        memcpy(&hb, q + h + 2, 2);
-        float s = ek_half(hs), b = ek_half(hb);
-        for (Py_ssize_t m = 0; m < h; m++) {
+        float s, b;
+        EK_SB_I4(row, D, s, b)
+        for (Py_ssize_t m = 0; m < D / 2; m++) {
             dst[2 * m] = (float)(q[m] & 15u) * s + b;
             dst[2 * m + 1] = (float)(q[m] >> 4) * s + b;
         }
@@ -1266,16 +1266,8 @@ cdef extern from *:
                                      float* restrict acc, float w, int weighted) {
         const uint8_t* q = (const uint8_t*)row;
         float s, b;
-        if (fmt == EK_I8) {
-            memcpy(&s, q + D, 4);
-            memcpy(&b, q + D + 4, 4);
-        } else {
-            uint16_t hs, hb;
-            memcpy(&hs, q + D / 2, 2);
-            memcpy(&hb, q + D / 2 + 2, 2);
-            s = ek_half(hs);
-            b = ek_half(hb);
-        }
+        if (fmt == EK_I8) EK_SB_I8(row, D, s, b)
+        else EK_SB_I4(row, D, s, b)
         if (weighted) { s = w * s; b = w * b; }
         if (fmt == EK_I8) {
             for (Py_ssize_t k = 0; k < D; k++) acc[k] = fmaf(s, (float)q[k], acc[k] + b);
