@@ -148,7 +148,25 @@ def _scale_bias(rows, D, dtype):
     return sb[:, :1].astype(_F32), sb[:, 1:].astype(_F32)
 
 
-class Int8Table(Table):
+class _RowwiseTable(Table):
+    """int8 and int4: rows of codes q with a scale and a bias, value float32(q * scale) + bias."""
+
+    __slots__ = ()
+
+    @classmethod
+    def _dequantize_rows(cls, rows, out):
+        _, scale, bias = cls._codes(rows, out.shape[1], out)
+        out *= scale
+        out += bias
+
+    @staticmethod
+    def _codes(rows, D, out=None):
+        """(q (k, D) float32, scale (k, 1), bias (k, 1)) of gathered packed rows; q written into
+        out (C-contiguous float32 (k, D)) when given."""
+        raise NotImplementedError
+
+
+class Int8Table(_RowwiseTable):
     """torch's fused 8-bit rows: [D x uint8 q | float32 scale | float32 bias], value
     float32(q * scale) + bias."""
 
@@ -156,18 +174,12 @@ class Int8Table(Table):
     __slots__ = ()
 
     @staticmethod
-    def _dequantize_rows(rows, out):
-        D = out.shape[1]
+    def _codes(rows, D, out=None):
         scale, bias = _scale_bias(rows, D, _F32)
+        if out is None:
+            return rows[:, :D].astype(_F32), scale, bias
         out[...] = rows[:, :D]
-        out *= scale
-        out += bias
-
-    @staticmethod
-    def _codes(rows, D):
-        """(q (k, D) float32, scale (k, 1), bias (k, 1)) of gathered packed rows."""
-        scale, bias = _scale_bias(rows, D, _F32)
-        return rows[:, :D].astype(_F32), scale, bias
+        return out, scale, bias
 
     @classmethod
     def _dim_of(cls, row_items):
@@ -177,7 +189,7 @@ class Int8Table(Table):
         return row_items - 8
 
 
-class Int4Table(Table):
+class Int4Table(_RowwiseTable):
     """torch's fused 4-bit rows: [D/2 bytes, value 2k in the low nibble of byte k, value
     2k + 1 in the high one | float16 scale | float16 bias], value float32(q * scale) + bias."""
 
@@ -185,21 +197,9 @@ class Int4Table(Table):
     __slots__ = ()
 
     @staticmethod
-    def _dequantize_rows(rows, out):
-        D = out.shape[1]
+    def _codes(rows, D, out=None):
         scale, bias = _scale_bias(rows, D, _F16)
-        q = rows[:, : D // 2]
-        pairs = out.reshape(out.shape[0], D // 2, 2)
-        np.bitwise_and(q, 15, out=pairs[:, :, 0], casting="unsafe")
-        np.right_shift(q, 4, out=pairs[:, :, 1], casting="unsafe")
-        out *= scale
-        out += bias
-
-    @staticmethod
-    def _codes(rows, D):
-        """(q (k, D) float32, scale (k, 1), bias (k, 1)) of gathered packed rows."""
-        scale, bias = _scale_bias(rows, D, _F16)
-        q = np.empty((rows.shape[0], D), _F32)
+        q = np.empty((rows.shape[0], D), _F32) if out is None else out
         pairs = q.reshape(rows.shape[0], D // 2, 2)
         np.bitwise_and(rows[:, : D // 2], 15, out=pairs[:, :, 0], casting="unsafe")
         np.right_shift(rows[:, : D // 2], 4, out=pairs[:, :, 1], casting="unsafe")
