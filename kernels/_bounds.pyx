@@ -62,13 +62,34 @@ cdef extern from *:
     int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) noexcept nogil
 
 
+cdef int ids_out_of_range(const void* p, Py_ssize_t n, int size, bint signed,
+                          Py_ssize_t vocab_size) noexcept nogil:
+    """Whether one of the n ids at p (integers of `size` bytes, signed or not) is outside
+    [0, vocab_size): the pass any_out_of_range runs, for compiled callers (cimport)."""
+    cdef uint64_t V = <uint64_t>vocab_size
+    if signed:
+        if size == 8:
+            return ek_check_i64(p, n, V)
+        if size == 4:
+            return ek_check_i32(p, n, V)
+        if size == 2:
+            return ek_check_i16(p, n, V)
+        return ek_check_i8(p, n, V)
+    if size == 8:
+        return ek_check_u64(p, n, V)
+    if size == 4:
+        return ek_check_u32(p, n, V)
+    if size == 2:
+        return ek_check_u16(p, n, V)
+    return ek_check_u8(p, n, V)
+
+
 def any_out_of_range(cnp.ndarray ids not None, Py_ssize_t vocab_size):
     """True if some id of a 1-D C-contiguous native integer array is < 0 or >= vocab_size."""
     cdef Py_ssize_t n = cnp.PyArray_SIZE(ids)
     cdef const void* p = cnp.PyArray_DATA(ids)
     cdef int size = cnp.PyArray_ITEMSIZE(ids)
     cdef bint signed = cnp.PyArray_ISSIGNED(ids)
-    cdef uint64_t V = <uint64_t>vocab_size
     cdef int bad
     if (cnp.PyArray_NDIM(ids) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(ids)
             or not cnp.PyArray_ISNOTSWAPPED(ids) or not cnp.PyArray_ISINTEGER(ids)
@@ -76,24 +97,7 @@ def any_out_of_range(cnp.ndarray ids not None, Py_ssize_t vocab_size):
         raise ValueError("any_out_of_range needs a 1-D C-contiguous native integer array "
                          "and vocab_size >= 0")
     with nogil:
-        if signed:
-            if size == 8:
-                bad = ek_check_i64(p, n, V)
-            elif size == 4:
-                bad = ek_check_i32(p, n, V)
-            elif size == 2:
-                bad = ek_check_i16(p, n, V)
-            else:
-                bad = ek_check_i8(p, n, V)
-        else:
-            if size == 8:
-                bad = ek_check_u64(p, n, V)
-            elif size == 4:
-                bad = ek_check_u32(p, n, V)
-            elif size == 2:
-                bad = ek_check_u16(p, n, V)
-            else:
-                bad = ek_check_u8(p, n, V)
+        bad = ids_out_of_range(p, n, size, signed, vocab_size)
     return bool(bad)
 
 

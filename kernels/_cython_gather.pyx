@@ -16,6 +16,7 @@ from libc.string cimport memcpy, memset
 
 from kernels._threads import ids_changed_error
 from kernels._validate import IdsOutOfRange
+from kernels._bounds cimport ids_out_of_range
 
 cnp.import_array()
 
@@ -512,21 +513,6 @@ cdef extern from *:
     #endif
     enum { EK_SUM = 0, EK_MEAN = 1, EK_MAX = 2, EK_SQRTN = 3 };
 
-    /* Whether an id of ids[lo:hi] is outside [0, V): the shared check's branch-free pass
-       (kernels/_bounds.pyx), run by each bag thread over its own ids before it writes. */
-    EK_CLONES static int ek_ids_bad_i64(const int64_t* p, Py_ssize_t lo, Py_ssize_t hi,
-                                        Py_ssize_t vocab) {
-        uint64_t bad = 0, V = (uint64_t)vocab;
-        for (Py_ssize_t i = lo; i < hi; i++) bad |= (uint64_t)p[i] >= V;
-        return bad != 0;
-    }
-    EK_CLONES static int ek_ids_bad_i32(const int32_t* p, Py_ssize_t lo, Py_ssize_t hi,
-                                        Py_ssize_t vocab) {
-        uint64_t bad = 0, V = (uint64_t)vocab;
-        for (Py_ssize_t i = lo; i < hi; i++) bad |= (uint64_t)(int64_t)p[i] >= V;
-        return bad != 0;
-    }
-
     #define EK_BAG_FINISH(T, ROW, DIM, CNT, WSUM, WEIGHTED) \\
         if (mode == EK_MEAN || mode == EK_SQRTN) { \\
             double d_ = (WEIGHTED) ? (WSUM) : (double)(CNT); \\
@@ -705,8 +691,6 @@ cdef extern from *:
                               Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
-    int ek_ids_bad_i64(const int64_t* p, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t vocab) noexcept nogil
-    int ek_ids_bad_i32(const int32_t* p, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t vocab) noexcept nogil
     Py_ssize_t ek_bag_f64_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
                               Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
@@ -732,9 +716,10 @@ cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const voi
 
 cdef inline int _ids_bad(const void* ids, bint i32, Py_ssize_t lo, Py_ssize_t hi,
                          Py_ssize_t V) noexcept nogil:
-    if i32:
-        return ek_ids_bad_i32(<const int32_t*>ids, lo, hi, V)
-    return ek_ids_bad_i64(<const int64_t*>ids, lo, hi, V)
+    """Whether an id of ids[lo:hi] is outside [0, V): the shared check's pass
+    (kernels/_bounds.pyx), run by each bag thread over its own ids before it writes."""
+    cdef int size = 4 if i32 else 8
+    return ids_out_of_range(<const char*>ids + lo * size, hi - lo, size, True, V)
 
 
 cdef inline bint _any(const int* flags, int n) noexcept nogil:
