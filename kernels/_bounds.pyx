@@ -50,6 +50,14 @@ cdef extern from *:
         }
         return bad != 0;
     }
+
+    /* The same test, reading only. */
+    EK_CLONES static int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n) {
+        uint64_t bad = 0;
+        Py_ssize_t i;
+        for (i = 1; i < m; i++) bad |= (uint64_t)((p[i] > n) | (p[i] < p[i - 1]));
+        return bad != 0;
+    }
     """
     int ek_check_i8(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_i16(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
@@ -60,6 +68,7 @@ cdef extern from *:
     int ek_check_u32(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u64(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) noexcept nogil
+    int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n) noexcept nogil
 
 
 cdef int ids_out_of_range(const void* p, Py_ssize_t n, int size, bint signed,
@@ -101,16 +110,35 @@ def any_out_of_range(cnp.ndarray ids not None, Py_ssize_t vocab_size):
     return bool(bad)
 
 
-def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last):
+def _name_bad_offset(cnp.ndarray off, Py_ssize_t n):
+    """Raise the ValueError naming the first offset past n, else the first decrease, of off (a
+    1-D int64 array found bad); a generic one if off no longer holds either (rewritten)."""
+    cdef const cnp.int64_t* r = <const cnp.int64_t*>cnp.PyArray_DATA(off)
+    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0), i, past = -1, down = -1
+    for i in range(1, m):
+        if past < 0 and r[i] > n:
+            past = i
+        if down < 0 and r[i] < r[i - 1]:
+            down = i
+    if past >= 0:
+        raise ValueError(f"offset {r[past]} at position {past} is past len(ids) = {n}")
+    if down >= 0:
+        raise ValueError(f"offsets must be non-decreasing: offsets[{down}] = {r[down]} < "
+                         f"offsets[{down - 1}] = {r[down - 1]}")
+    raise ValueError("offsets changed while they were checked")
+
+
+def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint copy=True):
     """The B + 1 int64 bag bounds of checked offsets: a new array (a private copy), off with n
     appended unless include_last. `off` is 1-D C-contiguous native int64 (B starts, or B + 1
     bounds with include_last). ValueError naming the first problem: the last bound is not n
-    (include_last), offsets[0] != 0, an offset past n, a decrease (each with its position)."""
-    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0), i
+    (include_last), offsets[0] != 0, an offset past n, a decrease (each with its position).
+    copy=False checks the same and returns off itself (for code that reads each bound once and
+    clamps it, as the compiled bags do)."""
+    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0)
     cdef const cnp.int64_t* p = <const cnp.int64_t*>cnp.PyArray_DATA(off)
     cdef cnp.ndarray result
     cdef cnp.int64_t* r
-    cdef Py_ssize_t past = -1, down = -1
     cdef int bad
     if (cnp.PyArray_NDIM(off) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(off)
             or cnp.PyArray_TYPE(off) != cnp.NPY_INT64 or not cnp.PyArray_ISNOTSWAPPED(off)):
@@ -125,24 +153,21 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last):
     elif m == 0:
         if n:
             raise ValueError(f"offsets is empty but ids holds {n} ids: each id must be in a bag")
-        return np.zeros(1, np.int64)
+        return np.zeros(1, np.int64) if copy else off
     if p[0] != 0:
         raise ValueError(f"offsets[0] must be 0, got {p[0]}")
+    if not copy:
+        with nogil:
+            bad = ek_scan_offsets(<const int64_t*>p, m, n)
+        if bad:
+            _name_bad_offset(off, n)
+        return off
     result = np.empty(m + (0 if include_last else 1), np.int64)
     r = <cnp.int64_t*>cnp.PyArray_DATA(result)
     with nogil:
         bad = ek_copy_offsets(<const int64_t*>p, <int64_t*>r, m, n)
     if bad:
-        for i in range(1, m):
-            if past < 0 and r[i] > n:
-                past = i
-            if down < 0 and r[i] < r[i - 1]:
-                down = i
-    if past >= 0:
-        raise ValueError(f"offset {r[past]} at position {past} is past len(ids) = {n}")
-    if down >= 0:
-        raise ValueError(f"offsets must be non-decreasing: offsets[{down}] = {r[down]} < "
-                         f"offsets[{down - 1}] = {r[down - 1]}")
+        _name_bad_offset(result[:m], n)
     if not include_last:
         r[m] = n
     return result

@@ -75,6 +75,23 @@ cdef extern from *:
     static inline Py_ssize_t ek_load_i64(const int64_t* p) { return (Py_ssize_t)*(volatile const int64_t*)p; }
     #endif
 
+    /* The bags of a call: the caller's checked offsets read in place (bag b starts at off[b],
+       only off[0..B-1] are read, n ends the last bag), or off NULL for B bags of N ids each
+       (2-D ids). Each bound is read once and clamped to [0, n], the end to at least the start,
+       so offsets rewritten during the call give wrong sums, never a read outside ids. */
+    typedef struct { const int64_t* off; Py_ssize_t B, N, n; } ek_bags;
+    static inline void ek_bag_bounds(const ek_bags* g, Py_ssize_t b, Py_ssize_t* lo,
+                                     Py_ssize_t* hi) {
+        Py_ssize_t a, e, n = g->n;
+        if (g->off == NULL) { *lo = b * g->N; *hi = *lo + g->N; return; }
+        a = ek_load_i64(g->off + b);
+        e = b + 1 < g->B ? ek_load_i64(g->off + b + 1) : n;
+        a = a < 0 ? 0 : (a > n ? n : a);
+        *lo = a;
+        *hi = e < a ? a : (e > n ? n : e);
+    }
+    #define EK_BAG_BOUNDS(b) Py_ssize_t lo_, hi_; ek_bag_bounds(offsets, (b), &lo_, &hi_);
+
     /* Constant-size memcpy of small rows is inlined as vector moves; larger rows call libc's
        memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes).
        An id outside [0, V) (only if ids changed after the shared check) copies row 0 and is
@@ -107,6 +124,12 @@ cdef extern from *:
     void ek_prefetch_w(char* p) noexcept nogil
     Py_ssize_t ek_load_i32(const int32_t* p) noexcept nogil
     Py_ssize_t ek_load_i64(const int64_t* p) noexcept nogil
+    ctypedef struct ek_bags:
+        const int64_t* off
+        Py_ssize_t B
+        Py_ssize_t N
+        Py_ssize_t n
+    void ek_bag_bounds(const ek_bags* g, Py_ssize_t b, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil
     Py_ssize_t ek_gather_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
                              char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
                              int prefetch) noexcept nogil
@@ -542,10 +565,11 @@ cdef extern from *:
                    NB = NV < EK_BAG_BLOCK ? NV : EK_BAG_BLOCK }; \
             T* row = out + b * (DIM); \
             Py_ssize_t cnt = 0; \
-            if (mode == EK_SUM && offsets[b + 1] - offsets[b] == 1) { \
+            EK_BAG_BOUNDS(b) \
+            if (mode == EK_SUM && hi_ - lo_ == 1) { \
                 /* one id: its row + 0.0 (so -0.0 becomes +0.0, as the sum does), stored straight \
                    to out without the staging copy */ \
-                i = offsets[b]; \
+                i = lo_; \
                 j = LOAD(&ids[i]); \
                 const char* src = W + j * rs; \
                 const char* pf = (PF && i + prefetch < n) \
@@ -569,7 +593,7 @@ cdef extern from *:
                 VT acc[NB]; \
                 for (k = 0; k < NB; k++) acc[k] = (VT){0}; \
                 cnt = 0; \
-                for (i = offsets[b]; i < offsets[b + 1]; i++) { \
+                for (i = lo_; i < hi_; i++) { \
                     j = LOAD(&ids[i]); \
                     if (j == pad) continue; \
                     if ((size_t)j >= (size_t)V) { if (v0 == 0) bad++; continue; } \
@@ -585,7 +609,8 @@ cdef extern from *:
                     if (PF) __builtin_prefetch(pf + NB * (VB) - 1, 0, 3); \
                     cnt++; \
                 } \
-                memcpy((char*)row + v0 * (VB), acc, sizeof(acc)); \
+                for (k = 0; k < NB; k++) \
+                    memcpy((char*)row + (v0 + k) * (VB), &acc[k], (VB)); \
             } \
             EK_BAG_FINISH(T, row, DIM, cnt, 0.0, 0) \
         }
@@ -621,7 +646,7 @@ cdef extern from *:
     #define EK_DEFINE_BAG512(NAME, IDX_T, LOAD) \\
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) static Py_ssize_t NAME( \\
             const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
-            const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
+            const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         if (D == 64) { EK_BAG_FIXED(float, ek_vf16, 64, 64, LOAD) } \\
@@ -641,7 +666,7 @@ cdef extern from *:
     #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD, NAME512) \\
     EK_CLONES static Py_ssize_t NAME( \\
             const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
-            const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
+            const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
             int mode, const T* psw, Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         EK_TRY_BAG512(NAME512) \\
@@ -661,7 +686,8 @@ cdef extern from *:
             Py_ssize_t cnt = 0; \\
             double wsum = 0.0; \\
             for (k = 0; k < D; k++) row[k] = (T)0; \\
-            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+            EK_BAG_BOUNDS(b) \\
+            for (i = lo_; i < hi_; i++) { \\
                 if (prefetch && i + prefetch < n) \\
                     ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, D * sizeof(T)); \\
                 j = LOAD(&ids[i]); \\
@@ -680,25 +706,25 @@ cdef extern from *:
     EK_DEFINE_BAG(ek_bag_f64_i64, double, ek_vd, int64_t, ek_load_i64, ek_bag512_f32_i64)
     """
     Py_ssize_t ek_bag_f32_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
-                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               float* out, Py_ssize_t D, int mode, const float* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
     Py_ssize_t ek_bag_f32_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
-                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               float* out, Py_ssize_t D, int mode, const float* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
     Py_ssize_t ek_bag_f64_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
-                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
     Py_ssize_t ek_bag_f64_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
-                              Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                              Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                               double* out, Py_ssize_t D, int mode, const double* psw,
                               Py_ssize_t pad, int prefetch) noexcept nogil
 
 
 cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const void* ids,
-                           bint i32, Py_ssize_t n, const int64_t* offsets, Py_ssize_t b0,
+                           bint i32, Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0,
                            Py_ssize_t b1, void* out, bint f32, Py_ssize_t D, int mode,
                            const void* psw, Py_ssize_t pad, int prefetch) noexcept nogil:
     if f32 and i32:
@@ -730,25 +756,71 @@ cdef inline bint _any(const int* flags, int n) noexcept nogil:
     return False
 
 
-cdef Py_ssize_t _first_bag_from(const int64_t* offsets, Py_ssize_t B,
-                                Py_ssize_t target) noexcept nogil:
-    """The first bag b < B with offsets[b] >= target, else B (np.searchsorted, side left)."""
-    cdef Py_ssize_t lo = 0, hi = B, mid
+cdef inline Py_ssize_t _bag_start(const ek_bags* g, Py_ssize_t b) noexcept nogil:
+    """Where bag b's ids start (clamped as the loops read it); n for b >= B."""
+    cdef Py_ssize_t lo, hi
+    if b >= g.B:
+        return g.n
+    ek_bag_bounds(g, b, &lo, &hi)
+    return lo
+
+
+cdef Py_ssize_t _first_bag_from(const ek_bags* g, Py_ssize_t target) noexcept nogil:
+    """The first bag b < B starting at or after target, else B (np.searchsorted, side left,
+    on the bags' starts)."""
+    cdef Py_ssize_t lo = 0, hi = g.B, mid
     while lo < hi:
         mid = (lo + hi) // 2
-        if offsets[mid] < target:
+        if _bag_start(g, mid) < target:
             lo = mid + 1
         else:
             hi = mid
     return lo
 
 
-def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets not None,
-        int mode, psw, Py_ssize_t pad, cnp.ndarray out not None, int nthreads,
-        int prefetch=0, bint check=False):
+cdef int _bags_of(ek_bags* g, offsets, Py_ssize_t B, Py_ssize_t n) except -1:
+    """Fill g for B bags over n ids: offsets an int64 array of at least B starts (a B + 1th
+    value, if any, is not read), or None for B bags of n / B ids each."""
+    g.B = B
+    g.n = n
+    g.N = n // B if B else 0
+    g.off = NULL
+    if offsets is not None:
+        if (cnp.PyArray_NDIM(<cnp.ndarray>offsets) != 1
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>offsets)
+                or cnp.PyArray_TYPE(<cnp.ndarray>offsets) != cnp.NPY_INT64
+                or cnp.PyArray_DIM(<cnp.ndarray>offsets, 0) < B):
+            raise ValueError("bag offsets must be a C-contiguous int64 array of at least B values")
+        g.off = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>offsets)
+    elif g.N * B != n:
+        raise ValueError("without offsets the ids must split into B bags of equal length")
+    return 0
+
+
+cdef void _split_bags(const ek_bags* g, Py_ssize_t* bd, int nthreads) noexcept nogil:
+    """bd[0..nthreads]: each thread's first bag, split by the ids the bags hold (non-decreasing
+    even if the offsets change meanwhile)."""
+    cdef int c
+    bd[0] = 0
+    bd[nthreads] = g.B
+    for c in range(1, nthreads):
+        bd[c] = max(bd[c - 1], _first_bag_from(g, g.n * c // nthreads))
+
+
+cdef inline int _bag_ids_bad(const void* ids, bint i32, const ek_bags* g, Py_ssize_t b0,
+                             Py_ssize_t b1, Py_ssize_t V) noexcept nogil:
+    """Whether an id of bags b0..b1-1 is outside [0, V) (_ids_bad over their ids)."""
+    cdef Py_ssize_t lo = _bag_start(g, b0), hi = _bag_start(g, b1)
+    return _ids_bad(ids, i32, lo, max(lo, hi), V)
+
+
+def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw,
+        Py_ssize_t pad, cnp.ndarray out not None, int nthreads, int prefetch=0,
+        bint check=False):
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
-    or None), ids equal to pad (or -1) left out. W has contiguous rows; offsets are B + 1 int64
-    bounds. The bags are split among nthreads threads by the ids they hold, each bag whole on
+    or None), ids equal to pad (or -1) left out. W has contiguous rows; B = len(out); offsets
+    are the bags' int64 starts, read in place (ek_bags: a B + 1th value is not read, n ends the
+    last bag), or None for B bags of equal length. The bags are split among nthreads threads by the ids they hold, each bag whole on
     one thread (nthreads <= 1: no OpenMP region). check: each thread first checks its ids'
     bounds, and if any is outside [0, V) nothing is written and IdsOutOfRange is raised.
     Raises RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
@@ -757,8 +829,8 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
     cdef const void* p = cnp.PyArray_DATA(ids)
-    cdef const int64_t* off = <const int64_t*>cnp.PyArray_DATA(offsets)
-    cdef Py_ssize_t B = cnp.PyArray_DIM(offsets, 0) - 1
+    cdef ek_bags g
+    cdef Py_ssize_t B = cnp.PyArray_DIM(out, 0)
     cdef Py_ssize_t bd[MAX_THREADS + 1]
     cdef void* o = cnp.PyArray_DATA(out)
     cdef const void* pw = NULL
@@ -767,6 +839,7 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
     cdef Py_ssize_t c, bad = 0
     cdef Py_ssize_t nbad[MAX_THREADS]
     cdef int flags[MAX_THREADS]
+    _bags_of(&g, offsets, B, n)
     if psw is not None:
         pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
     nthreads = max(1, min(nthreads, MAX_THREADS))
@@ -774,21 +847,18 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray offsets no
         if nthreads == 1:
             flags[0] = check and _ids_bad(p, i32, 0, n, V)
             if not flags[0]:
-                bad = _bag_range(w, V, rs, p, i32, n, off, 0, B, o, f32, D, mode, pw, pad,
+                bad = _bag_range(w, V, rs, p, i32, n, &g, 0, B, o, f32, D, mode, pw, pad,
                                  prefetch)
         else:
-            bd[0] = 0
-            bd[nthreads] = B
-            for c in range(1, nthreads):
-                bd[c] = _first_bag_from(off, B, n * c // nthreads)
+            _split_bags(&g, bd, nthreads)
             with parallel(num_threads=nthreads):
                 # the same static schedule twice: each thread checks the ids it then reads
                 for c in prange(nthreads, schedule="static", chunksize=1):
-                    flags[c] = check and _ids_bad(p, i32, off[bd[c]], off[bd[c + 1]], V)
+                    flags[c] = check and _bag_ids_bad(p, i32, &g, bd[c], bd[c + 1], V)
                 for c in prange(nthreads, schedule="static", chunksize=1):
                     nbad[c] = 0
                     if not _any(flags, nthreads):
-                        nbad[c] = _bag_range(w, V, rs, p, i32, n, off, bd[c], bd[c + 1], o,
+                        nbad[c] = _bag_range(w, V, rs, p, i32, n, &g, bd[c], bd[c + 1], o,
                                              f32, D, mode, pw, pad, prefetch)
             for c in range(nthreads):
                 bad = bad + nbad[c]
@@ -1042,11 +1112,12 @@ cdef extern from *:
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\
             float* row = out + b * (DIM); \\
             Py_ssize_t cnt = 0; \\
+            EK_BAG_BOUNDS(b) \\
             for (Py_ssize_t v0 = 0; v0 < NV; v0 += NB) { \\
                 VT acc[NB]; \\
                 for (k = 0; k < NB; k++) acc[k] = (VT){0}; \\
                 cnt = 0; \\
-                for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+                for (i = lo_; i < hi_; i++) { \\
                     if (v0 == 0 && prefetch && i + prefetch < n) \\
                         ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs, rowbytes); \\
                     j = LOAD(&ids[i]); \\
@@ -1059,7 +1130,8 @@ cdef extern from *:
                     for (k = 0; k < NB; k++) acc[k] = VPOOL(acc[k], at, k * (VL), s_, b_); \\
                     cnt++; \\
                 } \\
-                memcpy((char*)row + v0 * (VL) * 4, acc, sizeof(acc)); \\
+                for (k = 0; k < NB; k++) \\
+                    memcpy((char*)row + (v0 + k) * (VL) * 4, &acc[k], sizeof(VT)); \\
             } \\
             EK_BAG_FINISH(float, row, (DIM), cnt, 0.0, 0) \\
         }
@@ -1067,6 +1139,7 @@ cdef extern from *:
     /* HB: half-bytes per element (int4 1, int8 2, half formats 4). */
     #define EK_VEC_BAG_DIMS(VDEC, SB, HB, NBLOCK, VT, VL, LOAD) \\
         switch (D) { \\
+        case 16: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 16) break; \\
         case 32: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 32) break; \\
         case 64: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 64) break; \\
         case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128) break; \\
@@ -1077,7 +1150,7 @@ cdef extern from *:
     #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, VT, VL, POOL) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
-            const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
+            const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         switch (fmt) { \\
@@ -1115,6 +1188,7 @@ cdef extern from *:
         }
     #define EK_VEC_ROWS_DIMS(VDEC, SB, VT, VL, LOAD) \\
         switch (D) { \\
+        case 16: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 16) break; \\
         case 32: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 32) break; \\
         case 64: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 64) break; \\
         case 128: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 128) break; \\
@@ -1142,13 +1216,13 @@ cdef extern from *:
     EK_DEFINE_VEC_GATHER(ek_vec512_gather_i64, int64_t, ek_load_i64, EK_AVX512, ek_vf16, 16,
                          ek_vdec16_)
     #define EK_TRY_VEC_GATHER(NAME, NAME512) \\
-        if (ek_use_f16c && (D == 32 || D == 64 || D == 128 || D == 256)) \\
+        if (ek_use_f16c && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, out, D, lo, \\
                                                     hi, prefetch);
     static int ek_use_avx512, ek_use_fma;
     #define EK_TRY_VEC_BAG(NAME, NAME512) \\
         if (ek_use_fma && psw == NULL && mode != EK_MAX \\
-                && (D == 32 || D == 64 || D == 128 || D == 256)) \\
+                && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, n, offsets, \\
                                                     b0, b1, out, D, mode, pad, prefetch);
 
@@ -1274,7 +1348,8 @@ cdef extern from *:
             Py_ssize_t cnt = 0; \\
             double wsum = 0.0; \\
             for (k = 0; k < D; k++) row[k] = 0.0f; \\
-            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+            EK_BAG_BOUNDS(b) \\
+            for (i = lo_; i < hi_; i++) { \\
                 EK_DECODE_BAG_ID(LOAD) \\
                 if ((fmt == EK_I8 || fmt == EK_I4) && mode != EK_MAX) { \\
                     float w_ = psw != NULL ? psw[i] : 0.0f; \\
@@ -1297,7 +1372,8 @@ cdef extern from *:
             float acc[DIM]; \\
             Py_ssize_t cnt = 0; \\
             for (k = 0; k < (DIM); k++) acc[k] = 0.0f; \\
-            for (i = offsets[b]; i < offsets[b + 1]; i++) { \\
+            EK_BAG_BOUNDS(b) \\
+            for (i = lo_; i < hi_; i++) { \\
                 EK_DECODE_BAG_ID(LOAD) \\
                 DEC(W + j * rs, (DIM), tmp); \\
                 for (k = 0; k < (DIM); k++) acc[k] += tmp[k]; \\
@@ -1321,7 +1397,7 @@ cdef extern from *:
 
     #define EK_DEFINE_DECODE_BAG(NAME, IDX_T, LOAD, VEC_NAME, VEC512_NAME) \\
     EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
-            Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const int64_t* offsets, \\
+            Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const ek_bags* offsets, \\
             Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, int mode, \\
             const float* psw, Py_ssize_t pad, int prefetch, float* tmp) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
@@ -1347,12 +1423,12 @@ cdef extern from *:
                              Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
     Py_ssize_t ek_decode_bag_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                                  Py_ssize_t rowbytes, const int32_t* ids, Py_ssize_t n,
-                                 const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                 const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                                  float* out, Py_ssize_t D, int mode, const float* psw,
                                  Py_ssize_t pad, int prefetch, float* tmp) noexcept nogil
     Py_ssize_t ek_decode_bag_i64(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                                  Py_ssize_t rowbytes, const int64_t* ids, Py_ssize_t n,
-                                 const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                 const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                                  float* out, Py_ssize_t D, int mode, const float* psw,
                                  Py_ssize_t pad, int prefetch, float* tmp) noexcept nogil
 
@@ -1408,7 +1484,7 @@ def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
 
 cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                                   Py_ssize_t rowbytes, const void* ids, bint i32, Py_ssize_t n,
-                                  const int64_t* offsets, Py_ssize_t b0, Py_ssize_t b1,
+                                  const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
                                   float* out, Py_ssize_t D, int mode, const float* psw,
                                   Py_ssize_t pad, int prefetch) noexcept nogil:
     """Returns the number of bad ids, or -1 without memory for the decoded row."""
@@ -1426,9 +1502,9 @@ cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize
     return bad
 
 
-def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
-               cnp.ndarray offsets not None, int mode, psw, Py_ssize_t pad,
-               cnp.ndarray out not None, int nthreads, int prefetch=0, bint check=False):
+def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode,
+               psw, Py_ssize_t pad, cnp.ndarray out not None, int nthreads, int prefetch=0,
+               bint check=False):
     """bag() for a low-precision table (see decode_gather for fmt and W): each row decoded to
     float32 and pooled as a float32 table's row, int8 and int4 rows fused as torch adds them;
     check as bag()'s. Raises RuntimeError if an id read was outside [0, V) (ids changed
@@ -1439,8 +1515,8 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(out, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
     cdef const void* p = cnp.PyArray_DATA(ids)
-    cdef const int64_t* off = <const int64_t*>cnp.PyArray_DATA(offsets)
-    cdef Py_ssize_t B = cnp.PyArray_DIM(offsets, 0) - 1
+    cdef ek_bags g
+    cdef Py_ssize_t B = cnp.PyArray_DIM(out, 0)
     cdef Py_ssize_t bd[MAX_THREADS + 1]
     cdef float* o = <float*>cnp.PyArray_DATA(out)
     cdef const float* pw = NULL
@@ -1449,6 +1525,7 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     cdef bint no_memory = False
     cdef Py_ssize_t nbad[MAX_THREADS]
     cdef int flags[MAX_THREADS]
+    _bags_of(&g, offsets, B, n)
     if psw is not None:
         pw = <const float*>cnp.PyArray_DATA(<cnp.ndarray>psw)
     nthreads = max(1, min(nthreads, MAX_THREADS))
@@ -1456,21 +1533,18 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
         if nthreads == 1:
             flags[0] = check and _ids_bad(p, i32, 0, n, V)
             if not flags[0]:
-                bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off, 0, B, o, D,
+                bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, &g, 0, B, o, D,
                                         mode, pw, pad, prefetch)
             no_memory = bad < 0
         else:
-            bd[0] = 0
-            bd[nthreads] = B
-            for c in range(1, nthreads):
-                bd[c] = _first_bag_from(off, B, n * c // nthreads)
+            _split_bags(&g, bd, nthreads)
             with parallel(num_threads=nthreads):
                 for c in prange(nthreads, schedule="static", chunksize=1):
-                    flags[c] = check and _ids_bad(p, i32, off[bd[c]], off[bd[c + 1]], V)
+                    flags[c] = check and _bag_ids_bad(p, i32, &g, bd[c], bd[c + 1], V)
                 for c in prange(nthreads, schedule="static", chunksize=1):
                     nbad[c] = 0
                     if not _any(flags, nthreads):
-                        nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, off,
+                        nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, &g,
                                                     bd[c], bd[c + 1], o, D, mode, pw, pad,
                                                     prefetch)
             for c in range(nthreads):

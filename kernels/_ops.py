@@ -262,16 +262,16 @@ def operation_named(op) -> Operation:
 
 
 def _bag_args(weights_or_fmt, ids, offsets, mode, per_sample_weights, padding_idx,
-              include_last_offset, vocab_size, bounds=True):
+              include_last_offset, vocab_size, bounds=True, private_offsets=True):
     from kernels._validate import check_bags, check_mode, check_padding_idx, \
         check_per_sample_weights
 
     mode = check_mode(mode)
-    ids, off = check_bags(ids, offsets, include_last_offset)
+    ids, off, B = check_bags(ids, offsets, include_last_offset, private_offsets)
     a, flat = check_ids(ids, vocab_size, bounds)
     pad = check_padding_idx(padding_idx, vocab_size)
     psw = check_per_sample_weights(per_sample_weights, a.shape, weights_or_fmt, mode)
-    return a, flat, off, mode, psw, pad
+    return a, flat, off, B, mode, psw, pad
 
 
 class LookupBag(Operation):
@@ -293,19 +293,20 @@ class LookupBag(Operation):
 
     @staticmethod
     def prepare(weights, ids, offsets, mode, per_sample_weights, padding_idx,
-                include_last_offset, out, out_dtype=None, bounds=True):
+                include_last_offset, out, out_dtype=None, bounds=True, private_offsets=True):
         """Check a call; return (W, format, flat_ids, offsets, mode, psw, pad, out). offsets are
-        B + 1 private int64 bounds, psw a flat array or None, pad the padding row or -1, out of
+        B + 1 private int64 bounds (private_offsets=False: check_bags' offsets in place, or
+        None for 2-D ids), psw a flat array or None, pad the padding row or -1, out of
         the output dtype (check_out_dtype). The kernel's function is called as
         fn(W, flat_ids, offsets, mode, psw, pad, out) when out and ids are not empty and must
         write every row of out (zeros for a bag with no id). bounds=False leaves the ids' bounds
         to a kernel function called with check_ids=True (kernels._validate.IdsOutOfRange)."""
         W, fmt, (V, D) = check_weights(weights)
         dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
-        a, flat, off, mode, psw, pad = _bag_args(
+        a, flat, off, B, mode, psw, pad = _bag_args(
             fmt, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset, V,
-            bounds)
-        shape = (off.shape[0] - 1, D)
+            bounds, private_offsets)
+        shape = (B, D)
         if out is None:
             return W, fmt, flat, off, mode, psw, pad, np.empty(shape, dtype)
         inputs = ((W, "weights"), (a, "ids"), (psw, "per_sample_weights"))
@@ -327,8 +328,8 @@ class LookupBag(Operation):
         from kernels._bag_math import reference
 
         W, fmt, (V, D) = check_weights(_values(weights))
-        a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
-                                                 padding_idx, include_last_offset, V)
+        a, flat, off, _, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
+                                                    padding_idx, include_last_offset, V)
         exact = None if mode == "max" else _exact_rowwise(weights)
         if exact is not None:
             return reference(exact[0], flat, off, mode, psw, pad, parts=exact[1],
@@ -381,9 +382,8 @@ class LookupBagGrad(Operation):
         refuse_table(weights)
         G, fmt = float_array(grad_out, "grad_out")
         V = check_vocab_size(vocab_size)
-        a, flat, off, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
-                                                 padding_idx, include_last_offset, V)
-        B = off.shape[0] - 1
+        a, flat, off, B, mode, psw, pad = _bag_args(fmt, ids, offsets, mode, per_sample_weights,
+                                                    padding_idx, include_last_offset, V)
         if G.ndim != 2 or G.shape[0] != B:
             raise ValueError(f"grad_out must have shape (number of bags, dim) = ({B}, dim), "
                              f"got {G.shape}")

@@ -260,11 +260,14 @@ def _offsets_array(offsets):
     return np.ascontiguousarray(a, dtype=_INT64)
 
 
-def check_bags(ids, offsets, include_last_offset):
-    """Return (ids array, offsets) where offsets is a private int64 array of B + 1 bag bounds,
+def check_bags(ids, offsets, include_last_offset, private=True):
+    """Return (ids array, offsets, B) where offsets is a private int64 array of B + 1 bag bounds,
     CSR style (bag b is ids[offsets[b]:offsets[b + 1]], offsets[0] = 0, offsets[B] = n). ids are
     1-D with `offsets` (B starts, or B + 1 bounds with include_last_offset) or 2-D (B, N) with
-    offsets None. ValueError/TypeError naming the problem; ids themselves are checked later."""
+    offsets None. ValueError/TypeError naming the problem; ids themselves are checked later.
+    private=False: the checked int64 offsets in place, no copy (the caller's own array when it
+    is C-contiguous int64), of which the first B values are the bags' starts and n ends the last
+    bag, or None for 2-D ids: for code that reads each bound once and clamps it (ek_bags)."""
     if isinstance(include_last_offset, (bool, np.bool_)):
         include_last_offset = bool(include_last_offset)
     else:
@@ -279,14 +282,17 @@ def check_bags(ids, offsets, include_last_offset):
         if include_last_offset:
             raise ValueError("include_last_offset applies to 1-D ids with offsets, not 2-D ids")
         B, N = a.shape
-        return ids, np.arange(B + 1, dtype=np.int64) * N
+        return ids, (np.arange(B + 1, dtype=np.int64) * N if private else None), B
     if a.ndim != 1:
         raise ValueError(
             f"ids must be 1-D (with offsets) or 2-D (B, N) for bags, got shape {a.shape}"
         )
     if offsets is None:
         raise ValueError("offsets is required when ids are 1-D (or give 2-D ids (B, N))")
-    return ids, bag_offsets(_offsets_array(offsets), a.shape[0], include_last_offset)
+    off = bag_offsets(_offsets_array(offsets), a.shape[0], include_last_offset, private)
+    if private:
+        return ids, off, off.shape[0] - 1
+    return ids, off, off.shape[0] - (1 if include_last_offset else 0)
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):

@@ -90,6 +90,7 @@ KERNEL = Kernel(
     family="gather",
     colour="#2ca02c",
     bag_checks_ids=True,
+    bag_offsets_in_place=True,
 )
 lookup = KERNEL.lookup
 lookup_grad = KERNEL.lookup_grad

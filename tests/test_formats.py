@@ -318,7 +318,7 @@ def test_a_storage_reshaped_in_place_is_refused_before_any_read():
 
 
 @pytest.mark.parametrize("kernel_name, fmt", [c for c in BAG_CASES if c.values[1] in ROWWISE])
-@pytest.mark.parametrize("D", [8, 32, 64, 256, 42])
+@pytest.mark.parametrize("D", [8, 16, 32, 64, 256, 42])
 def test_int_bags_equal_torchs_quantized_bag_ops_bit_for_bit(kernel_name, fmt, D, cython_isa):
     """int8 and int4 sums (with and without per_sample_weights, empty bags, every bag length,
     the compiled row sizes and others) are torch's, bit for bit: acc = fma(scale, q, acc + bias)
@@ -487,7 +487,7 @@ def test_gather_kernels_bag_sums_agree_bit_for_bit(fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
-@pytest.mark.parametrize("D", [32, 64, 128, 256])
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
 def test_gather_kernels_agree_bit_for_bit_at_the_compiled_row_sizes(fmt, D):
     """The row sizes with compiled fixed-size bag loops (decoded into vector registers) give
     the bits of every other gather kernel, padding, empty bags and a bag longer than the
@@ -506,7 +506,7 @@ def test_gather_kernels_agree_bit_for_bit_at_the_compiled_row_sizes(fmt, D):
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
-@pytest.mark.parametrize("D", [32, 64, 128, 256])
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256])
 def test_cython_decoders_agree_at_every_isa_level(fmt, D, cython_isa):
     """Each of cython_gather's decoding paths gives numba_gather's bits (lookups: the
     dequantized table's), bags of the compiled row sizes and a row size without one."""

@@ -291,6 +291,112 @@ def test_compiled_loops_reject_ids_outside_the_table_and_stay_inside_their_array
     assert "OK" in out
 
 
+def test_cython_bags_clamp_the_offsets_they_read_in_place():
+    """cython_gather's bags read the caller's offsets in place (bag_offsets_in_place), so
+    offsets another thread rewrites after the check reach the loops: called directly with
+    such offsets (negative, past n, huge, decreasing), every bag is the bag of its clamped bounds
+    (start in [0, n], end in [start, n], n ending the last bag), bit for bit; nothing is read
+    or written outside the arrays. In a subprocess: a regression would read out of bounds."""
+    out = _run("""
+    import numpy as np
+    import kernels
+    from kernels.cython_gather import KERNEL
+
+    rng = np.random.default_rng(5)
+    V, D, n, B = 300, 16, 200_000, 20_000
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    ids = rng.integers(0, V, n)
+    good = np.sort(rng.integers(0, n, B))
+    good[0] = 0
+    garbage = good.copy()
+    pos = rng.choice(np.arange(1, B), 400, replace=False)
+    garbage[pos] = rng.choice([-5, -2**62, n + 1, 2**62, 0, n], 400)
+
+    def clamped(off):
+        lo = np.clip(off[:B], 0, n)
+        hi = np.append(off[1:B], n)
+        return lo, np.minimum(np.maximum(hi, lo), n)
+
+    for fmt in ("float32", "int8"):
+        T = W if fmt == "float32" else kernels.quantize(W, fmt)
+        S = W if fmt == "float32" else T.packed
+        fn = KERNEL.function("lookup_bag", fmt)
+        for dtype in (np.int64, np.int32):
+            flat = ids.astype(dtype)
+            lo, hi = clamped(garbage)
+            seq = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+            want = kernels.lookup_bag(T, flat[seq], np.append(0, np.cumsum(hi - lo)[:-1]),
+                                      kernel="cython_gather")
+            for threads in (1, 2):
+                with kernels.num_threads(threads):
+                    got = np.full((B + 1, D), 7.0, np.float32)
+                    fn(S, flat, garbage, "sum", None, -1, got[:B])
+                    assert (got[B] == 7.0).all()
+                    assert got[:B].tobytes() == want.tobytes(), (fmt, dtype, threads)
+            bags2d = flat[:B * 8].reshape(B, 8)
+            with kernels.num_threads(2):
+                got = np.empty((B, D), np.float32)
+                fn(S, bags2d.reshape(-1), None, "sum", None, -1, got)
+            assert got.tobytes() == kernels.lookup_bag(
+                T, bags2d.reshape(-1), np.arange(0, B * 8, 8), kernel="numba_gather").tobytes()
+    print("OK")
+    """, timeout=120)
+    assert "OK" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, k in sorted(kernels.KERNELS.items())
+                                  if k.implements("lookup_bag", "float32")])
+def test_offsets_rewritten_during_bag_calls_never_crash(name):
+    """A thread keeps writing garbage into the offsets buffer (and restoring it) while the main
+    thread calls lookup_bag on it: every call either raises the check's ValueError or returns;
+    the process never crashes."""
+    out = _run(f"""
+    import threading, time
+    import numpy as np
+    import kernels
+
+    name = {name!r}
+    V, D = 1000, 16
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((V, D)).astype(np.float32)
+    stop = False
+    seen = {{"ok": 0, "ValueError": 0}}
+
+    def writer(buf, valid):
+        r = np.random.default_rng(1)
+        garbage = np.array([-1, -2**62, 2**62, 10**6, 0], buf.dtype)
+        while not stop:
+            pos = r.integers(0, buf.shape[0], 64)
+            buf[pos] = r.choice(garbage, 64)
+            buf[pos] = valid[pos]
+
+    for n in (300_000, 20_000):
+        ids = rng.integers(0, V, n)
+        valid = np.sort(rng.integers(0, n, n // 8))
+        valid[0] = 0
+        buf = valid.copy()
+        stop = False
+        t = threading.Thread(target=writer, args=(buf, valid))
+        t.start()
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            for mode in ("sum", "max"):
+                try:
+                    kernels.lookup_bag(W, ids, buf, mode=mode, kernel=name)
+                except ValueError:
+                    seen["ValueError"] += 1
+                    continue
+                except NotImplementedError:
+                    continue
+                seen["ok"] += 1
+        stop = True
+        t.join()
+    print("OK", seen)
+    """, timeout=120)
+    assert out.startswith("OK")
+
+
 # --------------------------------------------------------------------------
 # 4. accuracy of float32 gradients with heavy duplicates
 # --------------------------------------------------------------------------
