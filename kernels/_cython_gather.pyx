@@ -77,20 +77,27 @@ cdef extern from *:
 
     /* The bags of a call: the caller's checked offsets read in place (bag b starts at off[b],
        only off[0..B-1] are read, n ends the last bag), or off NULL for B bags of N ids each
-       (2-D ids). Each bound is read once and clamped to [0, n], the end to at least the start,
-       so offsets rewritten during the call give wrong sums, never a read outside ids. */
+       (2-D ids). Bag b holds the ids from clamp(off[b]) up to clamp(off[b + 1]) (clamp: into
+       [0, n]), none if that end is not past the start. A loop over bags reads each bound once,
+       the end of one bag being the start of the next: offsets rewritten during the call give
+       wrong sums, never a read outside ids. */
     typedef struct { const int64_t* off; Py_ssize_t B, N, n; } ek_bags;
-    static inline void ek_bag_bounds(const ek_bags* g, Py_ssize_t b, Py_ssize_t* lo,
-                                     Py_ssize_t* hi) {
-        Py_ssize_t a, e, n = g->n;
-        if (g->off == NULL) { *lo = b * g->N; *hi = *lo + g->N; return; }
-        a = ek_load_i64(g->off + b);
-        e = b + 1 < g->B ? ek_load_i64(g->off + b + 1) : n;
-        a = a < 0 ? 0 : (a > n ? n : a);
-        *lo = a;
-        *hi = e < a ? a : (e > n ? n : e);
+    static inline Py_ssize_t ek_clamp_bound(Py_ssize_t x, Py_ssize_t n) {
+        return x < 0 ? 0 : (x > n ? n : x);
     }
-    #define EK_BAG_BOUNDS(b) Py_ssize_t lo_, hi_; ek_bag_bounds(offsets, (b), &lo_, &hi_);
+    /* Where bag b starts (n for b >= B). */
+    static inline Py_ssize_t ek_bag_start(const ek_bags* g, Py_ssize_t b) {
+        if (b >= g->B) return g->n;
+        if (g->off == NULL) return b * g->N;
+        return ek_clamp_bound(ek_load_i64(g->off + b), g->n);
+    }
+    /* Where bag b ends: where bag b + 1 starts. */
+    static inline Py_ssize_t ek_bag_end(const ek_bags* g, Py_ssize_t b) {
+        return ek_bag_start(g, b + 1);
+    }
+    /* Before a loop over bags b0.. (each a block with EK_BAG_BOUNDS(b) in it). */
+    #define EK_BAGS_FROM(b0) Py_ssize_t next_ = ek_bag_start(offsets, (b0));
+    #define EK_BAG_BOUNDS(b) Py_ssize_t lo_ = next_, hi_ = ek_bag_end(offsets, (b)); next_ = hi_;
 
     /* Constant-size memcpy of small rows is inlined as vector moves; larger rows call libc's
        memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes).
@@ -129,7 +136,7 @@ cdef extern from *:
         Py_ssize_t B
         Py_ssize_t N
         Py_ssize_t n
-    void ek_bag_bounds(const ek_bags* g, Py_ssize_t b, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil
+    Py_ssize_t ek_bag_start(const ek_bags* g, Py_ssize_t b) noexcept nogil
     Py_ssize_t ek_gather_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
                              char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
                              int prefetch) noexcept nogil
@@ -560,35 +567,13 @@ cdef extern from *:
     typedef double ek_vd __attribute__((vector_size(32)));
     #define EK_BAG_BLOCK 16  /* vector accumulators per pass (a power of two) */
     #define EK_BAG_FIXED_(T, VT, VB, DIM, LOAD, PF) \
+        EK_BAGS_FROM(b0) \
         for (b = b0; b < b1; b++) { \
             enum { NV = (DIM) * (int)sizeof(T) / (VB), \
                    NB = NV < EK_BAG_BLOCK ? NV : EK_BAG_BLOCK }; \
             T* row = out + b * (DIM); \
             Py_ssize_t cnt = 0; \
             EK_BAG_BOUNDS(b) \
-            if (mode == EK_SUM && hi_ - lo_ == 1) { \
-                /* one id: its row + 0.0 (so -0.0 becomes +0.0, as the sum does), stored straight \
-                   to out without the staging copy */ \
-                i = lo_; \
-                j = LOAD(&ids[i]); \
-                const char* src = W + j * rs; \
-                const char* pf = (PF && i + prefetch < n) \
-                    ? W + (Py_ssize_t)ids[i + prefetch] * rs : src; \
-                if (j == pad || (size_t)j >= (size_t)V) { \
-                    if (j != pad) bad++; \
-                    memset(out + b * (DIM), 0, (DIM) * sizeof(T)); \
-                    continue; \
-                } \
-                for (k = 0; k < NV; k++) { \
-                    VT x; \
-                    if (PF && ((k * (VB)) & 63) == 0) __builtin_prefetch(pf + k * (VB), 0, 3); \
-                    memcpy(&x, src + k * (VB), (VB)); \
-                    x += (VT){0}; \
-                    memcpy((char*)(out + b * (DIM)) + k * (VB), &x, (VB)); \
-                } \
-                if (PF) __builtin_prefetch(pf + NV * (VB) - 1, 0, 3); \
-                continue; \
-            } \
             for (Py_ssize_t v0 = 0; v0 < NV; v0 += NB) { \
                 VT acc[NB]; \
                 for (k = 0; k < NB; k++) acc[k] = (VT){0}; \
@@ -681,6 +666,7 @@ cdef extern from *:
             default: break; \\
             } \\
         } \\
+        EK_BAGS_FROM(b0) \\
         for (b = b0; b < b1; b++) { \\
             T* row = out + b * D; \\
             Py_ssize_t cnt = 0; \\
@@ -758,11 +744,7 @@ cdef inline bint _any(const int* flags, int n) noexcept nogil:
 
 cdef inline Py_ssize_t _bag_start(const ek_bags* g, Py_ssize_t b) noexcept nogil:
     """Where bag b's ids start (clamped as the loops read it); n for b >= B."""
-    cdef Py_ssize_t lo, hi
-    if b >= g.B:
-        return g.n
-    ek_bag_bounds(g, b, &lo, &hi)
-    return lo
+    return ek_bag_start(g, b)
 
 
 cdef Py_ssize_t _first_bag_from(const ek_bags* g, Py_ssize_t target) noexcept nogil:
@@ -1108,7 +1090,7 @@ cdef extern from *:
        with each row added in registers (VPOOL: ek_vpool_*), nothing staged in memory. The same
        additions in the same order as the general loop, so the same bits. */
     #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
-        for (b = b0; b < b1; b++) { \\
+        { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\
             float* row = out + b * (DIM); \\
             Py_ssize_t cnt = 0; \\
@@ -1134,7 +1116,7 @@ cdef extern from *:
                     memcpy((char*)row + (v0 + k) * (VL) * 4, &acc[k], sizeof(VT)); \\
             } \\
             EK_BAG_FINISH(float, row, (DIM), cnt, 0.0, 0) \\
-        }
+        } }
 
     /* HB: half-bytes per element (int4 1, int8 2, half formats 4). */
     #define EK_VEC_BAG_DIMS(VDEC, SB, HB, NBLOCK, VT, VL, LOAD) \\
@@ -1343,7 +1325,7 @@ cdef extern from *:
        is (ek_bag_f32_*: the sequential float32 sum from +0 in id order, w * e then added,
        max from the first row with a strict >, the float64 divisor rounded to float32). */
     #define EK_DECODE_BAG_LOOP(DEC, LOAD) \\
-        for (b = b0; b < b1; b++) { \\
+        { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
             float* row = out + b * D; \\
             Py_ssize_t cnt = 0; \\
             double wsum = 0.0; \\
@@ -1362,13 +1344,13 @@ cdef extern from *:
                 EK_POOL_ROW(float, tmp) \\
             } \\
             EK_BAG_FINISH(float, row, D, cnt, wsum, psw != NULL) \\
-        }
+        } }
 
     /* Unweighted sum / mean / sqrtn with D a compile-time constant: the bag's sum in a local
        array the compiler keeps in registers (or L1), each decoded row added to it, written to
        out once; the same additions in the same order as the general loop. */
     #define EK_DECODE_BAG_FIXED(DEC, LOAD, DIM) \\
-        for (b = b0; b < b1; b++) { \\
+        { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
             float acc[DIM]; \\
             Py_ssize_t cnt = 0; \\
             for (k = 0; k < (DIM); k++) acc[k] = 0.0f; \\
@@ -1381,7 +1363,7 @@ cdef extern from *:
             } \\
             EK_BAG_FINISH(float, acc, (DIM), cnt, 0.0, 0) \\
             memcpy(out + b * (DIM), acc, (DIM) * sizeof(float)); \\
-        }
+        } }
 
     #define EK_DECODE_BAG_DIMS(DEC, LOAD) \\
         if (psw == NULL && mode != EK_MAX) { \\
