@@ -85,19 +85,23 @@ cdef extern from *:
     static inline Py_ssize_t ek_clamp_bound(Py_ssize_t x, Py_ssize_t n) {
         return x < 0 ? 0 : (x > n ? n : x);
     }
-    /* Where bag b starts (n for b >= B). */
+    /* Where bag b starts (n for b >= B), from the fields of an ek_bags. */
+    static inline Py_ssize_t ek_start_of(const int64_t* off, Py_ssize_t B, Py_ssize_t N,
+                                         Py_ssize_t n, Py_ssize_t b) {
+        if (b >= B) return n;
+        if (off == NULL) return b * N;
+        return ek_clamp_bound(ek_load_i64(off + b), n);
+    }
     static inline Py_ssize_t ek_bag_start(const ek_bags* g, Py_ssize_t b) {
-        if (b >= g->B) return g->n;
-        if (g->off == NULL) return b * g->N;
-        return ek_clamp_bound(ek_load_i64(g->off + b), g->n);
+        return ek_start_of(g->off, g->B, g->N, g->n, b);
     }
-    /* Where bag b ends: where bag b + 1 starts. */
-    static inline Py_ssize_t ek_bag_end(const ek_bags* g, Py_ssize_t b) {
-        return ek_bag_start(g, b + 1);
-    }
-    /* Before a loop over bags b0.. (each a block with EK_BAG_BOUNDS(b) in it). */
-    #define EK_BAGS_FROM(b0) Py_ssize_t next_ = ek_bag_start(offsets, (b0));
-    #define EK_BAG_BOUNDS(b) Py_ssize_t lo_ = next_, hi_ = ek_bag_end(offsets, (b)); next_ = hi_;
+    /* Before a loop over bags b0.. (each a block with EK_BAG_BOUNDS(b) in it): the fields in
+       locals (with out's stores in between, the compiler would reload them every bag). */
+    #define EK_BAGS_FROM(b0) const int64_t* goff_ = offsets->off; \\
+        const Py_ssize_t gB_ = offsets->B, gN_ = offsets->N, gn_ = offsets->n; \\
+        Py_ssize_t next_ = ek_start_of(goff_, gB_, gN_, gn_, (b0));
+    #define EK_BAG_BOUNDS(b) Py_ssize_t lo_ = next_, \\
+        hi_ = ek_start_of(goff_, gB_, gN_, gn_, (b) + 1); next_ = hi_;
 
     /* Constant-size memcpy of small rows is inlined as vector moves; larger rows call libc's
        memcpy, which picks the widest vector moves at run time (measured faster from 256 bytes).
