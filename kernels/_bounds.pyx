@@ -51,12 +51,16 @@ cdef extern from *:
         return bad != 0;
     }
 
-    /* The same test, reading only. */
-    EK_CLONES static int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n) {
-        uint64_t bad = 0;
+    /* The same test, reading only: bit 1 if an offset is bad, bit 2 if they are not all
+       i * N (N < 0: not asked). */
+    EK_CLONES static int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n, int64_t N) {
+        uint64_t bad = 0, uneven = N < 0;
         Py_ssize_t i;
-        for (i = 1; i < m; i++) bad |= (uint64_t)((p[i] > n) | (p[i] < p[i - 1]));
-        return bad != 0;
+        for (i = 1; i < m; i++) {
+            bad |= (uint64_t)((p[i] > n) | (p[i] < p[i - 1]));
+            uneven |= (uint64_t)(p[i] != i * N);
+        }
+        return (bad != 0) | ((uneven != 0) << 1);
     }
     """
     int ek_check_i8(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
@@ -68,7 +72,7 @@ cdef extern from *:
     int ek_check_u32(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u64(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) noexcept nogil
-    int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n) noexcept nogil
+    int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n, int64_t N) noexcept nogil
 
 
 cdef int ids_out_of_range(const void* p, Py_ssize_t n, int size, bint signed,
@@ -134,8 +138,10 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint 
     bounds with include_last). ValueError naming the first problem: the last bound is not n
     (include_last), offsets[0] != 0, an offset past n, a decrease (each with its position).
     copy=False checks the same and returns off itself (for code that reads each bound once and
-    clamps it, as the compiled bags do)."""
-    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0)
+    clamps it, as the compiled bags do), or None when the B bags all hold n / B ids (then
+    no bound need be read at all)."""
+    cdef Py_ssize_t m = cnp.PyArray_DIM(off, 0), B
+    cdef int64_t N
     cdef const cnp.int64_t* p = <const cnp.int64_t*>cnp.PyArray_DATA(off)
     cdef cnp.ndarray result
     cdef cnp.int64_t* r
@@ -157,11 +163,13 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint 
     if p[0] != 0:
         raise ValueError(f"offsets[0] must be 0, got {p[0]}")
     if not copy:
+        B = m - 1 if include_last else m
+        N = n // B if B and n % B == 0 else -1
         with nogil:
-            bad = ek_scan_offsets(<const int64_t*>p, m, n)
-        if bad:
+            bad = ek_scan_offsets(<const int64_t*>p, m, n, N)
+        if bad & 1:
             _name_bad_offset(off, n)
-        return off
+        return None if not bad else off
     result = np.empty(m + (0 if include_last else 1), np.int64)
     r = <cnp.int64_t*>cnp.PyArray_DATA(result)
     with nogil:

@@ -267,7 +267,8 @@ def check_bags(ids, offsets, include_last_offset, private=True):
     offsets None. ValueError/TypeError naming the problem; ids themselves are checked later.
     private=False: the checked int64 offsets in place, no copy (the caller's own array when it
     is C-contiguous int64), of which the first B values are the bags' starts and n ends the last
-    bag, or None for 2-D ids: for code that reads each bound once and clamps it (ek_bags)."""
+    bag, or None for 2-D ids and for bags all of one length (n / B ids each): for code that
+    reads each bound once and clamps it (ek_bags)."""
     if isinstance(include_last_offset, (bool, np.bool_)):
         include_last_offset = bool(include_last_offset)
     else:
@@ -289,10 +290,11 @@ def check_bags(ids, offsets, include_last_offset, private=True):
         )
     if offsets is None:
         raise ValueError("offsets is required when ids are 1-D (or give 2-D ids (B, N))")
-    off = bag_offsets(_offsets_array(offsets), a.shape[0], include_last_offset, private)
+    given = _offsets_array(offsets)
+    off = bag_offsets(given, a.shape[0], include_last_offset, private)
     if private:
         return ids, off, off.shape[0] - 1
-    return ids, off, off.shape[0] - (1 if include_last_offset else 0)
+    return ids, off, given.shape[0] - (1 if include_last_offset else 0)
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):

@@ -1204,3 +1204,35 @@ def test_cython_bags_own_bounds_pass_names_the_id_and_writes_nothing(fmt, thread
         with pytest.raises(IndexError, match=rf"id {bad} at position \({pos},\)"):
             kernels.lookup_bag(T, ids, offsets, kernel="cython_gather", out=out)
     assert (out == 7.0).all()
+
+
+def test_offsets_checked_in_place_are_the_callers_array_or_none_for_equal_bags():
+    """check_bags(private=False), what cython_gather's bags receive: the caller's int64 offsets
+    themselves (no copy), None when every bag holds n / B ids (no bound is then read), and the
+    same errors as the private copy."""
+    from kernels._validate import check_bags
+
+    ids = np.arange(12)
+    uneven = np.array([0, 3, 3, 7])
+    assert check_bags(ids, uneven, False, private=False)[1] is uneven
+    assert check_bags(ids, uneven, False, private=False)[2] == 4
+    last = np.array([0, 3, 3, 7, 12])
+    got = check_bags(ids, last, True, private=False)
+    assert got[1] is last and got[2] == 4
+    for offsets, include_last, B in (([0, 3, 6, 9], False, 4), ([0, 4, 8, 12], True, 3),
+                                     ([0], False, 1), ([0, 12], True, 1),
+                                     (np.arange(12), False, 12)):
+        got = check_bags(ids, np.asarray(offsets, np.int64), include_last, private=False)
+        assert got[1] is None and got[2] == B, offsets
+        assert_bitwise_equal(
+            kernels.lookup_bag(np.eye(12, dtype=np.float32), ids, offsets,
+                               include_last_offset=include_last, kernel="cython_gather"),
+            kernels.lookup_bag(np.eye(12, dtype=np.float32), ids, offsets,
+                               include_last_offset=include_last, kernel="numpy_take"))
+    assert check_bags(ids, np.array([0, 3, 6, 10]), False, private=False)[1] is not None
+    assert check_bags(np.arange(0), np.zeros(0, np.int64), False, private=False)[2] == 0
+    for bad, match in (([0, 5, 3], "non-decreasing"), ([0, 13], "past len"),
+                       ([1, 3], r"offsets\[0\] must be 0")):
+        for private in (True, False):
+            with pytest.raises(ValueError, match=match):
+                check_bags(ids, np.array(bad), False, private=private)
