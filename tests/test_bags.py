@@ -1236,3 +1236,37 @@ def test_offsets_checked_in_place_are_the_callers_array_or_none_for_equal_bags()
         for private in (True, False):
             with pytest.raises(ValueError, match=match):
                 check_bags(ids, np.array(bad), False, private=private)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D", [8, 16, 24, 32, 64, 128])
+def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
+    """Bags of one id each (cython_gather's gather-like loop for them; no offsets are read when
+    they are all one long): sum, mean and sqrtn give row + 0.0 (-0.0 made +0.0, NaN kept), max
+    the row itself, a padding id zeros; 2-D (B, 1) ids, 1-D offsets 0..B-1, include_last_offset,
+    1 and 2 threads, every gather kernel the same bits."""
+    rng = np.random.default_rng(D)
+    V, B = 50, 20_000
+    W = rng.standard_normal((V, D)).astype(dtype)
+    W[3] = -0.0
+    W[4, ::2] = np.nan
+    ids = rng.integers(0, V, B)
+    ids[:5] = [3, 4, 7, 7, 3]
+    plus_zero = W[ids] + dtype(0)
+    names = [n for n, k in kernels.KERNELS.items() if k.family == "gather"]
+    for threads in (1, 2):
+        with kernels.num_threads(threads):
+            for mode in ("sum", "mean", "sqrtn", "max"):
+                want = W[ids] if mode == "max" else plus_zero
+                padded = want.copy()
+                padded[ids == 7] = 0
+                for name in names:
+                    forms = (kernels.lookup_bag(W, ids.reshape(B, 1), mode=mode, kernel=name),
+                             kernels.lookup_bag(W, ids, np.arange(B), mode=mode, kernel=name),
+                             kernels.lookup_bag(W, ids, np.arange(B + 1), mode=mode,
+                                                include_last_offset=True, kernel=name))
+                    for got in forms:
+                        assert_bitwise_equal(got, want, f"{name} {mode} D={D}")
+                    assert_bitwise_equal(
+                        kernels.lookup_bag(W, ids, np.arange(B), mode=mode, padding_idx=7,
+                                           kernel=name), padded, f"{name} {mode} padded")
