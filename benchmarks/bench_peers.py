@@ -84,6 +84,72 @@ def _fbgemm_bag(torch, tW, tids, bounds):
     )
 
 
+def _fbgemm_nbit_bag(torch, T):
+    """FBGEMM's CPU inference bag of an int8 or int4 table T as one call: its table-batched
+    op with one table (IntNBitTableBatchedEmbeddingBagsCodegen, EmbeddingLocation.HOST, sum,
+    float32 output). Its rows hold a float16 scale and bias ahead of the codes: they receive T's
+    codes, and T's scale and bias as float16 (int4: T's own; int8: rounded from float32).
+    Returns (module, reference): module(ids, bounds) pools the bags of the B + 1 bounds (a new
+    output); the reference is T with its int8 scale and bias rounded the same way (a table of
+    ours: what FBGEMM's table holds).
+    NotImplementedError when fbgemm_gpu is not importable."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from fbgemm_gpu.split_embedding_configs import SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, \
+            PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_inference import \
+            IntNBitTableBatchedEmbeddingBagsCodegen
+    except (ImportError, AttributeError, RuntimeError, OSError) as e:
+        raise NotImplementedError(f"fbgemm_gpu is not usable: {e!r}") from None
+    V, D = T.shape
+    codes = D if T.format == "int8" else D // 2
+    P = T.packed
+    if T.format == "int8":
+        half = P[:, codes:codes + 8].copy().view(np.float32).astype(np.float16)
+        same = P.copy()
+        same[:, codes:codes + 8] = half.astype(np.float32).view(np.uint8)
+        reference = type(T).from_packed(same)
+    else:
+        half = P[:, codes:codes + 4].copy().view(np.float16)
+        reference = T
+    module = IntNBitTableBatchedEmbeddingBagsCodegen(
+        embedding_specs=[("t", V, D, SparseType.INT8 if T.format == "int8" else SparseType.INT4,
+                          EmbeddingLocation.HOST)],
+        device="cpu", pooling_mode=PoolingMode.SUM, output_dtype=SparseType.FP32)
+    module.fill_random_weights()  # allocates its rows
+    data, scale_bias = module.split_embedding_weights()[0]
+    data.copy_(torch.from_numpy(P[:, :codes]))
+    scale_bias.copy_(torch.from_numpy(np.ascontiguousarray(half).view(np.uint8)))
+    return module, reference
+
+
+class FormatFbgemmPeer(common.FormatTiming):
+    """FormatPeers' bags (bags of 8, sum) by FBGEMM's int8/int4 inference bag (_fbgemm_nbit_bag),
+    on common.ALL_THREADS threads; n/a without torch or fbgemm_gpu. It allocates its output.
+    Checked once per process against the float64 reference of the table it holds."""
+
+    params = [["int8", "int4"], [10_000, 1_000_000], [64, 256]]
+    param_names = ["format", "vocab_size", "dim"]
+
+    def setup(self, format, vocab_size, dim):
+        torch = _import_torch()
+        T = common.format_table(format, vocab_size, dim)
+        n = common.FORMAT_N_IDS
+        ids = common.uniform_ids(vocab_size, shape=(n,))
+        offsets = np.arange(0, n, common.FORMAT_BAG_LENGTH, dtype=np.int64)
+        module, reference = _fbgemm_nbit_bag(torch, T)
+        self.call = functools.partial(module, torch.from_numpy(ids),
+                                      torch.from_numpy(np.append(offsets, n)))
+        common.check_once(
+            ("format_fbgemm", format, vocab_size, dim),
+            lambda: common.assert_bag(self.call().numpy(), common.decoded_rows(reference, ids),
+                                      np.arange(n), offsets, what=f"fbgemm {format}"))
+
+    def time_bag(self, format, vocab_size, dim):
+        self.call()
+
+
 class BagPeers(common.BagTiming):
     """Bags.time_bag's sum-mode bags by torch and FBGEMM, on the same data (common.bag_data:
     n = common.BAG_N_IDS uniform int64 ids, B = n / bag_length bags, float32 W); n/a when not

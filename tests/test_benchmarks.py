@@ -118,6 +118,7 @@ def test_a_quick_dry_run_of_a_subset_has_no_failed_benchmark(tmp_path):
          ["format", "kernel", "vocab_size", "dim"]),
         (bench_formats.LowPrecisionMemory, ["peakmem_lookup", "track_table_bytes"], ["format"]),
         (bench_peers.FormatPeers, ["time_bag"], ["format", "vocab_size", "dim"]),
+        (bench_peers.FormatFbgemmPeer, ["time_bag"], ["format", "vocab_size", "dim"]),
         (bench_peers.TrainingPeers, ["time_step"], ["method", "vocab_size", "dim"]),
         (bench_training.SparseTrainingMemory, ["peakmem_step", "track_step_bytes"],
          ["n", "dim"]),
@@ -543,6 +544,38 @@ def test_the_fbgemm_peer_is_na_without_fbgemm_gpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)
     with pytest.raises(NotImplementedError, match="fbgemm"):
         bench_peers.BagPeers().setup("fbgemm", 1_000, 16, 8)
+
+
+def test_the_fbgemm_int_peer_is_na_without_fbgemm_gpu(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setitem(sys.modules, "fbgemm_gpu", None)
+    with pytest.raises(NotImplementedError, match="fbgemm"):
+        bench_peers.FormatFbgemmPeer().setup("int8", 1_000, 16)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_the_fbgemm_int_peer_holds_our_codes_and_sums_them(fmt):
+    """FBGEMM's inference bag, filled from one of our tables: int4 gives our sums within the
+    summation bound (the same float16 scale and bias); int8 ours of the table with its scale
+    and bias rounded to float16, and that table differs from the original."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("fbgemm_gpu")
+    rng = np.random.default_rng(3)
+    T = kernels.quantize(rng.standard_normal((500, 32)).astype(np.float32), fmt)
+    ids = rng.integers(0, 500, 4000)
+    offsets = np.sort(rng.integers(0, 4000, 300))
+    offsets[0] = 0
+    module, reference = bench_peers._fbgemm_nbit_bag(torch, T)
+    got = module(torch.from_numpy(ids), torch.from_numpy(np.append(offsets, 4000))).numpy()
+    LOOKUP_BAG.assert_matches(got, reference, ids, offsets)
+    assert (reference is T) == (fmt == "int4")
+    if fmt == "int8":
+        assert not np.array_equal(reference.dequantize(), T.dequantize())
+    common.clear_cache()
+    bench = bench_peers.FormatFbgemmPeer()
+    bench.setup(fmt, 1_000, 64)  # runs the check
+    bench.time_bag(fmt, 1_000, 64)
+    common.clear_cache()
 
 
 @pytest.mark.parametrize("method", ["torch_embedding_bag", "fbgemm"])

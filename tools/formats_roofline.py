@@ -13,6 +13,9 @@ n = 65,536 uniform int64 ids. At each (V, D), interleaved round after round in a
   ops on the same packed bytes (embedding_bag_byte_rowwise_offsets for int8,
   embedding_bag_4bit_rowwise_offsets for int4) and its float32 embedding_bag, bags of 8 and 1.
   They allocate their output (no out=).
+- FBGEMM (when fbgemm_gpu is importable): its int8/int4 inference bag holding the same codes
+  (benchmarks.bench_peers._fbgemm_nbit_bag: its layout has a float16 scale and bias, so int8's
+  are rounded), bags of 8 and 1; reported as a ratio to ours only.
 
 Tables are benchmarks.common.format_table's (a quantized block of rows tiled down the table), so
 V = 2e6 x D = 256 needs no 2 GB float32 source for the low-precision formats (the float32 table
@@ -27,7 +30,7 @@ import sys
 import numpy as np
 
 import kernels
-from benchmarks import common
+from benchmarks import bench_peers, common
 from kernels._timing import interleaved_best
 
 FULL = {"vocab": (10_000, 2_000_000), "dims": (64, 128, 256), "rounds": 7, "reps": 5}
@@ -76,6 +79,15 @@ def methods_at(V, D, torch):
                 tP = torch.from_numpy(tables[fmt].packed)
                 m[(f"bag{L}", fmt, "torch")] = lambda op=op, tP=tP, toff=toff: op(
                     tP, tids, toff, mode=0)
+        for fmt in TORCH_OPS:
+            try:
+                module, _ = bench_peers._fbgemm_nbit_bag(torch, tables[fmt])
+            except NotImplementedError:
+                break
+            for L, off in ((8, bags8), (1, bags1)):
+                bounds = torch.from_numpy(np.append(off, N))
+                m[(f"bag{L}", fmt, "fbgemm")] = lambda module=module, bounds=bounds: module(
+                    tids, bounds)
     return m
 
 
@@ -122,8 +134,12 @@ def report(rows, torch, out):
                         cells.append(f"{ms:.3f} ({base / ms:.2f}x)")
                 print(f"| {V:,} | {D} | {who} | " + " | ".join(cells) + " |", file=out)
         print(file=out)
-    if torch is not None:
-        print("### Ours against torch's quantized bag op (torch ms / our best ms)\n", file=out)
+    for peer, what in (("torch", "torch's quantized bag op"),
+                       ("fbgemm", "FBGEMM's inference bag (IntNBitTableBatchedEmbeddingBags"
+                                  "Codegen, float16 scale and bias)")):
+        if not any(r["who"] == peer for r in rows):
+            continue
+        print(f"### Ours against {what} ({peer} ms / our best ms)\n", file=out)
         print("| V | D | bag length | int8 | int4 |", file=out)
         print("|---:|---:|---:|---:|---:|", file=out)
         for V, D in points:
@@ -131,7 +147,8 @@ def report(rows, torch, out):
                 cells = []
                 for fmt in ("int8", "int4"):
                     ours = min(t[(V, D, f"bag{L}", fmt, k)] for k in KERNELS)
-                    cells.append(f"{t[(V, D, f'bag{L}', fmt, 'torch')] / ours:.2f}")
+                    theirs = t.get((V, D, f"bag{L}", fmt, peer))
+                    cells.append("" if theirs is None else f"{theirs / ours:.2f}")
                 print(f"| {V:,} | {D} | {L} | " + " | ".join(cells) + " |", file=out)
         print(file=out)
 
