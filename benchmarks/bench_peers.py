@@ -124,32 +124,6 @@ def _fbgemm_nbit_bag(torch, T):
     return module, reference
 
 
-class FormatFbgemmPeer(common.FormatTiming):
-    """FormatPeers' bags (bags of 8, sum) by FBGEMM's int8/int4 inference bag (_fbgemm_nbit_bag),
-    on common.ALL_THREADS threads; n/a without torch or fbgemm_gpu. It allocates its output.
-    Checked once per process against the float64 reference of the table it holds."""
-
-    params = [["int8", "int4"], [10_000, 1_000_000], [64, 256]]
-    param_names = ["format", "vocab_size", "dim"]
-
-    def setup(self, format, vocab_size, dim):
-        torch = _import_torch()
-        T = common.format_table(format, vocab_size, dim)
-        n = common.FORMAT_N_IDS
-        ids = common.uniform_ids(vocab_size, shape=(n,))
-        offsets = np.arange(0, n, common.FORMAT_BAG_LENGTH, dtype=np.int64)
-        module, reference = _fbgemm_nbit_bag(torch, T)
-        self.call = functools.partial(module, torch.from_numpy(ids),
-                                      torch.from_numpy(np.append(offsets, n)))
-        common.check_once(
-            ("format_fbgemm", format, vocab_size, dim),
-            lambda: common.assert_bag(self.call().numpy(), common.decoded_rows(reference, ids),
-                                      np.arange(n), offsets, what=f"fbgemm {format}"))
-
-    def time_bag(self, format, vocab_size, dim):
-        self.call()
-
-
 class BagPeers(common.BagTiming):
     """Bags.time_bag's sum-mode bags by torch and FBGEMM, on the same data (common.bag_data:
     n = common.BAG_N_IDS uniform int64 ids, B = n / bag_length bags, float32 W); n/a when not
@@ -195,24 +169,42 @@ class FormatPeers(common.FormatTiming):
 
     params = [["int8", "int4"], [10_000, 1_000_000], [64, 256]]
     param_names = ["format", "vocab_size", "dim"]
+    who = "torch"
 
     def setup(self, format, vocab_size, dim):
         torch = _import_torch()
-        op = {"int8": torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
-              "int4": torch.ops.quantized.embedding_bag_4bit_rowwise_offsets}[format]
         T = common.format_table(format, vocab_size, dim)
         n = common.FORMAT_N_IDS
         ids = common.uniform_ids(vocab_size, shape=(n,))
         offsets = np.arange(0, n, common.FORMAT_BAG_LENGTH, dtype=np.int64)
-        self.call = functools.partial(op, torch.from_numpy(T.packed), torch.from_numpy(ids),
-                                      torch.from_numpy(offsets), mode=0)
+        self.call, reference = self._peer(torch, T, torch.from_numpy(ids), offsets)
         common.check_once(
-            ("format_peers", format, vocab_size, dim),
-            lambda: common.assert_bag(self.call().numpy(), common.decoded_rows(T, ids),
-                                      np.arange(n), offsets, what=f"torch {format}"))
+            (type(self).__name__, format, vocab_size, dim),
+            lambda: common.assert_bag(self.call().numpy(), common.decoded_rows(reference, ids),
+                                      np.arange(n), offsets, what=f"{self.who} {format}"))
+
+    def _peer(self, torch, T, tids, offsets):
+        """(the timed call, the table of ours its sums must match)."""
+        op = {"int8": torch.ops.quantized.embedding_bag_byte_rowwise_offsets,
+              "int4": torch.ops.quantized.embedding_bag_4bit_rowwise_offsets}[T.format]
+        return functools.partial(op, torch.from_numpy(T.packed), tids,
+                                 torch.from_numpy(offsets), mode=0), T
 
     def time_bag(self, format, vocab_size, dim):
         self.call()
+
+
+class FormatFbgemmPeer(FormatPeers):
+    """FormatPeers' bags by FBGEMM's int8/int4 inference bag (_fbgemm_nbit_bag), on
+    common.ALL_THREADS threads; n/a without torch or fbgemm_gpu. It allocates its output.
+    Checked once per process against the float64 reference of the table it holds."""
+
+    who = "fbgemm"
+
+    def _peer(self, torch, T, tids, offsets):
+        module, reference = _fbgemm_nbit_bag(torch, T)
+        bounds = torch.from_numpy(np.append(offsets, tids.shape[0]))
+        return functools.partial(module, tids, bounds), reference
 
 
 class TrainingPeers(common.TrainingTiming):
