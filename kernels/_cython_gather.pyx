@@ -849,43 +849,13 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
     cdef const void* p = cnp.PyArray_DATA(ids)
-    cdef ek_bags g
-    cdef Py_ssize_t B = cnp.PyArray_DIM(out, 0)
-    cdef Py_ssize_t bd[MAX_THREADS + 1]
-    cdef void* o = cnp.PyArray_DATA(out)
     cdef const void* pw = NULL
-    cdef bint f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
-    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
-    cdef Py_ssize_t c, bad = 0
-    cdef Py_ssize_t nbad[MAX_THREADS]
-    cdef int flags[MAX_THREADS]
-    _bags_of(&g, offsets, B, n)
     if psw is not None:
         pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
-    nthreads = max(1, min(nthreads, MAX_THREADS))
-    with nogil:
-        if nthreads == 1:
-            flags[0] = check and _ids_bad(p, i32, 0, n, V)
-            if not flags[0]:
-                bad = _bag_range(w, V, rs, p, i32, n, &g, 0, B, o, f32, D, mode, pw, pad,
-                                 prefetch)
-        else:
-            _split_bags(&g, bd, nthreads)
-            with parallel(num_threads=nthreads):
-                # the same static schedule twice: each thread checks the ids it then reads
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    flags[c] = check and _bag_ids_bad(p, i32, &g, bd[c], bd[c + 1], V)
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    nbad[c] = 0
-                    if not _any(flags, nthreads):
-                        nbad[c] = _bag_range(w, V, rs, p, i32, n, &g, bd[c], bd[c + 1], o,
-                                             f32, D, mode, pw, pad, prefetch)
-            for c in range(nthreads):
-                bad = bad + nbad[c]
-    if _any(flags, nthreads):
-        raise IdsOutOfRange()
-    if bad:
-        raise ids_changed_error(V)
+    _run_bags(0, w, V, rs, 0, p, cnp.PyArray_ITEMSIZE(ids) == 4, n, offsets,
+              cnp.PyArray_DATA(out), cnp.PyArray_DIM(out, 0),
+              cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32, D, mode, pw, pad, prefetch, nthreads,
+              check)
 
 
 # -- low-precision tables: rows decoded to float32 inside the gather ----------------------------
@@ -1535,38 +1505,62 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None, offset
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(out, 1)
     cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
     cdef const void* p = cnp.PyArray_DATA(ids)
+    cdef const void* pw = NULL
+    if psw is not None:
+        pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
+    _run_bags(fmt, w, V, rs, rowbytes, p, cnp.PyArray_ITEMSIZE(ids) == 4, n, offsets,
+              cnp.PyArray_DATA(out), cnp.PyArray_DIM(out, 0), True, D, mode, pw, pad, prefetch,
+              nthreads, check)
+
+
+cdef Py_ssize_t _range_of(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs,
+                          Py_ssize_t rowbytes, const void* p, bint i32, Py_ssize_t n,
+                          const ek_bags* g, Py_ssize_t b0, Py_ssize_t b1, void* o, bint f32,
+                          Py_ssize_t D, int mode, const void* pw, Py_ssize_t pad,
+                          int prefetch) noexcept nogil:
+    """Bags b0..b1-1 of a float table (fmt 0) or a low-precision one (fmt: EK_F16 ...): the
+    number of bad ids, or -1 without memory for a decoded row."""
+    if fmt == 0:
+        return _bag_range(w, V, rs, p, i32, n, g, b0, b1, o, f32, D, mode, pw, pad, prefetch)
+    return _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, g, b0, b1, <float*>o, D, mode,
+                             <const float*>pw, pad, prefetch)
+
+
+cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes,
+                   const void* p, bint i32, Py_ssize_t n, offsets, void* o, Py_ssize_t B,
+                   bint f32, Py_ssize_t D, int mode, const void* pw, Py_ssize_t pad,
+                   int prefetch, int nthreads, bint check) except -1:
+    """bag() and decode_bag(): the B bags split among nthreads threads by the ids they hold,
+    each bag whole on one thread (nthreads <= 1: no OpenMP region); with check, each thread
+    first checks its ids' bounds and nothing is written if one is bad (IdsOutOfRange). Raises
+    MemoryError without memory for a decoded row, RuntimeError if an id read was outside
+    [0, V) (ids changed meanwhile)."""
     cdef ek_bags g
-    cdef Py_ssize_t B = cnp.PyArray_DIM(out, 0)
     cdef Py_ssize_t bd[MAX_THREADS + 1]
-    cdef float* o = <float*>cnp.PyArray_DATA(out)
-    cdef const float* pw = NULL
-    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
-    cdef Py_ssize_t c, bad = 0
-    cdef bint no_memory = False
     cdef Py_ssize_t nbad[MAX_THREADS]
     cdef int flags[MAX_THREADS]
+    cdef Py_ssize_t c, bad = 0
+    cdef bint no_memory = False
     _bags_of(&g, offsets, B, n)
-    if psw is not None:
-        pw = <const float*>cnp.PyArray_DATA(<cnp.ndarray>psw)
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
             flags[0] = check and _ids_bad(p, i32, 0, n, V)
             if not flags[0]:
-                bad = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, &g, 0, B, o, D,
-                                        mode, pw, pad, prefetch)
+                bad = _range_of(fmt, w, V, rs, rowbytes, p, i32, n, &g, 0, B, o, f32, D, mode,
+                                pw, pad, prefetch)
             no_memory = bad < 0
         else:
             _split_bags(&g, bd, nthreads)
             with parallel(num_threads=nthreads):
+                # the same static schedule twice: each thread checks the ids it then reads
                 for c in prange(nthreads, schedule="static", chunksize=1):
                     flags[c] = check and _bag_ids_bad(p, i32, &g, bd[c], bd[c + 1], V)
                 for c in prange(nthreads, schedule="static", chunksize=1):
                     nbad[c] = 0
                     if not _any(flags, nthreads):
-                        nbad[c] = _decode_bag_range(fmt, w, V, rs, rowbytes, p, i32, n, &g,
-                                                    bd[c], bd[c + 1], o, D, mode, pw, pad,
-                                                    prefetch)
+                        nbad[c] = _range_of(fmt, w, V, rs, rowbytes, p, i32, n, &g, bd[c],
+                                            bd[c + 1], o, f32, D, mode, pw, pad, prefetch)
             for c in range(nthreads):
                 if nbad[c] < 0:
                     no_memory = True
@@ -1578,3 +1572,4 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None, offset
         raise MemoryError("no memory for a decoded row of a low-precision bag")
     if bad:
         raise ids_changed_error(V)
+    return 0
