@@ -840,10 +840,7 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
     or None), ids equal to pad (or -1) left out. W has contiguous rows; B = len(out); offsets
     are the bags' int64 starts, read in place (ek_bags: a B + 1th value is not read, n ends the
-    last bag), or None for B bags of equal length. The bags are split among nthreads threads by the ids they hold, each bag whole on
-    one thread (nthreads <= 1: no OpenMP region). check: each thread first checks its ids'
-    bounds, and if any is outside [0, V) nothing is written and IdsOutOfRange is raised.
-    Raises RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
+    last bag), or None for B bags of equal length. Threads, check and errors: _run_bags."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)

@@ -60,10 +60,10 @@ class Kernel:
       shared bounds pass (measured 5-7 us of a 70 us bag call at n = 65,536);
     - `bag_offsets_in_place`: its lookup_bag functions take the caller's checked offsets as they
       are (LookupBag.prepare(private_offsets=False): the bags' starts, n ending the last bag, or
-      None for bags all of one length, 2-D ids or 1-D) and read each bound once, clamped, so that offsets rewritten during a
-      call cannot move a read out of bounds. The call skips the private copy, which cost more
-      than the copying: the thread that reads half the fresh copy fetches it from the other
-      core's cache (measured, int8 table, n = 65,536, 2 threads: 17 us of 177 us with bags of 8,
+      None for bags all of one length, 2-D ids or 1-D) and read each bound once, clamped, so
+      that offsets rewritten during a call cannot move a read out of bounds. The call skips
+      the private copy, which cost more than the copying: the thread that reads half the fresh
+      copy fetches it from the other core's cache (measured, int8 table, n = 65,536, 2 threads: 17 us of 177 us with bags of 8,
       120 us of 304 us with bags of 1).
     """
 

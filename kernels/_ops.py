@@ -296,8 +296,8 @@ class LookupBag(Operation):
                 include_last_offset, out, out_dtype=None, bounds=True, private_offsets=True):
         """Check a call; return (W, format, flat_ids, offsets, mode, psw, pad, out). offsets are
         B + 1 private int64 bounds (private_offsets=False: check_bags' offsets in place, or
-        None for 2-D ids and equal-length bags), psw a flat array or None, pad the padding row or -1, out of
-        the output dtype (check_out_dtype). The kernel's function is called as
+        None for 2-D ids and equal-length bags), psw a flat array or None, pad the padding row
+        or -1, out of the output dtype (check_out_dtype). The kernel's function is called as
         fn(W, flat_ids, offsets, mode, psw, pad, out) when out and ids are not empty and must
         write every row of out (zeros for a bag with no id). bounds=False leaves the ids' bounds
         to a kernel function called with check_ids=True (kernels._validate.IdsOutOfRange)."""
