@@ -38,27 +38,19 @@ cdef extern from *:
     EK_DEFINE_CHECK(ek_check_u32, uint32_t, uint64_t)
     EK_DEFINE_CHECK(ek_check_u64, uint64_t, uint64_t)
 
-    /* Copy m int64 bag bounds and tell whether any is past n or below its predecessor. */
-    EK_CLONES static int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) {
-        uint64_t bad = 0;
-        Py_ssize_t i;
-        if (m > 0) r[0] = p[0];
-        for (i = 1; i < m; i++) {
-            int64_t x = p[i];
-            r[i] = x;
-            bad |= (uint64_t)((x > n) | (x < p[i - 1]));
-        }
-        return bad != 0;
-    }
-
-    /* The same test, reading only: bit 1 if an offset is bad, bit 2 if they are not all
-       i * N (N < 0: not asked). */
-    EK_CLONES static int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n, int64_t N) {
+    /* Whether any of m int64 bag bounds is past n or below its predecessor (bit 1), and
+       whether they are not all i * N (bit 2; N < 0: not asked); copied into r unless r is
+       NULL. */
+    EK_CLONES static int ek_scan_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n,
+                                         int64_t N) {
         uint64_t bad = 0, uneven = N < 0;
         Py_ssize_t i;
+        if (r != NULL && m > 0) r[0] = p[0];
         for (i = 1; i < m; i++) {
-            bad |= (uint64_t)((p[i] > n) | (p[i] < p[i - 1]));
-            uneven |= (uint64_t)(p[i] != i * N);
+            int64_t x = p[i];
+            if (r != NULL) r[i] = x;
+            bad |= (uint64_t)((x > n) | (x < p[i - 1]));
+            uneven |= (uint64_t)(x != i * N);
         }
         return (bad != 0) | ((uneven != 0) << 1);
     }
@@ -71,8 +63,8 @@ cdef extern from *:
     int ek_check_u16(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u32(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
     int ek_check_u64(const void* data, Py_ssize_t n, uint64_t V) noexcept nogil
-    int ek_copy_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n) noexcept nogil
-    int ek_scan_offsets(const int64_t* p, Py_ssize_t m, int64_t n, int64_t N) noexcept nogil
+    int ek_scan_offsets(const int64_t* p, int64_t* r, Py_ssize_t m, int64_t n,
+                        int64_t N) noexcept nogil
 
 
 cdef int ids_out_of_range(const void* p, Py_ssize_t n, int size, bint signed,
@@ -166,15 +158,15 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint 
         B = m - 1 if include_last else m
         N = n // B if B and n % B == 0 else -1
         with nogil:
-            bad = ek_scan_offsets(<const int64_t*>p, m, n, N)
+            bad = ek_scan_offsets(<const int64_t*>p, NULL, m, n, N)
         if bad & 1:
             _name_bad_offset(off, n)
         return None if not bad else off
     result = np.empty(m + (0 if include_last else 1), np.int64)
     r = <cnp.int64_t*>cnp.PyArray_DATA(result)
     with nogil:
-        bad = ek_copy_offsets(<const int64_t*>p, <int64_t*>r, m, n)
-    if bad:
+        bad = ek_scan_offsets(<const int64_t*>p, <int64_t*>r, m, n, -1)
+    if bad & 1:
         _name_bad_offset(result[:m], n)
     if not include_last:
         r[m] = n
