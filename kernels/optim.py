@@ -16,8 +16,9 @@ A step computes the coalesced gradient of the batch (`rows`: the sorted unique i
 `values[i]`: the sum of every gradient row of id rows[i], in id order: float64 rounded once for
 float32 tables), then updates only those rows of the table and of the state. With kernel "auto"
 (the default), numba_gather or cython_gather both happen in one compiled pass
-(kernels/_optim_numba.py `fused_step`): a radix sort of the ids, then each row's gradient summed
-in registers and applied at once, with no (rows, D) gradient array; the same bits as
+(kernels/_optim_numba.py `fused_step`): the ids grouped by row in a hash table (each thread
+owns the rows whose id hashes to it), then each row's gradient summed in id order in registers
+and applied at once, with no (rows, D) gradient array; the same bits as
 `step_sparse` of their `kernels.SparseGrad`. Other kernels compute the `SparseGrad` by their
 own rule (kernels/_sparse.py) and then update. Rows no id touches keep
 their bits. Nothing proportional to the vocabulary is allocated per step. Every check (ids out
@@ -275,13 +276,12 @@ class _Optimizer:
                 G, _, _, flat, off, mode, psw, pad, _, _ = LOOKUP_BAG_GRAD.check(
                     G, ids, offsets, V, mode, per_sample_weights, padding_idx,
                     include_last_offset, W)
-                keep = _bag_math.kept(flat, pad)
-                bag = _bag_math.bag_of_ids(off)
                 coef = None
                 if mode != "sum" or psw is not None:
-                    coef = _bag_math.coefficients(flat, off, mode, psw, pad, keep, bag)[keep]
-                self._apply(G=np.ascontiguousarray(G), ids=np.ascontiguousarray(flat[keep]),
-                            src=bag[keep], coef=coef)
+                    coef = _bag_math.coefficients(flat, off, mode, psw, pad)
+                flat, off, coef = _bag_math.without_padding(flat, off, pad, coef)
+                self._apply(G=np.ascontiguousarray(G), ids=np.ascontiguousarray(flat),
+                            offsets=off, coef=coef)
                 return
             sg = kernels.lookup_bag_grad(
                 G, ids, offsets, V, mode=mode, per_sample_weights=per_sample_weights,
@@ -343,14 +343,16 @@ class _Optimizer:
         one step; called once per step."""
         raise NotImplementedError
 
-    def _apply(self, rows=None, values=None, *, G=None, ids=None, src=None, coef=None):
+    def _apply(self, rows=None, values=None, *, G=None, ids=None, offsets=None, coef=None):
         """One step's update: of the coalesced (rows, values), or fused from the gradient rows
-        of G at checked ids (bags: G[src] scaled by coef; see _optim_numba.fused_step)."""
+        of G at checked ids (bags: bounded by offsets, G[bag] scaled by coef; see
+        _optim_numba.fused_step)."""
         which, hyper, state = self._rule()
         if G is None:
             _apply_rows(which, self.weights, rows, values, hyper, **state)
         else:
-            _fused_step(which, self.weights, G, ids, hyper, **state, src=src, coef=coef)
+            _fused_step(which, self.weights, G, ids, hyper, **state, offsets=offsets,
+                        coef=coef)
 
     # -- state ----------------------------------------------------------------------------------
 

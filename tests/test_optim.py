@@ -267,9 +267,10 @@ def test_step_sparse_of_the_coalesced_gradient_equals_step(name):
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_the_fused_step_gives_the_bits_of_the_compiled_coalesced_gradient_then_the_update(
         name, dtype):
-    """step / step_bag with a compiled (or the auto) kernel sort the ids and update each row from
-    its summed gradient in one pass; step_sparse of cython_gather's SparseGrad is the unfused
-    form. Lookups and every bag mode but max, with weights and padding; thread counts 1 and 2."""
+    """step / step_bag with a compiled (or the auto) kernel group the ids by row and update each
+    row from its summed gradient in one pass; step_sparse of cython_gather's SparseGrad is the
+    unfused form. Lookups and every bag mode but max, with weights, with and without padding;
+    thread counts 1 and 2."""
     make = ALL[name]
     rng = np.random.default_rng(32)
     for threads in (1, kernels._threads.MAX_THREADS):
@@ -283,14 +284,52 @@ def test_the_fused_step_gives_the_bits_of_the_compiled_coalesced_gradient_then_t
                     offsets[0] = 0
                     psw = rng.standard_normal(ids.shape[0]).astype(dtype)
                     Gb = G[:700]
-                    for mode, w in (("sum", None), ("mean", psw), ("sqrtn", psw)):
+                    for mode, w, pad in (("sum", None, 3), ("sum", None, None),
+                                         ("mean", psw, 3), ("sqrtn", psw, None)):
                         a.step_bag(ids, offsets, Gb, mode=mode, per_sample_weights=w,
-                                   padding_idx=3)
+                                   padding_idx=pad)
                         sg = kernels.lookup_bag_grad(
-                            Gb, ids, offsets, V, mode=mode, per_sample_weights=w, padding_idx=3,
-                            weights=b.weights, sparse=True, kernel="cython_gather")
+                            Gb, ids, offsets, V, mode=mode, per_sample_weights=w,
+                            padding_idx=pad, weights=b.weights, sparse=True,
+                            kernel="cython_gather")
                         b.step_sparse(sg[0] if isinstance(sg, tuple) else sg)
             assert_unchanged(a, snapshot(b))
+
+
+def test_the_fused_step_never_reads_or_writes_outside_its_arrays_on_ids_it_was_not_given():
+    """_optim_numba.fused_step trusts its caller's checks, but reads each id and bag bound once
+    and guards it: ids that changed after the check (here: never checked) raise the RuntimeError
+    of a changed input before any thread updates a row, and bounds that are not a valid
+    partition (decreasing, past the ids) give rows of G clamped into [0, B), never a read
+    outside G; whatever the thread count and however the rows hash to the threads."""
+    from kernels import _optim_numba
+
+    rng = np.random.default_rng(5)
+    G = rng.standard_normal((8, D)).astype(np.float32)
+    for threads in (1, kernels._threads.MAX_THREADS):
+        with kernels.num_threads(threads):
+            for bad in (-1, V, 2**40):
+                W = table(6)
+                before = bits(W)
+                ids = rng.integers(0, V, 5000)
+                ids[rng.integers(0, 5000)] = bad
+                with pytest.raises(RuntimeError, match="another thread changed ids"):
+                    _optim_numba.fused_step(_optim_numba.SGD, W, G, ids, (0.5,),
+                                            offsets=np.arange(0, 5001, 625))
+                np.testing.assert_array_equal(bits(W), before)
+            W, ref = table(7), table(7)
+            ids = np.arange(0, 2 * V, 2) % V  # every row, twice; rows hash to both threads
+            offsets = np.array([0, 3, -7, 50, 50, 2, 40, 60, 150])  # 200 ids
+            _optim_numba.fused_step(_optim_numba.SGD, W, G, ids, (0.5,), offsets=offsets)
+            bag = np.zeros(ids.shape[0], np.int64)  # _group's walk over the bounds, b <= 7
+            for p in range(ids.shape[0]):
+                b = bag[p - 1] if p else 0
+                while b < 7 and offsets[b + 1] <= p:
+                    b += 1
+                bag[p] = b
+            g = np.zeros((V, D))
+            np.add.at(g, ids, G[bag].astype(np.float64))
+            np.testing.assert_array_equal(W, ref - np.float32(0.5) * g.astype(np.float32))
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
