@@ -57,6 +57,31 @@ def prefetch_row(typingctx, W, j):
 
 
 @intrinsic
+def prefetch_span(typingctx, a, i, count):
+    """Ask the CPU to start loading every cache line of a[i:i + count] (a 1-D contiguous
+    array)."""
+    sig = types.void(a, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aty, _, _ = signature.args
+        arr = context.make_array(aty)(context, builder, args[0])
+        src = cgutils.get_item_pointer(context, builder, aty, arr, [args[1]], wraparound=False)
+        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        itemsize = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+        nbytes = builder.mul(args[2], context.get_constant(types.intp, itemsize))
+        zero = context.get_constant(types.intp, 0)
+        line = context.get_constant(types.intp, 64)
+        with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
+            builder.call(fn, [builder.gep(i8p, [offset]), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def prefetch_line(typingctx, A, j):
     """Ask the CPU to start loading the first cache line of row A[j, :], to be written."""
     sig = types.void(A, types.intp)

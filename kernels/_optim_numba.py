@@ -30,7 +30,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from kernels._numba_intrinsics import prefetch_row
+from kernels._numba_intrinsics import load_id, prefetch_row, prefetch_span
 from kernels._threads import ids_changed_error, threads_for
 from kernels.numba_gather import _numba_threads, _run_parallel
 
@@ -260,7 +260,7 @@ def _group(ids, offsets, vocab_size, t, T, keys, pos, grow, nxt, tail, heads, sl
     b = 0
     c = 0
     for p in range(n):
-        k = np.int64(ids[p])
+        k = np.int64(load_id(ids, p))
         if k < 0 or k >= vocab_size:
             return -1
         keys[c] = k
@@ -302,11 +302,13 @@ def _group(ids, offsets, vocab_size, t, T, keys, pos, grow, nxt, tail, heads, sl
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fused_rows(which, W, A, B, M, G, coef, keys, pos, grow, nxt, heads, nh, h0, h1, h2, h3):
+def _fused_rows(which, W, A, B, M, G, rs, coef, keys, pos, grow, nxt, heads, nh, h0, h1, h2,
+                h3):
     """The rows of heads[:nh] (see _group): each summed from its gradient rows, in id order, in
     float64 (a row with one contribution: 0 + g in the table's dtype, the same value), then
-    updated. Entry p contributes G[p] (lookups) or G[its bag] scaled by coef[p] (when coef is
-    not empty) and
+    updated. G is the output gradient flat, its row i at G[i * rs:i * rs + D]. Entry p
+    contributes G's row p (lookups) or row (its bag) scaled by coef[p] (when coef is not empty)
+    and
     rounded to the table's dtype (bags, coef non-empty: kernels._bag_math.expanded_rows's
     E[p], computed here rather than stored). SGD without coef (the common sparse step)
     subtracts lr * the sum straight from G and the float64 row, not through the row g and
@@ -327,29 +329,29 @@ def _fused_rows(which, W, A, B, M, G, coef, keys, pos, grow, nxt, heads, nh, h0,
             if B.shape[0]:
                 prefetch_row(B, r)
         if u + GRAD_PREFETCH < nh:
-            prefetch_row(G, grow[heads[u + GRAD_PREFETCH]])
+            prefetch_span(G, grow[heads[u + GRAD_PREFETCH]] * rs, D)
         e = heads[u]
         row = keys[e]
         if direct and nxt[e] < 0:
-            r = grow[e]
+            r = grow[e] * rs
             for k in range(D):
-                W[row, k] = W[row, k] - h0 * (G[r, k] + zero)  # 0 + g, as below
+                W[row, k] = W[row, k] - h0 * (G[r + k] + zero)  # 0 + g, as below
             continue
         for k in range(D):
             acc[k] = 0.0
         single = nxt[e] < 0
         while e >= 0:
-            r = grow[e]
+            r = grow[e] * rs
             if scaled:
                 c = coef[pos[e]]
                 for k in range(D):
-                    acc[k] += W.dtype.type(np.float64(G[r, k]) * c)
+                    acc[k] += W.dtype.type(np.float64(G[r + k]) * c)
             elif single:
                 for k in range(D):
-                    g[k] = G[r, k] + zero  # 0 + g: -0.0 made +0.0, as in the sum
+                    g[k] = G[r + k] + zero  # 0 + g: -0.0 made +0.0, as in the sum
             else:
                 for k in range(D):
-                    acc[k] += G[r, k]
+                    acc[k] += G[r + k]
             e = nxt[e]
         if direct:
             for k in range(D):
@@ -362,24 +364,24 @@ def _fused_rows(which, W, A, B, M, G, coef, keys, pos, grow, nxt, heads, nh, h0,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _fused_share(which, W, A, B, M, G, offsets, coef, ids, t, T, keys, pos, grow, nxt, tail,
-                 heads, slots, h0, h1, h2, h3):
+def _fused_share(which, W, A, B, M, G, rs, offsets, coef, ids, t, T, keys, pos, grow, nxt,
+                 tail, heads, slots, h0, h1, h2, h3):
     """Thread t's rows: grouped (_group), then updated (_fused_rows). Returns how many rows,
     or -1 (see _group: nothing updated by this thread)."""
     nh = _group(ids, offsets, W.shape[0], t, T, keys, pos, grow, nxt, tail, heads, slots)
     if nh > 0:
-        _fused_rows(which, W, A, B, M, G, coef, keys, pos, grow, nxt, heads, nh, h0, h1, h2,
-                    h3)
+        _fused_rows(which, W, A, B, M, G, rs, coef, keys, pos, grow, nxt, heads, nh, h0, h1,
+                    h2, h3)
     return nh
 
 
 @njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def _fused_parallel(which, W, A, B, M, G, offsets, coef, ids, keys, pos, grow, nxt, tail, heads,
-                    slots, counts, h0, h1, h2, h3, nthreads):
+def _fused_parallel(which, W, A, B, M, G, rs, offsets, coef, ids, keys, pos, grow, nxt, tail,
+                    heads, slots, counts, h0, h1, h2, h3, nthreads):
     for t in prange(nthreads):
-        counts[t] = _fused_share(which, W, A, B, M, G, offsets, coef, ids, t, nthreads, keys[t],
-                                 pos[t], grow[t], nxt[t], tail[t], heads[t], slots[t], h0, h1,
-                                 h2, h3)
+        counts[t] = _fused_share(which, W, A, B, M, G, rs, offsets, coef, ids, t, nthreads,
+                                 keys[t], pos[t], grow[t], nxt[t], tail[t], heads[t], slots[t],
+                                 h0, h1, h2, h3)
 
 
 _workspaces = threading.local()
@@ -413,12 +415,28 @@ _NO_INDEX = np.empty(0, np.int64)
 _NO_COEF = np.empty(0, np.float64)
 
 
+def _rows_flat(G):
+    """(flat, rs): a 1-D contiguous view of the memory from G[0, 0] to G[-1, -1] and the row
+    stride in elements, G's row i being flat[i * rs:i * rs + D]. G (m, D) needs contiguous rows
+    (a column slice of a wider array, such as one table's part of a concatenated output's
+    gradient, is read in place); others are copied."""
+    m, D = G.shape
+    item = G.itemsize
+    if m == 0 or D == 0 or not G.flags.c_contiguous and (
+            G.strides[1] != item or G.strides[0] % item or G.strides[0] < D * item):
+        G = np.ascontiguousarray(G)
+    rs = G.strides[0] // item if m > 1 else D
+    length = (m - 1) * rs + D if m else 0
+    return np.lib.stride_tricks.as_strided(G, (length,), (item,), writeable=False), rs
+
+
 def fused_step(which, W, G, ids, hyper, A=None, B=None, M=None, offsets=None, coef=None):
     """The backward of checked ids (n,) and the update of the rows they touch, in one pass: the
     same bits as update() of the coalesced gradient numba_gather or cython_gather computes.
     Lookups (offsets None): G (n, D), entry p adds G[p]. Bags: offsets, the B + 1 checked
     bounds of the bags; G (B, D), entry p adds G[its bag] times coef[p] (float64, or None for
-    1) rounded to the table's dtype. Each thread updates the rows whose id hashes to it
+    1) rounded to the table's dtype. G is read in place when its rows are contiguous
+    (_rows_flat). Each thread updates the rows whose id hashes to it
     (_owner, by blocks of 1 << OWNER_BLOCK rows: two threads rarely write one cache line),
     grouped by a hash table (_group) rather than sorted, so the result is the same for any
     thread count. Returns the number of rows updated."""
@@ -432,12 +450,13 @@ def fused_step(which, W, G, ids, hyper, A=None, B=None, M=None, offsets=None, co
     touched = n * W.shape[1] * W.itemsize * (3 + (A.shape[0] > 0) + (B.shape[0] > 0))
     T = _numba_threads(threads_for(touched))
     ws = _workspace(T, n, G.shape[0])
+    G, rs = _rows_flat(G)
     counts = np.zeros(T, np.int64)
     if T == 1:
-        counts[0] = _fused_share(which, W, A, B, M, G, offsets, coef, ids, 0, 1,
+        counts[0] = _fused_share(which, W, A, B, M, G, rs, offsets, coef, ids, 0, 1,
                                  *(w[0] for w in ws), *h)
     else:
-        _run_parallel(_fused_parallel, which, W, A, B, M, G, offsets, coef, ids, *ws, counts,
+        _run_parallel(_fused_parallel, which, W, A, B, M, G, rs, offsets, coef, ids, *ws, counts,
                       *h, T)
     if (counts < 0).any():
         raise ids_changed_error(W.shape[0])

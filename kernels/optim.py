@@ -280,8 +280,7 @@ class _Optimizer:
                 if mode != "sum" or psw is not None:
                     coef = _bag_math.coefficients(flat, off, mode, psw, pad)
                 flat, off, coef = _bag_math.without_padding(flat, off, pad, coef)
-                self._apply(G=np.ascontiguousarray(G), ids=np.ascontiguousarray(flat),
-                            offsets=off, coef=coef)
+                self._apply(G=G, ids=np.ascontiguousarray(flat), offsets=off, coef=coef)
                 return
             sg = kernels.lookup_bag_grad(
                 G, ids, offsets, V, mode=mode, per_sample_weights=per_sample_weights,

@@ -418,7 +418,7 @@ class _FusedBag(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         indices, offsets, psw = ctx.saved_tensors
-        ctx.opt.step_bag(_np(indices), _np(offsets), _np(grad.contiguous()), mode=ctx.mode,
+        ctx.opt.step_bag(_np(indices), _np(offsets), _np(grad), mode=ctx.mode,
                          per_sample_weights=_np_or_none(psw), padding_idx=ctx.padding_idx,
                          include_last_offset=ctx.include_last_offset)
         return (None,) * 9

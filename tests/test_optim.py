@@ -296,6 +296,27 @@ def test_the_fused_step_gives_the_bits_of_the_compiled_coalesced_gradient_then_t
             assert_unchanged(a, snapshot(b))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_bag_reads_a_gradient_of_strided_rows_in_place_with_the_same_bits(dtype):
+    """grad_out as kernels.torch's fused bags receive it, one table's columns of a concatenated
+    output's gradient, or reversed, or every other row: the same bits as its contiguous copy."""
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, HOT, 600)
+    offsets = np.sort(rng.integers(0, 600, 90))
+    offsets[0] = 0
+    wide = rng.standard_normal((180, 3 * D)).astype(dtype)
+    for G in (wide[:90, D:2 * D], wide[:90, :D][::-1], wide[::2, 2 * D:]):
+        for kernel in ("auto", "numba_gather", "cython_gather"):
+            for name in ("SGD", "Adagrad"):
+                a = getattr(ko, name)(table(9, dtype), 0.1, kernel=kernel)
+                b = getattr(ko, name)(table(9, dtype), 0.1, kernel=kernel)
+                a.step_bag(ids, offsets, G, mode="mean")
+                b.step_bag(ids, offsets, np.ascontiguousarray(G), mode="mean")
+                a.step_bag(ids, offsets, G)
+                b.step_bag(ids, offsets, np.ascontiguousarray(G))
+                assert_unchanged(a, snapshot(b))
+
+
 def test_the_fused_step_never_reads_or_writes_outside_its_arrays_on_ids_it_was_not_given():
     """_optim_numba.fused_step trusts its caller's checks, but reads each id and bag bound once
     and guards it: ids that changed after the check (here: never checked) raise the RuntimeError
