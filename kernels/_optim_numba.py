@@ -333,25 +333,25 @@ def _fused_rows(which, W, A, B, M, G, rs, coef, keys, pos, grow, nxt, heads, nh,
         e = heads[u]
         row = keys[e]
         if direct and nxt[e] < 0:
-            r = grow[e] * rs
+            r = np.uint64(grow[e] * rs)  # unsigned: an index that needs no wraparound check
             for k in range(D):
-                W[row, k] = W[row, k] - h0 * (G[r + k] + zero)  # 0 + g, as below
+                W[row, k] = W[row, k] - h0 * (G[r + np.uint64(k)] + zero)  # 0 + g, as below
             continue
         for k in range(D):
             acc[k] = 0.0
         single = nxt[e] < 0
         while e >= 0:
-            r = grow[e] * rs
+            r = np.uint64(grow[e] * rs)
             if scaled:
                 c = coef[pos[e]]
                 for k in range(D):
-                    acc[k] += W.dtype.type(np.float64(G[r + k]) * c)
+                    acc[k] += W.dtype.type(np.float64(G[r + np.uint64(k)]) * c)
             elif single:
                 for k in range(D):
-                    g[k] = G[r + k] + zero  # 0 + g: -0.0 made +0.0, as in the sum
+                    g[k] = G[r + np.uint64(k)] + zero  # 0 + g: -0.0 made +0.0, as in the sum
             else:
                 for k in range(D):
-                    acc[k] += G[r + k]
+                    acc[k] += G[r + np.uint64(k)]
             e = nxt[e]
         if direct:
             for k in range(D):
