@@ -392,22 +392,26 @@ _KEEP_WORKSPACE = 64 << 20
 def _workspace(T, n, B):
     """(keys, pos, grow, nxt, tail, heads, slots) for _fused_parallel: (T, n) int64 keys, (T, n)
     index arrays and (T, a power of two >= 2n) slots, int32 unless 2n or B need int64. Carved from
-    one buffer kept per Python thread (up to _KEEP_WORKSPACE bytes): a fresh allocation of
-    this size each call is served by mmap and page-faults in, which measured slower than the
-    whole grouping pass."""
+    one buffer kept per Python thread (up to _KEEP_WORKSPACE bytes), with the views of the last
+    shape: a fresh allocation of this size each call is served by mmap and page-faults in,
+    which measured slower than the whole grouping pass."""
     index = np.dtype(np.int32 if max(2 * n, B) < 2**31 else np.int64)
+    key = (T, n, index)
+    cached = getattr(_workspaces, "views", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     cap = 1 << max(1, (2 * n - 1).bit_length())
     sizes = (T * n * 8,) + (T * n * index.itemsize,) * 5 + (T * cap * index.itemsize,)
     total = sum(sizes)
     buf = getattr(_workspaces, "buf", None)
     if buf is None or buf.nbytes < total:
         buf = np.empty(total, np.uint8)
-        if total <= _KEEP_WORKSPACE:
-            _workspaces.buf = buf
     parts, at = [], 0
     for size, dtype, cols in zip(sizes, (np.int64,) + (index,) * 6, (n,) * 6 + (cap,)):
         parts.append(buf[at:at + size].view(dtype).reshape(T, cols))
         at += size
+    if total <= _KEEP_WORKSPACE:
+        _workspaces.buf, _workspaces.views = buf, (key, parts)
     return parts
 
 
@@ -422,12 +426,13 @@ def _rows_flat(G):
     gradient, is read in place); others are copied."""
     m, D = G.shape
     item = G.itemsize
-    if m == 0 or D == 0 or not G.flags.c_contiguous and (
-            G.strides[1] != item or G.strides[0] % item or G.strides[0] < D * item):
-        G = np.ascontiguousarray(G)
-    rs = G.strides[0] // item if m > 1 else D
-    length = (m - 1) * rs + D if m else 0
-    return np.lib.stride_tricks.as_strided(G, (length,), (item,), writeable=False), rs
+    if G.flags.c_contiguous:
+        return G.reshape(-1), D
+    if m == 0 or D == 0 or G.strides[1] != item or G.strides[0] % item or \
+            G.strides[0] < D * item:
+        return np.ascontiguousarray(G).reshape(-1), D
+    rs = G.strides[0] // item
+    return np.lib.stride_tricks.as_strided(G, ((m - 1) * rs + D,), (item,)), rs
 
 
 def fused_step(which, W, G, ids, hyper, A=None, B=None, M=None, offsets=None, coef=None):

@@ -474,7 +474,7 @@ class _FusedMixin:
         opt = self.fused_optimizer
         if opt is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
             return False
-        if opt.weights.__array_interface__["data"][0] != self.weight.data_ptr():
+        if opt._address != self.weight.data_ptr():
             raise RuntimeError("the fused optimizer is bound to memory the module's weight no "
                                "longer uses (the weight was replaced); call fuse_optimizer again")
         return True
