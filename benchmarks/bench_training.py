@@ -139,7 +139,8 @@ class SparseTrainingMemory(common.TrainingTiming):
     Above that fixed V*D part, what grows between n = 1,024 and 131,072 is the step's own
     memory, ~n*D (the batch, the coalesced gradient, the step's temporaries): a dense gradient
     would add another V*D*4 bytes. track_step_bytes is that part alone: the peak of NumPy's
-    allocations during one step (tracemalloc), in bytes.
+    allocations during one step (tracemalloc), in bytes, the fused step's workspace included
+    (a Python thread keeps it between steps; it is dropped before the measured one).
     """
 
     vocab_size = 1_000_000
@@ -165,6 +166,9 @@ class SparseTrainingMemory(common.TrainingTiming):
     def track_step_bytes(self, n, dim):
         import tracemalloc
 
+        from kernels._optim_numba import free_workspace
+
+        free_workspace()
         tracemalloc.start()
         try:
             self.opt.step(self.ids, self.G)

@@ -415,6 +415,11 @@ def _workspace(T, n, B):
     return parts
 
 
+def free_workspace():
+    """Drop this Python thread's kept workspace (the next fused step allocates it again)."""
+    _workspaces.__dict__.clear()
+
+
 _NO_INDEX = np.empty(0, np.int64)
 _NO_COEF = np.empty(0, np.float64)
 
