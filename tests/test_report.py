@@ -688,6 +688,55 @@ def test_the_page_shows_the_bag_grids_and_no_not_measured_notice(tmp_path):
     assert vendor.external_refs(html) == []
 
 
+def test_peers_stand_beside_the_winner_and_never_win(tmp_path):
+    """A peers run (make bench-peers) holds torch's forms beside the kernels: each cell names
+    the fastest peer measured on its data and the fastest kernel's speed over it, on the page
+    and in the picture; the winner is still the fastest kernel, even where a peer is faster."""
+    rd = tmp_path / "results"
+    benches = _bag_run(rd)
+    # BagPeers: method x vocab_size 100, 1000 x dim 8 x bag_length 1, 8 (method-major)
+    benches["bench_peers.BagPeers.time_bag"] = (
+        [["'torch_embedding_bag'", "'fbgemm'"], ["100", "1000"], ["8"], ["1", "8"]],
+        [0.5, 4.0, 6.0, None,    # torch: faster than every kernel at (100, 1)
+         0.8, 8.0, 3.0, None])   # fbgemm; nothing measured at (1000, 8)
+    benches["bench_peers.Peers.time_lookup"] = (
+        [["'embedding'", "'index_select_out'"], ["(100, 8)"]], [4.0, 3.0])
+    write_results(rd, "m", "b" * 40, 1, benches)
+    names = {k: ["kernel", "vocab_size", "dim"] + (["bag_length"] if "bags" in k else [])
+             for k in benches}
+    names["bench_peers.BagPeers.time_bag"] = ["method", "vocab_size", "dim", "bag_length"]
+    names["bench_peers.Peers.time_lookup"] = ["method", "table"]
+    write_benchmarks_json(rd, benches, names)
+    grids = grid.compute_grids(results.load(str(rd), "m"))
+    assert not any(g.key.startswith("bench_peers.") for g in grids)
+    by = {(g.key, g.facets.get("bag_length")): g for g in grids}
+    one, eight = by[(BAG_BENCH, 1)], by[(BAG_BENCH, 8)]
+    assert one.peer_key == "bench_peers.BagPeers.time_bag"
+    assert one.winners() == BAG_WINNERS[1] and eight.winners() == BAG_WINNERS[8]
+    c = one.cells[(100, 8)]
+    assert c.best == "numba_gather" and c.peers == {"torch_embedding_bag": 0.5, "fbgemm": 0.8}
+    assert c.best_peer == "torch_embedding_bag" and c.vs_peer == pytest.approx(0.5)
+    assert one.cells[(1000, 8)].vs_peer == pytest.approx(3.0)  # fbgemm 3.0 / numpy_take 1.0
+    assert eight.cells[(100, 8)].vs_peer == pytest.approx(4.0)
+    assert eight.cells[(1000, 8)].peers == {} and eight.cells[(1000, 8)].vs_peer is None
+    lookup = by[("bench_lookup.Lookup.time_lookup", None)]
+    assert lookup.cells[(100, 8)].best_peer == "index_select_out"
+    assert lookup.cells[(100, 8)].vs_peer == pytest.approx(3.0)
+    assert by[("bench_grad.LookupGrad.time_lookup_grad", None)].peer_key is None
+
+    html_dir = tmp_path / "html"
+    crossover.write_crossover(str(html_dir), str(rd), "m", log=lambda m: None,
+                              warn=lambda m: None)
+    html = (html_dir / "crossover.html").read_text()
+    section = html.split(f'id="{one.slug}"', 1)[1].split("<h2", 1)[0]
+    assert "peers <code>bench_peers.BagPeers.time_bag</code>" in section
+    assert 'data-peer="torch_embedding_bag">0.50x vs peer torch_embedding_bag' in section
+    assert 'data-kernel="torch_embedding_bag"' not in html and vendor.external_refs(html) == []
+    if page.matplotlib is not None:
+        svg = (html_dir / "crossover" / f"{one.slug}.svg").read_text()
+        assert "vs peer" in svg
+
+
 def test_a_run_without_bag_results_says_bags_were_not_measured(tmp_path):
     rd = tmp_path / "results"
     _bag_run(rd, with_bags=False)

@@ -10,7 +10,9 @@ kernel, and for every value of its other parameters (distribution, dtype, bag_le
 * the fastest kernel (smallest time),
 * its speed-up over REFERENCE_KERNEL (time of the reference / time of the fastest),
 * its bandwidth (the same class's ``track_bandwidth``, GB/s) as a % of the plain copy
-  (``Roofline.track_bandwidth`` at the same dim: same byte formula).
+  (``Roofline.track_bandwidth`` at the same dim: same byte formula),
+* where peers were measured on the same data (PEER_BENCHMARKS: torch's and FBGEMM's forms,
+  ``make bench-peers``), the fastest peer and the fastest kernel's speed-up over it.
 """
 from __future__ import annotations
 
@@ -39,6 +41,16 @@ benchmarks, in the order the page shows them; others get a title from their name
 
 _FACET_ORDER = ["distribution", "dtype"]
 
+PEER_BENCHMARKS = {
+    "bench_lookup.Lookup.time_lookup": "bench_peers.Peers.time_lookup",
+    "bench_bags.Bags.time_bag": "bench_peers.BagPeers.time_bag",
+}
+"""Kernel benchmark -> the benchmark timing peers (torch's forms, FBGEMM's; measured by `make
+bench-peers`) on the same data, each peer a value of its PEER_PARAM. A cell shows the fastest
+peer beside the fastest kernel; a peer is never the cell's winner (kernel="auto" chooses among
+this package's kernels)."""
+PEER_PARAM = "method"
+
 
 @dataclasses.dataclass
 class Cell:
@@ -50,6 +62,18 @@ class Cell:
     bw: float | None = None  # GB/s of the best kernel
     bw_pct: float | None = None  # % of the Roofline copy at the same dim
     times: dict = dataclasses.field(default_factory=dict)
+    peers: dict = dataclasses.field(default_factory=dict)  # peer name -> time
+
+    @property
+    def best_peer(self) -> str | None:
+        return min(self.peers, key=self.peers.get) if self.peers else None
+
+    @property
+    def vs_peer(self) -> float | None:
+        """The fastest peer's time / the fastest kernel's (> 1: the kernel is faster)."""
+        if not self.peers or self.time is None:
+            return None
+        return self.peers[self.best_peer] / self.time
 
 
 @dataclasses.dataclass
@@ -63,6 +87,7 @@ class Grid:
     cells: dict  # (vocab_size, dim) -> Cell
     has_bandwidth: bool
     has_roofline: bool
+    peer_key: str | None = None  # the peers' benchmark, when the results hold it
 
     @property
     def label(self) -> str:
@@ -132,6 +157,22 @@ def unmeasured_operations(grids) -> list:
     return [op for op in OPERATIONS.values() if op.benchmark not in measured]
 
 
+def _peer_times(run: Run, key: str):
+    """(peers' benchmark, {(param, value) pairs but the peer's name: {peer: time}}) of kernel
+    benchmark `key`, or (None, {}) when it has no peers or the results hold none measured."""
+    peer_key = PEER_BENCHMARKS.get(key)
+    r = records(run, peer_key) if peer_key else None
+    if r is None or PEER_PARAM not in r[0]:
+        return None, {}
+    pn, recs = r
+    names = [n for n in pn if n != PEER_PARAM]
+    by = {}
+    for p, v in recs:
+        if is_time(v):
+            by.setdefault(_key(p, names), {})[p[PEER_PARAM]] = v
+    return (peer_key, by) if by else (None, {})
+
+
 def compute_grids(run: Run) -> list[Grid]:
     """One Grid per (timing benchmark over kernel x vocab_size x dim, facet values)."""
     grids = []
@@ -151,6 +192,8 @@ def compute_grids(run: Run) -> list[Grid]:
         kernels = _ordered(p["kernel"] for p, _ in recs)
         vocabs = _ordered(p["vocab_size"] for p, _ in recs)
         dims = _ordered(p["dim"] for p, _ in recs)
+        peer_key, peer_times = _peer_times(run, key)
+        peer_names = [n for n, _ in next(iter(peer_times), ())]
         for fv in _ordered(tuple(p[n] for n in facet_names) for p, _ in recs):
             facets = dict(defaults)
             facets.update(zip(facet_names, fv))
@@ -165,6 +208,8 @@ def compute_grids(run: Run) -> list[Grid]:
                         v = times.get(_key(dict(base, kernel=k), pn))
                         if is_time(v):
                             cell.times[k] = v
+                    if peer_times:
+                        cell.peers = dict(peer_times.get(_key(base, peer_names), {}))
                     if cell.times:
                         cell.best = min(cell.times, key=cell.times.get)
                         cell.time = cell.times[cell.best]
@@ -180,5 +225,6 @@ def compute_grids(run: Run) -> list[Grid]:
                                     cell.bw_pct = 100.0 * b / c
                     cells[(V, D)] = cell
             grids.append(Grid(key, title, facets, vocabs, dims, kernels, cells,
-                              has_bandwidth=bool(bw), has_roofline=roof is not None))
+                              has_bandwidth=bool(bw), has_roofline=roof is not None,
+                              peer_key=peer_key))
     return grids

@@ -56,6 +56,11 @@ def _fmt_pct(x):
     return "n/a" if x is None else f"{x:.0f}%"
 
 
+def _peer_text(c) -> str:
+    """The fastest peer and the fastest kernel's speed-up over it ("" without peers)."""
+    return "" if c.vs_peer is None else f"{c.vs_peer:.2f}x vs peer {c.best_peer}"
+
+
 def draw_grid(grid: Grid, path: str) -> None:
     """A heatmap-like picture: rows vocab_size, columns dim, colour = fastest kernel."""
     nV, nD = len(grid.vocab_sizes), len(grid.dims)
@@ -68,6 +73,8 @@ def draw_grid(grid: Grid, path: str) -> None:
                                    linewidth=2, alpha=0.85 if c.best else 1.0))
             if c.best:
                 text = f"{c.best}\n{_speedup_text(c)}\n{_fmt_pct(c.bw_pct)} of copy"
+                if c.vs_peer is not None:
+                    text += f"\n{_peer_text(c)}"
                 ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7.5,
                         color="black" if c.best == REFERENCE_KERNEL else "white", weight="bold")
             else:
@@ -111,6 +118,7 @@ table.grid { border-collapse: collapse; margin: .8em 0; font-size: .85em; }
 table.grid th, table.grid td { border: 1px solid #ccc; padding: .3em .6em; text-align: center; }
 table.grid th { background: #f4f4f4; }
 td .k { font-weight: bold; display: block; }
+td .peer { display: block; color: #555; font-size: .92em; }
 td.na { color: #999; }
 img.grid { max-width: 100%; height: auto; border: 1px solid #eee; }
 a.back { font-size: .9em; }
@@ -138,11 +146,15 @@ def _grid_table(grid: Grid) -> str:
             if c.best is None:
                 tds.append("<td class=\"na\">n/a</td>")
                 continue
+            peer = ""
+            if c.vs_peer is not None:
+                peer = (f"<span class=\"peer\" data-peer=\"{_e(c.best_peer)}\">"
+                        f"{_e(_peer_text(c))}</span>")
             tds.append(
                 f"<td data-kernel=\"{_e(c.best)}\" "
                 f"style=\"border-left: 6px solid {colour(c.best, grid.kernels)}\">"
                 f"<span class=\"k\">{_e(c.best)}</span>{_e(_fmt_speedup(c.speedup))}"
-                f" &middot; {_e(_fmt_pct(c.bw_pct))} of copy</td>")
+                f" &middot; {_e(_fmt_pct(c.bw_pct))} of copy{peer}</td>")
         label = f"{V:,}" if isinstance(V, int) else str(V)
         rows.append(f"<tr><th>{_e(label)}</th>{''.join(tds)}</tr>")
     rows.append("</tbody></table>")
@@ -199,7 +211,11 @@ def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, e
             "benchmark's <code>track_bandwidth</code>) as a percentage of the plain copy of the "
             "same number of bytes (<code>Roofline.track_bandwidth</code> at the same dim). "
             "n/a: no kernel measured there, or the number is missing. Bags: one grid per "
-            "bag length (ids per bag).</p>")
+            "bag length (ids per bag). Where peers were measured on the same data (torch's "
+            "and FBGEMM's forms, by <code>make bench-peers</code>), the cell also names the "
+            "fastest peer and the fastest kernel's speed-up over it (the peer's time / the "
+            "kernel's; below 1.00x the peer is faster). A peer is never a cell's winner: "
+            "<code>kernel=\"auto\"</code> chooses among this package's kernels.</p>")
         if unmeasured:
             out.append(_unmeasured_notice(unmeasured))
         out.append("<ul>" + "".join(f"<li><a href=\"#{_e(g.slug)}\">{_e(g.label)}</a></li>"
@@ -207,6 +223,7 @@ def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, e
         for g in grids:
             out.append(f"<h2 id=\"{_e(g.slug)}\">{_e(g.label)}</h2>")
             out.append(f"<p class=\"meta\">benchmark <code>{_e(g.key)}</code>"
+                       + (f"; peers <code>{_e(g.peer_key)}</code>" if g.peer_key else "")
                        + ("" if g.has_bandwidth else " &mdash; no track_bandwidth results")
                        + ("" if g.has_roofline else " &mdash; no Roofline results") + "</p>")
             if not g.measured:
