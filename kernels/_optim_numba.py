@@ -231,6 +231,63 @@ def sort_ids(ids, vocab_size):
     return rows, starts, pos
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _run_sums(G, rs, src, coef, starts, pos, values, lo, hi):
+    """values[u] for runs lo..hi-1 of the sorted ids: the gradient rows of run u's entries p
+    (pos[starts[u]:starts[u + 1]], in id order) summed in float64 and rounded once to values'
+    dtype. G is flat with row stride rs (see _fused_rows); entry p adds G's row p (src empty)
+    or row src[p], times coef[p] rounded to values' dtype when coef is not empty."""
+    D = values.shape[1]
+    acc = np.empty(D, np.float64)
+    scaled = coef.shape[0] > 0
+    for u in range(lo, hi):
+        for k in range(D):
+            acc[k] = 0.0
+        for j in range(starts[u], starts[u + 1]):
+            p = pos[j]
+            r = np.uint64((p if src.shape[0] == 0 else src[p]) * rs)
+            if scaled:
+                c = coef[p]
+                for k in range(D):
+                    acc[k] += values.dtype.type(np.float64(G[r + np.uint64(k)]) * c)
+            else:
+                for k in range(D):
+                    acc[k] += G[r + np.uint64(k)]
+        for k in range(D):
+            values[u, k] = acc[k]
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _run_sums_parallel(G, rs, src, coef, starts, pos, values, nthreads):
+    m = values.shape[0]
+    for t in prange(nthreads):
+        _run_sums(G, rs, src, coef, starts, pos, values, m * t // nthreads,
+                  m * (t + 1) // nthreads)
+
+
+def coalesced(G, ids, vocab_size, src=None, coef=None):
+    """(rows, values) of the coalesced gradient of checked ids (n,): rows the sorted unique ids
+    (int64, sort_ids), values[u] the sum in id order of row u's gradient rows, G[p] (lookups:
+    G (n, D)) or G[src[p]] times coef[p] rounded to G's dtype (bags: G (B, D), src the bag of
+    each id, coef float64 or None for 1), in float64 rounded once: the bits of the compiled
+    scatter-add of those rows, without an (n, D) array of them. G is read in place when its
+    rows are contiguous."""
+    rows, starts, pos = sort_ids(ids, vocab_size)
+    m, D = rows.shape[0], G.shape[1]
+    values = np.empty((m, D), G.dtype)
+    if m == 0:
+        return rows, values
+    src = _NO_INDEX if src is None else src
+    coef = _NO_COEF if coef is None else coef
+    flat, rs = _rows_flat(G)
+    T = min(_numba_threads(threads_for(ids.shape[0] * D * G.itemsize * 2)), m)
+    if T == 1:
+        _run_sums(flat, rs, src, coef, starts, pos, values, 0, m)
+    else:
+        _run_parallel(_run_sums_parallel, flat, rs, src, coef, starts, pos, values, T)
+    return rows, values
+
+
 _OWNER_HASH = np.uint64(0x9E3779B97F4A7C15)
 _SLOT_HASH = np.uint64(0xC2B2AE3D27D4EB4F)
 OWNER_BLOCK = 2

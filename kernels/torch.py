@@ -116,13 +116,18 @@ def _np_or_none(t: Tensor | None):
 
 # -- the lookup ---------------------------------------------------------------------------------
 
-@torch.library.custom_op(f"{NAMESPACE}::embedding", mutates_args=())
-def _embedding(weight: Tensor, indices: Tensor, padding_idx: int | None, sparse: bool,
-               kernel: str) -> Tensor:
+def _lookup_forward(weight, indices, padding_idx, sparse, kernel):
     """weight[indices] by the kernels (padding_idx and sparse only matter to the backward)."""
     out = torch.empty(tuple(indices.shape) + (weight.shape[1],), dtype=weight.dtype)
     kernels.lookup(_np(weight), _np(indices), kernel=kernel, out=out.numpy())
     return out
+
+
+@torch.library.custom_op(f"{NAMESPACE}::embedding", mutates_args=())
+def _embedding(weight: Tensor, indices: Tensor, padding_idx: int | None, sparse: bool,
+               kernel: str) -> Tensor:
+    """weight[indices] by the kernels (padding_idx and sparse only matter to the backward)."""
+    return _lookup_forward(weight, indices, padding_idx, sparse, kernel)
 
 
 @_embedding.register_fake
@@ -141,13 +146,19 @@ def _grad_of_lookup(grad, indices, num_weights, padding_idx, kernel, sparse):
                                    padding_idx=padding_idx, sparse=sparse, kernel=kernel)
 
 
+def _lookup_backward(grad, indices, num_weights, padding_idx, kernel):
+    """The dense (num_weights, D) gradient of `embedding` (a fresh np.zeros: rows no id hits
+    are never written)."""
+    return torch.from_numpy(_grad_of_lookup(grad, indices, num_weights, padding_idx, kernel,
+                                            False))
+
+
 @torch.library.custom_op(f"{NAMESPACE}::embedding_backward", mutates_args=())
 def _embedding_backward(grad: Tensor, indices: Tensor, num_weights: int,
                         padding_idx: int | None, kernel: str) -> Tensor:
     """The dense (num_weights, D) gradient of `embedding` (a fresh np.zeros: rows no id hits
     are never written)."""
-    return torch.from_numpy(_grad_of_lookup(grad, indices, num_weights, padding_idx, kernel,
-                                            False))
+    return _lookup_backward(grad, indices, num_weights, padding_idx, kernel)
 
 
 @_embedding_backward.register_fake
@@ -155,13 +166,19 @@ def _(grad, indices, num_weights, padding_idx, kernel):
     return grad.new_empty((num_weights, grad.shape[-1]))
 
 
+def _lookup_sparse_backward(grad, indices, num_weights, padding_idx, kernel):
+    """(rows, values) of `embedding`'s gradient: the sorted unique non-padding ids (int64) and
+    each one's summed gradient row (kernels.SparseGrad)."""
+    sg = _grad_of_lookup(grad, indices, num_weights, padding_idx, kernel, True)
+    return torch.from_numpy(sg.rows), torch.from_numpy(sg.values)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::embedding_sparse_backward", mutates_args=())
 def _embedding_sparse_backward(grad: Tensor, indices: Tensor, num_weights: int,
                                padding_idx: int | None, kernel: str) -> tuple[Tensor, Tensor]:
     """(rows, values) of `embedding`'s gradient: the sorted unique non-padding ids (int64) and
     each one's summed gradient row (kernels.SparseGrad)."""
-    sg = _grad_of_lookup(grad, indices, num_weights, padding_idx, kernel, True)
-    return torch.from_numpy(sg.rows), torch.from_numpy(sg.values)
+    return _lookup_sparse_backward(grad, indices, num_weights, padding_idx, kernel)
 
 
 @_embedding_sparse_backward.register_fake
@@ -197,20 +214,39 @@ def _embedding_setup(ctx, inputs, output):
     ctx.padding_idx, ctx.sparse, ctx.kernel = padding_idx, sparse, kernel
 
 
-def _embedding_grad(ctx, grad):
+def _embedding_grad(ctx, grad, eager=False):
+    """The lookup's backward: through the backward operators (the registered autograd formula),
+    or, eager, through the same functions called directly."""
     if not ctx.needs_input_grad[0]:
         return None, None, None, None, None
     (indices,) = ctx.saved_tensors
     V = ctx.num_weights
     if ctx.sparse:
-        rows, values = _embedding_sparse_backward(grad, indices, V, ctx.padding_idx, ctx.kernel)
+        rows, values = (_lookup_sparse_backward if eager else _embedding_sparse_backward)(
+            grad, indices, V, ctx.padding_idx, ctx.kernel)
         dW = _sparse_coo(rows, values, V)
     else:
-        dW = _embedding_backward(grad, indices, V, ctx.padding_idx, ctx.kernel)
+        dW = (_lookup_backward if eager else _embedding_backward)(
+            grad, indices, V, ctx.padding_idx, ctx.kernel)
     return dW, None, None, None, None
 
 
 _embedding.register_autograd(_embedding_grad, setup_context=_embedding_setup)
+
+
+class _EagerLookup(torch.autograd.Function):
+    """embedding outside torch.compile: the operator's forward, setup and backward called as
+    Python functions (see _EagerBag)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _lookup_forward(*inputs)
+        _embedding_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _embedding_grad(ctx, grad, eager=True)
 
 
 def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, *,
@@ -220,16 +256,19 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, *,
     sparse=True makes weight's gradient a coalesced sparse COO tensor. Any integer dtype of ids."""
     _check_weight(weight)
     _check_ids(input)
-    pad = _padding(padding_idx, weight.shape[0])
-    return _embedding(weight, input, pad, bool(sparse), _kernel_name(kernel))
+    args = (weight, input, _padding(padding_idx, weight.shape[0]), bool(sparse),
+            _kernel_name(kernel))
+    if torch.compiler.is_compiling():
+        return _embedding(*args)
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return _EagerLookup.apply(*args)
+    return _lookup_forward(*args)
 
 
 # -- bags -----------------------------------------------------------------------------------------
 
-@torch.library.custom_op(f"{NAMESPACE}::embedding_bag", mutates_args=())
-def _embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
-                   per_sample_weights: Tensor | None, mode: str, padding_idx: int | None,
-                   include_last_offset: bool, sparse: bool, kernel: str) -> Tensor:
+def _bag_forward(weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                 include_last_offset, sparse, kernel):
     """kernels.lookup_bag on 1-D indices and offsets: (B, D)."""
     B = offsets.shape[0] - int(include_last_offset)
     out = torch.empty((max(B, 0), weight.shape[1]), dtype=weight.dtype)
@@ -238,6 +277,15 @@ def _embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
                        padding_idx=padding_idx, include_last_offset=include_last_offset,
                        kernel=kernel, out=out.numpy())
     return out
+
+
+@torch.library.custom_op(f"{NAMESPACE}::embedding_bag", mutates_args=())
+def _embedding_bag(weight: Tensor, indices: Tensor, offsets: Tensor,
+                   per_sample_weights: Tensor | None, mode: str, padding_idx: int | None,
+                   include_last_offset: bool, sparse: bool, kernel: str) -> Tensor:
+    """kernels.lookup_bag on 1-D indices and offsets: (B, D)."""
+    return _bag_forward(weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                        include_last_offset, sparse, kernel)
 
 
 @_embedding_bag.register_fake
@@ -263,15 +311,22 @@ def _psw_out(dpsw, grad):
     return grad.new_empty((0,)) if dpsw is None else torch.from_numpy(dpsw)
 
 
+def _bag_backward(grad, weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                  include_last_offset, kernel):
+    """(dW (V, D), the gradient of per_sample_weights, or an empty tensor without them)."""
+    dW, dpsw = _grad_of_bags(grad, weight, indices, offsets, per_sample_weights, mode,
+                             padding_idx, include_last_offset, kernel, False)
+    return torch.from_numpy(dW), _psw_out(dpsw, grad)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::embedding_bag_backward", mutates_args=())
 def _embedding_bag_backward(grad: Tensor, weight: Tensor, indices: Tensor, offsets: Tensor,
                             per_sample_weights: Tensor | None, mode: str,
                             padding_idx: int | None, include_last_offset: bool,
                             kernel: str) -> tuple[Tensor, Tensor]:
     """(dW (V, D), the gradient of per_sample_weights, or an empty tensor without them)."""
-    dW, dpsw = _grad_of_bags(grad, weight, indices, offsets, per_sample_weights, mode,
-                             padding_idx, include_last_offset, kernel, False)
-    return torch.from_numpy(dW), _psw_out(dpsw, grad)
+    return _bag_backward(grad, weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                         include_last_offset, kernel)
 
 
 @_embedding_bag_backward.register_fake
@@ -282,6 +337,15 @@ def _(grad, weight, indices, offsets, per_sample_weights, mode, padding_idx,
     return weight.new_empty(weight.shape), psw
 
 
+def _bag_sparse_backward(grad, weight, indices, offsets, per_sample_weights, mode, padding_idx,
+                         include_last_offset, kernel):
+    """(rows, values, the gradient of per_sample_weights or an empty tensor): the touched
+    non-padding rows and their summed gradients (kernels.SparseGrad)."""
+    sg, dpsw = _grad_of_bags(grad, weight, indices, offsets, per_sample_weights, mode,
+                             padding_idx, include_last_offset, kernel, True)
+    return torch.from_numpy(sg.rows), torch.from_numpy(sg.values), _psw_out(dpsw, grad)
+
+
 @torch.library.custom_op(f"{NAMESPACE}::embedding_bag_sparse_backward", mutates_args=())
 def _embedding_bag_sparse_backward(grad: Tensor, weight: Tensor, indices: Tensor,
                                    offsets: Tensor, per_sample_weights: Tensor | None,
@@ -289,9 +353,8 @@ def _embedding_bag_sparse_backward(grad: Tensor, weight: Tensor, indices: Tensor
                                    kernel: str) -> tuple[Tensor, Tensor, Tensor]:
     """(rows, values, the gradient of per_sample_weights or an empty tensor): the touched
     non-padding rows and their summed gradients (kernels.SparseGrad)."""
-    sg, dpsw = _grad_of_bags(grad, weight, indices, offsets, per_sample_weights, mode,
-                             padding_idx, include_last_offset, kernel, True)
-    return torch.from_numpy(sg.rows), torch.from_numpy(sg.values), _psw_out(dpsw, grad)
+    return _bag_sparse_backward(grad, weight, indices, offsets, per_sample_weights, mode,
+                                padding_idx, include_last_offset, kernel)
 
 
 @_embedding_bag_sparse_backward.register_fake
@@ -312,7 +375,9 @@ def _bag_setup(ctx, inputs, output):
     ctx.sparse, ctx.kernel = sparse, kernel
 
 
-def _bag_grad(ctx, grad):
+def _bag_grad(ctx, grad, eager=False):
+    """The bags' backward: through the backward operators (traceable: the registered autograd
+    formula), or, eager, through the same functions called directly."""
     weight, indices, offsets, psw = ctx.saved_tensors
     need_w, need_psw = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
     if not (need_w or need_psw):
@@ -320,14 +385,31 @@ def _bag_grad(ctx, grad):
     args = (grad, weight, indices, offsets, psw, ctx.mode, ctx.padding_idx,
             ctx.include_last_offset, ctx.kernel)
     if ctx.sparse:
-        rows, values, dpsw = _embedding_bag_sparse_backward(*args)
+        rows, values, dpsw = (_bag_sparse_backward if eager else
+                              _embedding_bag_sparse_backward)(*args)
         dW = _sparse_coo(rows, values, weight.shape[0])
     else:
-        dW, dpsw = _embedding_bag_backward(*args)
+        dW, dpsw = (_bag_backward if eager else _embedding_bag_backward)(*args)
     return (dW if need_w else None, None, None, dpsw if need_psw else None) + (None,) * 5
 
 
 _embedding_bag.register_autograd(_bag_grad, setup_context=_bag_setup)
+
+
+class _EagerBag(torch.autograd.Function):
+    """embedding_bag outside torch.compile: the operator's forward, setup and backward called
+    as Python functions. The same results as the operator, without its dispatch (measured: a
+    custom operator call costs about 45 us more than the function under it)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out = _bag_forward(*inputs)
+        _bag_setup(ctx, inputs, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _bag_grad(ctx, grad, eager=True)
 
 
 def _flat_bags(input, offsets, per_sample_weights, include_last_offset):
@@ -369,8 +451,14 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     input, offsets, per_sample_weights, last = _flat_bags(input, offsets, per_sample_weights,
                                                           include_last_offset)
     pad = _padding(padding_idx, weight.shape[0])
-    return _embedding_bag(weight, input, offsets, per_sample_weights, mode, pad, bool(last),
-                          bool(sparse), _kernel_name(kernel))
+    args = (weight, input, offsets, per_sample_weights, mode, pad, bool(last), bool(sparse),
+            _kernel_name(kernel))
+    if torch.compiler.is_compiling():
+        return _embedding_bag(*args)
+    if torch.is_grad_enabled() and (weight.requires_grad or (
+            per_sample_weights is not None and per_sample_weights.requires_grad)):
+        return _EagerBag.apply(*args)
+    return _bag_forward(*args)
 
 
 # -- the fused optimizer step ------------------------------------------------------------------

@@ -263,6 +263,7 @@ def test_gradcheck_embedding_float64():
     W = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
     ids = torch.tensor([[0, 5, 5], [11, 2, 5]])
     assert torch.autograd.gradcheck(lambda w: kt.embedding(ids, w), (W,))
+    assert torch.autograd.gradcheck(lambda w: kt._embedding(w, ids, None, False, "auto"), (W,))
     # (with padding_idx the forward still returns the padding row, whose gradient is withheld
     # by definition, as in torch: no gradcheck there)
 
@@ -274,11 +275,52 @@ def test_gradcheck_embedding_bag_float64(mode):
     ids = torch.tensor([0, 5, 5, 11, 2, 7, 7, 1])
     off = torch.tensor([0, 3, 3, 6])
     assert torch.autograd.gradcheck(lambda w: kt.embedding_bag(ids, w, off, mode=mode), (W,))
+    assert torch.autograd.gradcheck(  # the operator itself (the eager call bypasses it)
+        lambda w: kt._embedding_bag(w, ids, off, None, mode, None, False, False, "auto"), (W,))
     if mode != "max":
         psw = torch.rand(8, dtype=torch.float64, generator=g).add_(0.5).requires_grad_()
         assert torch.autograd.gradcheck(
             lambda w, p: kt.embedding_bag(ids, w, off, mode=mode, per_sample_weights=p,
                                           padding_idx=7), (W, psw))
+        assert torch.autograd.gradcheck(
+            lambda w, p: kt._embedding_bag(w, ids, off, p, mode, 7, False, False, "auto"),
+            (W, psw))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_eager_calls_and_the_operators_give_the_same_bits(sparse):
+    """Outside torch.compile the functional forms call the operators' functions directly (no
+    dispatch); forward, the table's gradient and per_sample_weights' are the operators' bits."""
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 30, (40,), generator=g)
+    off = torch.tensor([0, 5, 5, 17, 30])
+    for dtype in (torch.float32, torch.float64):
+        W0 = torch.randn(30, 6, dtype=dtype, generator=g)
+        p0 = torch.rand(40, dtype=dtype, generator=g)
+        for mode in ("sum", "mean", "max", "sqrtn"):
+            got = []
+            for eager in (True, False):
+                W = W0.clone().requires_grad_()
+                p = None if mode == "max" else p0.clone().requires_grad_()
+                if eager:
+                    out = kt.embedding_bag(ids, W, off, mode=mode, per_sample_weights=p,
+                                           padding_idx=4, sparse=sparse)
+                else:
+                    out = kt._embedding_bag(W, ids, off, p, mode, 4, False, sparse, "auto")
+                (out * torch.arange(out.numel(), dtype=dtype).reshape(out.shape)).sum().backward()
+                got.append((out.detach(), W.grad.to_dense(), None if p is None else p.grad))
+            for a, b in zip(*got):
+                if a is not None:
+                    assert torch.equal(a, b)
+        W = W0.clone().requires_grad_()
+        outs = []
+        for fn in (lambda w: kt.embedding(ids.reshape(8, 5), w, 3, sparse=sparse),
+                   lambda w: kt._embedding(w, ids.reshape(8, 5), 3, sparse, "auto")):
+            W.grad = None
+            out = fn(W)
+            out.pow(2).sum().backward()
+            outs.append((out.detach(), W.grad.to_dense()))
+        assert all(torch.equal(a, b) for a, b in zip(*outs))
 
 
 @pytest.mark.parametrize("sparse", [False, True])
