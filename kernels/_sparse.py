@@ -196,6 +196,10 @@ def lookup_grad(kernel, grad, ids, vocab_size) -> SparseGrad:
     """Kernel.lookup_grad(..., sparse=True): the SparseGrad of dW[ids[k]] += grad[k]."""
     _, G, fmt, _, flat, V = LOOKUP_GRAD.check(grad, ids, vocab_size)
     scatter = kernel.function(LOOKUP_GRAD, fmt)
+    if kernel.compiled:  # each row summed from G's rows in id order: the scatter's bits
+        from kernels._optim_numba import coalesced
+
+        return SparseGrad._trusted(*coalesced(G, flat, V), V)
     return coalesce(kernel, scatter, G, flat, V)
 
 
