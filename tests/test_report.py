@@ -734,7 +734,7 @@ def test_peers_stand_beside_the_winner_and_never_win(tmp_path):
     assert 'data-kernel="torch_embedding_bag"' not in html and vendor.external_refs(html) == []
     if page.matplotlib is not None:
         svg = (html_dir / "crossover" / f"{one.slug}.svg").read_text()
-        assert "vs peer" in svg
+        assert "vs peer" in svg and "torch_embedding_bag" in svg
 
 
 def test_a_run_without_bag_results_says_bags_were_not_measured(tmp_path):
