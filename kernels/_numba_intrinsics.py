@@ -33,27 +33,40 @@ def copy_row(typingctx, out, i, W, j):
     return sig, codegen
 
 
-@intrinsic
-def prefetch_row(typingctx, W, j):
-    """Ask the CPU to start loading every cache line of the contiguous row W[j, :]."""
-    sig = types.void(W, types.intp)
+def _prefetch_lines(context, builder, ptr, nbytes, rw=0, locality=3):
+    """Emit llvm.prefetch (rw 0: to read, 1: to write) of every 64-byte line of nbytes from ptr."""
+    i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    zero = context.get_constant(types.intp, 0)
+    line = context.get_constant(types.intp, 64)
+    with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
+        builder.call(fn, [builder.gep(i8p, [offset]), i32(rw), i32(locality), i32(1)])
 
+
+def _prefetch_row_codegen(rw):
+    """The code of a prefetch of every line of the contiguous row W[j, :]."""
     def codegen(context, builder, signature, args):
         wty, _ = signature.args
         src, ncols = _row_pointer(context, builder, wty, args[0], args[1])
-        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         itemsize = context.get_abi_sizeof(context.get_data_type(wty.dtype))
         nbytes = builder.mul(ncols, context.get_constant(types.intp, itemsize))
-        zero = context.get_constant(types.intp, 0)
-        line = context.get_constant(types.intp, 64)
-        with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
-            builder.call(fn, [builder.gep(i8p, [offset]), i32(0), i32(3), i32(1)])
+        _prefetch_lines(context, builder, src, nbytes, rw)
         return context.get_dummy_value()
+    return codegen
 
-    return sig, codegen
+
+@intrinsic
+def prefetch_row_w(typingctx, W, j):
+    """prefetch_row for a row about to be written (prefetchw: the lines arrive writable)."""
+    return types.void(W, types.intp), _prefetch_row_codegen(1)
+
+
+@intrinsic
+def prefetch_row(typingctx, W, j):
+    """Ask the CPU to start loading every cache line of the contiguous row W[j, :]."""
+    return types.void(W, types.intp), _prefetch_row_codegen(0)
 
 
 @intrinsic
@@ -66,16 +79,9 @@ def prefetch_span(typingctx, a, i, count):
         aty, _, _ = signature.args
         arr = context.make_array(aty)(context, builder, args[0])
         src = cgutils.get_item_pointer(context, builder, aty, arr, [args[1]], wraparound=False)
-        i8p = builder.bitcast(src, ir.IntType(8).as_pointer())
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         itemsize = context.get_abi_sizeof(context.get_data_type(aty.dtype))
-        nbytes = builder.mul(args[2], context.get_constant(types.intp, itemsize))
-        zero = context.get_constant(types.intp, 0)
-        line = context.get_constant(types.intp, 64)
-        with cgutils.for_range_slice(builder, zero, nbytes, line) as (offset, _):
-            builder.call(fn, [builder.gep(i8p, [offset]), i32(0), i32(3), i32(1)])
+        _prefetch_lines(context, builder, src,
+                        builder.mul(args[2], context.get_constant(types.intp, itemsize)))
         return context.get_dummy_value()
 
     return sig, codegen
