@@ -770,3 +770,13 @@ def test_the_asv_environments_hold_every_runtime_dependency(config):
     req = {k.lower().replace("_", "-") for k in conf["matrix"]["req"]}
     assert "--no-deps" in " ".join(conf["install_command"])
     assert names <= req, f"{config} lacks {sorted(names - req)}"
+
+
+def test_recsys_tables_start_on_a_cache_line_as_a_torch_modules_weight_does():
+    for shape, dtype in (((1000, 64), np.float32), ((3, 5), np.float64), ((0, 64), np.float32)):
+        a = common.aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
+        assert a.flags.writeable and (a.size == 0 or a.ctypes.data % 64 == 0)
+    W = common.recsys_table(10_000, 64, seed=1)
+    assert W.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(W[4096:8192], W[:4096])  # the tiled block, as before
