@@ -16,7 +16,10 @@ Operators (torch.library.custom_op, namespace "embedding_kernels"): `embedding`,
 `embedding_bag` and their backward operators (dense, and sparse: the touched rows and their
 summed gradients). Each has a fake implementation (shapes only), so `torch.compile` traces the
 modules without a graph break, and an autograd formula (torch.library.register_autograd), so
-`torch.autograd.gradcheck` passes in float64. `torch.jit.script` is not supported.
+`torch.autograd.gradcheck` passes in float64. `torch.jit.script` is not supported. Outside
+torch.compile the functional forms call the operators' Python functions directly (through
+_eager_function's autograd.Function, or plainly under no_grad): the same results without a
+custom operator's dispatch.
 
 Zero copy: a CPU tensor reaches the kernels as a NumPy view of its memory (`detach().numpy()`),
 and each output is either a `torch.empty` whose NumPy view the kernel writes into (`out=`) or an
