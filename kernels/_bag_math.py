@@ -66,6 +66,14 @@ def without_padding(ids, offsets, pad, per_id=None):
     return ids[keep], offsets, None if per_id is None else per_id[keep]
 
 
+def kept_entries(ids, offsets, mode, psw, pad):
+    """(ids, offsets, coef) of the ids a bag's backward adds: the non-padding ids, their bags'
+    bounds renumbered (without_padding), and each one's float64 factor (coefficients), or None
+    where every factor is 1 (mode sum without per_sample_weights)."""
+    coef = None if mode == "sum" and psw is None else coefficients(ids, offsets, mode, psw, pad)
+    return without_padding(ids, offsets, pad, coef)
+
+
 def segment_sum(x, offsets):
     """Per bag, the sum of x over the bag's range (np.add.reduceat over the non-empty bags;
     0 for empty ones, whose reduceat value would be an element of another bag)."""

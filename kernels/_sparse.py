@@ -221,11 +221,9 @@ def lookup_bag_grad(kernel, grad_out, ids, offsets, vocab_size, mode, per_sample
     elif kernel.compiled:  # each row summed from G's rows: no (n, D) expanded array
         from kernels._optim_numba import coalesced
 
-        coef = None
-        if mode != "sum" or psw is not None:
-            coef = bm.coefficients(flat, off, mode, psw, pad)
-        kept, off_kept, coef = bm.without_padding(flat, off, pad, coef)
-        rows, values = coalesced(G, np.ascontiguousarray(kept), V, bm.bag_of_ids(off_kept), coef)
+        kept, off_kept, coef = bm.kept_entries(flat, off, mode, psw, pad)
+        rows, values = coalesced(G, np.ascontiguousarray(kept), V, bm.bag_of_ids(off_kept),
+                                 coef)
         sg = SparseGrad._trusted(rows, values, V)
     else:
         E, ids_kept = bm.expanded_rows(G, flat, off, mode, psw, pad)

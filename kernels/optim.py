@@ -276,10 +276,7 @@ class _Optimizer:
                 G, _, _, flat, off, mode, psw, pad, _, _ = LOOKUP_BAG_GRAD.check(
                     G, ids, offsets, V, mode, per_sample_weights, padding_idx,
                     include_last_offset, W)
-                coef = None
-                if mode != "sum" or psw is not None:
-                    coef = _bag_math.coefficients(flat, off, mode, psw, pad)
-                flat, off, coef = _bag_math.without_padding(flat, off, pad, coef)
+                flat, off, coef = _bag_math.kept_entries(flat, off, mode, psw, pad)
                 self._apply(G=G, ids=np.ascontiguousarray(flat), offsets=off, coef=coef)
                 return
             sg = kernels.lookup_bag_grad(
