@@ -255,6 +255,17 @@ def _eager_function(name, forward, setup, grad):
                  "__doc__": f"{forward.__name__}, eager (see _eager_function)."})
 
 
+def _call(op, eager, forward, args, *differentiable):
+    """The operator `op` under torch.compile; else its eager Function (_eager_function) where a
+    gradient of one of `differentiable` (tensors or None) is wanted; else `forward` itself."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                       for t in differentiable):
+        return eager.apply(*args)
+    return forward(*args)
+
+
 _EagerLookup = _eager_function("_EagerLookup", _lookup_forward, _embedding_setup,
                                _embedding_grad)
 
@@ -268,11 +279,7 @@ def embedding(input: Tensor, weight: Tensor, padding_idx: int | None = None, *,
     _check_ids(input)
     args = (weight, input, _padding(padding_idx, weight.shape[0]), bool(sparse),
             _kernel_name(kernel))
-    if torch.compiler.is_compiling():
-        return _embedding(*args)
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return _EagerLookup.apply(*args)
-    return _lookup_forward(*args)
+    return _call(_embedding, _EagerLookup, _lookup_forward, args, weight)
 
 
 # -- bags -----------------------------------------------------------------------------------------
@@ -450,12 +457,7 @@ def embedding_bag(input: Tensor, weight: Tensor, offsets: Tensor | None = None,
     pad = _padding(padding_idx, weight.shape[0])
     args = (weight, input, offsets, per_sample_weights, mode, pad, bool(last), bool(sparse),
             _kernel_name(kernel))
-    if torch.compiler.is_compiling():
-        return _embedding_bag(*args)
-    if torch.is_grad_enabled() and (weight.requires_grad or (
-            per_sample_weights is not None and per_sample_weights.requires_grad)):
-        return _EagerBag.apply(*args)
-    return _bag_forward(*args)
+    return _call(_embedding_bag, _EagerBag, _bag_forward, args, weight, per_sample_weights)
 
 
 # -- the fused optimizer step ------------------------------------------------------------------
