@@ -158,19 +158,20 @@ def unmeasured_operations(grids) -> list:
 
 
 def _peer_times(run: Run, key: str):
-    """(peers' benchmark, {(param, value) pairs but the peer's name: {peer: time}}) of kernel
-    benchmark `key`, or (None, {}) when it has no peers or the results hold none measured."""
+    """(peers' benchmark, its parameters but the peer's name, {their values as _key pairs:
+    {peer: time}}) of kernel benchmark `key`, or (None, [], {}) when it has no peers or the
+    results hold none measured."""
     peer_key = PEER_BENCHMARKS.get(key)
     r = records(run, peer_key) if peer_key else None
     if r is None or PEER_PARAM not in r[0]:
-        return None, {}
+        return None, [], {}
     pn, recs = r
     names = [n for n in pn if n != PEER_PARAM]
     by = {}
     for p, v in recs:
         if is_time(v):
             by.setdefault(_key(p, names), {})[p[PEER_PARAM]] = v
-    return (peer_key, by) if by else (None, {})
+    return (peer_key, names, by) if by else (None, [], {})
 
 
 def compute_grids(run: Run) -> list[Grid]:
@@ -192,8 +193,7 @@ def compute_grids(run: Run) -> list[Grid]:
         kernels = _ordered(p["kernel"] for p, _ in recs)
         vocabs = _ordered(p["vocab_size"] for p, _ in recs)
         dims = _ordered(p["dim"] for p, _ in recs)
-        peer_key, peer_times = _peer_times(run, key)
-        peer_names = [n for n, _ in next(iter(peer_times), ())]
+        peer_key, peer_names, peer_times = _peer_times(run, key)
         for fv in _ordered(tuple(p[n] for n in facet_names) for p, _ in recs):
             facets = dict(defaults)
             facets.update(zip(facet_names, fv))
