@@ -63,8 +63,8 @@ class Kernel:
       None for bags all of one length, 2-D ids or 1-D) and read each bound once, clamped, so
       that offsets rewritten during a call cannot move a read out of bounds. The call skips
       the private copy, which cost more than the copying: the thread that reads half the fresh
-      copy fetches it from the other core's cache (measured, int8 table, n = 65,536, 2 threads: 17 us of 177 us with bags of 8,
-      120 us of 304 us with bags of 1).
+      copy fetches it from the other core's cache (measured, int8 table, n = 65,536, 2
+      threads: 17 us of 177 us with bags of 8, 120 us of 304 us with bags of 1).
     """
 
     def __init__(
