@@ -36,7 +36,7 @@ from conftest import (
     shared_weights,
 )
 from kernels import LOOKUP_BAG, LOOKUP_BAG_GRAD
-from kernels._cpu import L2_BYTES
+from kernels._cpu import L2_BYTES, bag_prefetch_distance
 from kernels._validate import BAG_MODES
 
 FORWARD = "lookup_bag"
@@ -1163,14 +1163,33 @@ def test_auto_only_picks_kernels_that_have_the_mode(op, mode, wdtype):
                 assert k.implements(op, wdtype.name), (V, D, length, k.name)
 
 
-@pytest.mark.parametrize("D", [64, 128])
+def _table_at(V, D, dtype, where, rng):
+    """A (V, D) standard-normal table: in cache ("cached", V forced small), or beyond L2 (the
+    prefetching loops) starting on a cache line ("aligned") or 16 bytes past one ("offset", as
+    NumPy's large arrays start)."""
+    if where == "cached":
+        return rng.standard_normal((V, D)).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    skip = 0 if where == "aligned" else 16 // itemsize
+    flat = kernels.aligned_empty(V * D + skip, dtype)
+    W = flat[skip:].reshape(V, D)
+    W[...] = rng.standard_normal((V, D))
+    assert (W.ctypes.data % 64 == 0) == (where == "aligned")
+    return W
+
+
+@pytest.mark.parametrize("where", ["cached", "aligned", "offset"])
+@pytest.mark.parametrize("D", [16, 64, 128])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cython_bags_give_numbas_bits_at_every_isa_level(D, dtype, cython_isa):
-    """cython_gather's float bags (AVX-512 vectors for float32 rows of 64 and 128 values, the
-    target clones otherwise) give numba_gather's bits, padding and empty bags included."""
+def test_cython_bags_give_numbas_bits_at_every_isa_level(D, dtype, where, cython_isa):
+    """cython_gather's float bags (AVX-512 vectors for float32 rows of 16, 64 and 128 values,
+    the target clones otherwise; with and without the row prefetch, whose tail line depends on
+    the table's alignment) give numba_gather's bits, padding and empty bags included."""
     rng = np.random.default_rng(D)
-    W = rng.standard_normal((500, D)).astype(dtype)
-    ids = rng.integers(0, 500, 4000)
+    V = 500 if where == "cached" else max(40_000, 4 * L2_BYTES // (D * np.dtype(dtype).itemsize))
+    W = _table_at(V, D, dtype, where, rng)
+    assert (bag_prefetch_distance(W) > 0) == (where != "cached")
+    ids = rng.integers(0, V, 4000)
     offsets = np.sort(rng.integers(0, 4000, 400))
     offsets[0] = 0
     offsets[9] = offsets[10]
