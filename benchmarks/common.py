@@ -24,7 +24,7 @@ import zlib
 import numpy as np
 
 import kernels
-from kernels import _timing
+from kernels import _timing, aligned_empty
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD
 from kernels._registry import names
 from kernels._validate import BAG_MODES
@@ -200,7 +200,9 @@ def _rng(*key):
 
 
 def make_weights(vocab_size, dim, seed=0, block_rows=4096):
-    """A (vocab_size, dim) float32 table: every row distinct, finite, no -0.0.
+    """A (vocab_size, dim) float32 table: every row distinct, finite, no -0.0, 64-byte aligned
+    (kernels.aligned_empty), as torch allocates a tensor, so that the kernels and torch's peers
+    read rows of whole cache lines.
 
     A seeded random block of `block_rows` rows in [-1, 1) is tiled down the table, block b shifted
     by 2 * b, so the table is built at memory speed (not the generator's) and a row copied from
@@ -211,7 +213,7 @@ def make_weights(vocab_size, dim, seed=0, block_rows=4096):
     base = rng.random((min(block_rows, vocab_size), dim), dtype=DTYPE)
     base *= 2
     base -= 1
-    W = np.empty((vocab_size, dim), DTYPE)
+    W = aligned_empty((vocab_size, dim), DTYPE)
     for start in range(0, vocab_size, block_rows):
         stop = min(start + block_rows, vocab_size)
         np.add(base[: stop - start], DTYPE.type(2 * (start // block_rows)), out=W[start:stop])
@@ -613,13 +615,14 @@ def format_table(fmt, vocab_size, dim, block_rows=4096):
     """A (vocab_size, dim) table of format fmt, cached. float32: make_weights. The others: a block
     of block_rows rows of make_weights quantized with kernels.quantize, tiled down the table at
     memory speed (a 1e7-row table without its 10 GB float32 source), each block's bias (or, for
-    float16/bfloat16, every value) shifted so no two blocks hold the same rows."""
+    float16/bfloat16, every value) shifted so no two blocks hold the same rows. Every table
+    starts on a cache line (kernels.aligned_empty)."""
     def make():
         if fmt == "float32":
             return make_weights(vocab_size, dim)
         block = kernels.quantize(make_weights(min(vocab_size, block_rows), dim), fmt).packed
         cls = type(kernels.quantize(np.zeros((0, dim), DTYPE), fmt))
-        packed = np.empty((vocab_size,) + block.shape[1:], block.dtype)
+        packed = aligned_empty((vocab_size,) + block.shape[1:], block.dtype)
         for r0 in range(0, vocab_size, block_rows):
             rows = packed[r0:r0 + block_rows]
             rows[...] = block[:rows.shape[0]]
@@ -693,17 +696,6 @@ RECSYS_BATCH = 2_048
 RECSYS_BAG_LENGTH = 8
 RECSYS_HIDDEN = (256, 64)
 RECSYS_LR = 0.05
-
-
-def aligned_empty(shape, dtype, align=64):
-    """np.empty(shape, dtype) whose data starts on an `align`-byte boundary, as torch's CPU
-    allocator places a tensor (NumPy's large arrays start 16 bytes past one, so a 256-byte row
-    spans 5 cache lines instead of 4)."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buf = np.empty(nbytes + align, np.uint8)
-    start = -buf.ctypes.data % align
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def recsys_table(vocab_size, dim=RECSYS_DIM, seed=0, block_rows=4096):

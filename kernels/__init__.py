@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels import cython_gather, numba_gather, numpy_take, onehot_dense, onehot_sparse
+from kernels._cpu import aligned_empty
 from kernels._formats import FORMATS, Format
 from kernels._kernel import Kernel
 from kernels._ops import LOOKUP, LOOKUP_BAG, LOOKUP_BAG_GRAD, LOOKUP_GRAD, OPERATIONS, Operation
@@ -34,6 +35,7 @@ for _module in (onehot_dense, onehot_sparse, numpy_take, numba_gather, cython_ga
     register(_module.KERNEL)
 
 __all__ = [
+    "aligned_empty",
     "KERNELS",
     "OPERATIONS",
     "FORMATS",

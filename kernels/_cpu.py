@@ -1,4 +1,6 @@
-"""Cache sizes of this CPU, read once from Linux sysfs (conservative defaults elsewhere)."""
+"""Cache sizes of this CPU, read once from Linux sysfs (conservative defaults elsewhere), the
+prefetch distances tuned on them, and cache-line aligned tables."""
+import numpy as np
 
 
 def _cache_bytes(level, default):
@@ -36,14 +38,38 @@ def prefetch_distance(W):
     return PREFETCH_DISTANCE if long_rows and W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
 
 
-BAG_PREFETCH_DISTANCE = 16
+BAG_PREFETCH_DISTANCE = 24
 """How many ids ahead the compiled bags prefetch rows. Measured (cython_gather, n = 65,536,
 V = 1e6, bags of 8, 2 threads, one interleaved run): none / 8 / 12 / 16 / 24 ahead took
 0.164 / 0.153 / 0.153 / 0.153 / 0.152 ms at D = 16, 1.24 / 0.66 / 0.57 / 0.53 / 0.55 ms at D = 64
-and 5.7 / 4.4 / 4.5 / 4.6 / 4.7 ms at D = 256. A bag does little besides reading rows, so even
-one-line rows gain, unlike the lookup (PREFETCH_MIN_ROW_BYTES)."""
+and 5.7 / 4.4 / 4.5 / 4.6 / 4.7 ms at D = 256 (tables 16 bytes past a cache line). On 64-byte
+aligned tables (kernels.aligned_empty), an AMD EPYC, medians of calls repeated on the same ids:
+12 / 16 / 24 / 32 ahead took 0.314 / 0.273 / 0.262 / 0.265 ms at D = 64 (bags of 64:
+0.256 / 0.236 / 0.216 / 0.217), 0.098 / 0.095 / 0.093 / 0.093 ms at D = 16, and were level
+at D = 256. A bag does little besides reading rows, so even one-line rows gain, unlike the
+lookup (PREFETCH_MIN_ROW_BYTES)."""
 
 
 def bag_prefetch_distance(W):
     """BAG_PREFETCH_DISTANCE when the table W does not fit in L2, else 0."""
     return BAG_PREFETCH_DISTANCE if W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
+
+
+def aligned_empty(shape, dtype=np.float32, align=64):
+    """np.empty(shape, dtype), C-contiguous and writeable, whose data starts on an `align`-byte
+    boundary (a power of two; NumPy moves no pointer for an array of no element), as torch's
+    CPU allocator places a tensor. NumPy's large arrays start 16 bytes past a cache line, so
+    each 64-byte row spans 2 lines and a 256-byte row 5. Measured (cython_gather bags, V = 1e6,
+    n = 65,536 ids, 2 threads, an AMD EPYC), aligned against NumPy's: 1.25-1.32x faster at
+    D = 16, 2.2-2.5x at D = 64 for bags of 8 and 64 (1.2x for bags of one), 1.1-1.2x at
+    D = 256."""
+    dtype = np.dtype(dtype)
+    if align < 1 or align & (align - 1):
+        raise ValueError(f"align must be a power of two, got {align}")
+    shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
+    if any(int(s) < 0 for s in shape):
+        raise ValueError(f"negative dimensions are not allowed: {shape}")
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + align, np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start:start + nbytes].view(dtype).reshape(shape)

@@ -772,11 +772,17 @@ def test_the_asv_environments_hold_every_runtime_dependency(config):
     assert names <= req, f"{config} lacks {sorted(names - req)}"
 
 
-def test_recsys_tables_start_on_a_cache_line_as_a_torch_modules_weight_does():
-    for shape, dtype in (((1000, 64), np.float32), ((3, 5), np.float64), ((0, 64), np.float32)):
-        a = common.aligned_empty(shape, dtype)
-        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous
-        assert a.flags.writeable and (a.size == 0 or a.ctypes.data % 64 == 0)
+def test_benchmark_tables_start_on_a_cache_line_as_a_torch_modules_weight_does():
+    """The float tables every benchmark shares (make_weights, hence table, format_table's
+    float32 and training_table) and the recsys tables are 64-byte aligned, so the kernels and
+    torch's peers read whole cache lines."""
     W = common.recsys_table(10_000, 64, seed=1)
     assert W.ctypes.data % 64 == 0
     np.testing.assert_array_equal(W[4096:8192], W[:4096])  # the tiled block, as before
+    for V, D in ((10_000, 16), (5000, 64), (3, 5)):
+        for T in (common.make_weights(V, D), common.table(V, D), common.training_table(V, D),
+                  common.format_table("float32", V, D)):
+            assert T.shape == (V, D) and T.dtype == np.float32 and T.ctypes.data % 64 == 0
+        for fmt in ("float16", "bfloat16", "int8", "int4"):
+            T = common.format_table(fmt, V, D + D % 2)
+            assert T.packed.ctypes.data % 64 == 0 and T.shape == (V, D + D % 2)

@@ -342,3 +342,38 @@ def test_c_contiguous_table_is_not_copied(kernel, rng):
         f"lookup of 10 rows allocated {peak - base} bytes at peak; "
         f"the table is {W.nbytes} bytes (was it copied?)"
     )
+
+
+@pytest.mark.parametrize("shape, dtype", [((1000, 64), np.float32), ((3, 5), np.float64),
+                                          ((0, 64), np.float32), (7, np.int32), ((), np.float32)])
+@pytest.mark.parametrize("align", [64, 4096])
+def test_aligned_empty_is_an_empty_array_starting_on_the_boundary(shape, dtype, align):
+    a = kernels.aligned_empty(shape, dtype, align=align)
+    want = (shape,) if isinstance(shape, int) else shape
+    assert a.shape == want and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert a.size == 0 or a.ctypes.data % align == 0  # NumPy gives empty slices no offset
+    a[...] = 1
+    assert (a == 1).all()
+
+
+def test_aligned_empty_refuses_what_np_empty_refuses_and_alignments_not_powers_of_two():
+    for align in (0, -64, 48):
+        with pytest.raises(ValueError, match="power of two"):
+            kernels.aligned_empty((4, 4), align=align)
+    with pytest.raises(ValueError, match="negative"):
+        kernels.aligned_empty((-1, 4))
+    with pytest.raises(TypeError):
+        kernels.aligned_empty((4, 4), "not a dtype")
+
+
+def test_a_gather_of_an_aligned_table_equals_the_numpy_one():
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((20_000, 16), dtype=np.float32)  # beyond L2: the prefetching loops
+    A = kernels.aligned_empty(W.shape)
+    A[...] = W
+    ids = rng.integers(0, W.shape[0], 5000)
+    offsets = np.arange(0, 5000, 5)
+    for name in kernels.KERNELS:
+        np.testing.assert_array_equal(kernels.lookup(A, ids, kernel=name), W[ids])
+        np.testing.assert_array_equal(kernels.lookup_bag(A, ids, offsets, kernel=name),
+                                      kernels.lookup_bag(W, ids, offsets, kernel=name))

@@ -10,8 +10,9 @@ bag. Four read loops are timed: 4 or 8 rows summed a step, each without and with
 fastest is the floor and the table names it. They run on kernels.get_num_threads() threads, the
 ids split in equal contiguous chunks as the compiled gathers split them.
 
-Timed at each (V, D), interleaved round after round in a shuffled order (kernels._timing's
-median_seconds; the best per-round median kept): the four floors, every registered kernel's
+The table is 64-byte aligned (kernels.aligned_empty), as torch's are. Timed at each (V, D),
+interleaved round after round in a shuffled order (kernels._timing's median_seconds; the best
+per-round median kept): the four floors, every registered kernel's
 lookup_bag (mode sum, offsets of equal bags, into a preallocated out) unless the kernel does not
 implement it (NotImplementedError, no float32 function, no sum mode) or is over its budget (its
 `over_budget` trait, called with the number of bags, the rows of a multi-hot block),
@@ -262,7 +263,8 @@ def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, pas
         for V in vocab_sizes:
             for D in dims:
                 rng = np.random.default_rng([seed, V, D])
-                W = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
+                W = kernels.aligned_empty((V, D))  # as torch allocates its tables
+                W[...] = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
                 ids = rng.integers(0, V, n)
                 methods, why = bag_methods(W, ids, bag_lengths, torch)
                 for name, reasons in why.items():

@@ -64,7 +64,7 @@ def build(torch, vocab, dim, batch, bag_length):
 
     sides = {}
     for name, bag_class in (("torch", torch.nn.EmbeddingBag), ("ours", kt.EmbeddingBag)):
-        own = [common.aligned_empty(W.shape, W.dtype) for W in tables]
+        own = [kernels.aligned_empty(W.shape, W.dtype) for W in tables]
         for W, mine in zip(tables, own):
             mine[...] = W
         model = common.recsys_model(torch, bag_class, own, sparse=True)
