@@ -39,20 +39,47 @@ def prefetch_distance(W):
 
 
 BAG_PREFETCH_DISTANCE = 24
-"""How many ids ahead the compiled bags prefetch rows. Measured (cython_gather, n = 65,536,
-V = 1e6, bags of 8, 2 threads, one interleaved run): none / 8 / 12 / 16 / 24 ahead took
-0.164 / 0.153 / 0.153 / 0.153 / 0.152 ms at D = 16, 1.24 / 0.66 / 0.57 / 0.53 / 0.55 ms at D = 64
-and 5.7 / 4.4 / 4.5 / 4.6 / 4.7 ms at D = 256 (tables 16 bytes past a cache line). On 64-byte
-aligned tables (kernels.aligned_empty), an AMD EPYC, medians of calls repeated on the same ids:
-12 / 16 / 24 / 32 ahead took 0.314 / 0.273 / 0.262 / 0.265 ms at D = 64 (bags of 64:
-0.256 / 0.236 / 0.216 / 0.217), 0.098 / 0.095 / 0.093 / 0.093 ms at D = 16, and were level
-at D = 256. A bag does little besides reading rows, so even one-line rows gain, unlike the
-lookup (PREFETCH_MIN_ROW_BYTES)."""
+"""How many ids ahead the compiled bags prefetch float rows of up to BAG_PREFETCH_BYTES / 24
+bytes. Measured (cython_gather, n = 65,536, V = 1e6, bags of 8, 2 threads, one interleaved
+run): none / 8 / 12 / 16 / 24 ahead took 0.164 / 0.153 / 0.153 / 0.153 / 0.152 ms at D = 16
+and 1.24 / 0.66 / 0.57 / 0.53 / 0.55 ms at D = 64 (tables 16 bytes past a cache line). On
+64-byte aligned tables (kernels.aligned_empty), an AMD EPYC, medians of calls repeated on the
+same ids: 12 / 16 / 24 / 32 ahead took 0.314 / 0.273 / 0.262 / 0.265 ms at D = 64 (bags of 64:
+0.256 / 0.236 / 0.216 / 0.217) and 0.098 / 0.095 / 0.093 / 0.093 ms at D = 16. A bag does
+little besides reading rows, so even one-line rows gain, unlike the lookup
+(PREFETCH_MIN_ROW_BYTES)."""
+
+BAG_PREFETCH_BYTES = 8192
+"""Longer float rows are prefetched this many bytes of rows ahead (at least one row): 24 rows of
+1 KB fill most of a 32 KB L1 and evict rows not yet added. Measured as above at D = 256 (1 KB
+rows), 4 / 8 / 12 / 16 / 24 rows ahead: bags of 8 2.97 / 2.82 / 2.92 / 2.88 / 2.88 ms at V = 1e6
+and 0.572 / 0.537 / 0.559 / 0.565 / 0.619 ms at V = 1e4 (a 10 MB table, beyond L2)."""
+
+DECODE_PREFETCH_DISTANCE = 16
+"""How many ids ahead the compiled gathers and bags of low-precision tables prefetch a row's
+first cache line. Measured (cython_gather bags, V = 2e6, int8 and int4, D = 64 / 128 / 256,
+bags of 8 and of 1): 16 ahead was fastest or level everywhere against 8 and 24; 24 cost up to
+1.6x at D = 256 (int8 bags of one: 2.04 against 3.06 ms)."""
+
+
+def bag_prefetch_rows(row_bytes):
+    """How many rows of row_bytes a compiled float bag prefetches ahead beyond L2:
+    BAG_PREFETCH_DISTANCE, fewer for rows longer than BAG_PREFETCH_BYTES / that (at least 1)."""
+    return max(1, min(BAG_PREFETCH_DISTANCE, BAG_PREFETCH_BYTES // max(1, row_bytes)))
 
 
 def bag_prefetch_distance(W):
-    """BAG_PREFETCH_DISTANCE when the table W does not fit in L2, else 0."""
-    return BAG_PREFETCH_DISTANCE if W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
+    """How far ahead a compiled bag of the float table W prefetches rows: 0 when W fits in L2,
+    else bag_prefetch_rows of its rows."""
+    if W.shape[0] * abs(W.strides[0]) <= L2_BYTES:
+        return 0
+    return bag_prefetch_rows(W.shape[1] * W.itemsize)
+
+
+def decode_prefetch_distance(S):
+    """How far ahead a compiled gather or bag of the low-precision storage S (kernels._numba_lowp
+    .storage) prefetches rows: 0 when S fits in L2, else DECODE_PREFETCH_DISTANCE."""
+    return DECODE_PREFETCH_DISTANCE if S.shape[0] * abs(S.strides[0]) > L2_BYTES else 0
 
 
 def aligned_empty(shape, dtype=np.float32, align=64):

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels._cpu import bag_prefetch_distance, prefetch_distance
+from kernels._cpu import bag_prefetch_distance, decode_prefetch_distance, prefetch_distance
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._kernel import Kernel, bag_grad_by_scatter
 from kernels._numba_intrinsics import copy_row, load_id, prefetch_line, prefetch_row, zero_rows
@@ -143,7 +143,7 @@ def _decoding_gather(fmt_name):
     def gather(W, ids, out):
         S = storage(W)
         nthreads = _numba_threads(threads_for(out.nbytes))
-        prefetch = bag_prefetch_distance(S)  # any row length gains here (cython_gather.py)
+        prefetch = decode_prefetch_distance(S)  # any row length gains here (cython_gather.py)
         if nthreads == 1:
             bad = _decode_rows(fmt, S, ids, out, 0, ids.shape[0], prefetch)
         else:
@@ -599,7 +599,8 @@ def _bag_of(fmt):
         S = storage(W) if fmt else W
         nthreads = _numba_threads(
             threads_for(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes))
-        prefetch = bag_prefetch_distance(S) if S.strides[1] == S.itemsize else 0
+        distance = decode_prefetch_distance if fmt else bag_prefetch_distance
+        prefetch = distance(S) if S.strides[1] == S.itemsize else 0
         weighted = psw is not None
         p = psw if weighted else _NO_WEIGHTS[out.dtype]
         code = MODE_CODES[mode]

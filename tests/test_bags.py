@@ -1289,3 +1289,25 @@ def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
                     assert_bitwise_equal(
                         kernels.lookup_bag(W, ids, np.arange(B), mode=mode, padding_idx=7,
                                            kernel=name), padded, f"{name} {mode} padded")
+
+
+def test_bag_prefetch_reaches_a_bounded_span_of_long_float_rows_and_none_in_l2():
+    """Beyond L2 a float bag prefetches BAG_PREFETCH_DISTANCE rows ahead, fewer for long rows
+    (never more than BAG_PREFETCH_BYTES of rows, never fewer than one); a table in L2 none.
+    Low-precision storage keeps its own distance."""
+    from kernels import _cpu
+
+    def table(V, D, itemsize=4):  # shape and strides only: nothing of V * D is allocated
+        base = np.zeros(D, np.dtype(f"f{itemsize}"))
+        return np.lib.stride_tricks.as_strided(base, (V, D), (D * itemsize, itemsize))
+
+    for D in (1, 16, 64, 128, 256, 1024, 10**5):
+        far = _cpu.bag_prefetch_distance(table(10**7 // D + L2_BYTES, D))
+        assert 1 <= far <= _cpu.BAG_PREFETCH_DISTANCE
+        assert far == 1 or far * D * 4 <= max(_cpu.BAG_PREFETCH_BYTES, 4 * D)
+        assert _cpu.bag_prefetch_distance(table(max(1, L2_BYTES // (8 * D)), D)) == 0
+    assert _cpu.bag_prefetch_distance(table(10**6, 64)) == _cpu.BAG_PREFETCH_DISTANCE
+    assert _cpu.bag_prefetch_distance(table(10**6, 256)) < _cpu.BAG_PREFETCH_DISTANCE
+    S = np.lib.stride_tricks.as_strided(np.zeros(72, np.uint8), (10**6, 72), (72, 1))
+    assert _cpu.decode_prefetch_distance(S) == _cpu.DECODE_PREFETCH_DISTANCE
+    assert _cpu.decode_prefetch_distance(S[:10]) == 0

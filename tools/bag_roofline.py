@@ -6,7 +6,7 @@
 A bag reads n rows and writes B = n / bag_length rows. The time to read the same n rows, summed
 into a per-thread accumulator of D floats and written nowhere (`read_rows`), is the floor of any
 bag. Four read loops are timed: 4 or 8 rows summed a step, each without and with row prefetch
-(kernels._cpu.BAG_PREFETCH_DISTANCE ids ahead, as the compiled bags prefetch beyond L2); the
+(kernels._cpu.bag_prefetch_rows ids ahead, as the compiled bags prefetch beyond L2); the
 fastest is the floor and the table names it. They run on kernels.get_num_threads() threads, the
 ids split in equal contiguous chunks as the compiled gathers split them.
 
@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 import kernels
-from kernels._cpu import BAG_PREFETCH_DISTANCE
+from kernels._cpu import bag_prefetch_rows
 from kernels._numba_intrinsics import prefetch_row
 from kernels._timing import median_seconds, per_call_seconds
 from kernels.numba_gather import _numba_threads, _run_parallel
@@ -46,8 +46,9 @@ machine's noisy episodes (every 2-thread call waiting a scheduler slice) last se
 method's best round must fall outside one."""
 
 FLOOR = {f"floor ({g} rows{pf})": (g, p) for g in (4, 8)
-         for p, pf in ((0, ""), (BAG_PREFETCH_DISTANCE, f", prefetch {BAG_PREFETCH_DISTANCE}"))}
-"""The row-read loops timed, name -> (rows a step, prefetch distance); the fastest is the floor."""
+         for p, pf in ((False, ""), (True, ", prefetch"))}
+"""The row-read loops timed, name -> (rows a step, whether rows are prefetched
+bag_prefetch_rows ahead); the fastest is the floor."""
 TORCH = "torch embedding_bag"
 FBGEMM = "fbgemm TBE"
 LOOKUP_PREFIX = "lookup "
@@ -172,7 +173,8 @@ def bag_methods(W, ids, bag_lengths, torch=None):
     """({key: zero-argument callable}, {kernel: why it is not run}) at one table and ids for
     every bag length; keys are (bag_length, method), bag_length None for the floors."""
     n, (V, D) = ids.shape[0], W.shape
-    methods = {(None, name): (lambda g=g, p=p: read_rows(W, ids, p, g))
+    ahead = bag_prefetch_rows(D * W.itemsize)
+    methods = {(None, name): (lambda g=g, p=p: read_rows(W, ids, ahead if p else 0, g))
                for name, (g, p) in FLOOR.items()}
     skipped = {}
     if torch is not None:
