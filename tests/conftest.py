@@ -233,8 +233,8 @@ def assert_grad_close(got, grad, ids, V) -> None:
 
 @pytest.fixture(params=[0, 1, 2], ids=["portable", "avx2", "avx512"])
 def cython_isa(request):
-    """cython_gather's run-time dispatched loops (low-precision decoding, float32 bags of 64 and
-    128 values) limited to the portable ones, AVX2 or AVX-512 (where the CPU has
+    """cython_gather's run-time dispatched loops (low-precision decoding, float32 bags of 16, 64
+    and 128 values) limited to the portable ones, AVX2 or AVX-512 (where the CPU has
     them; a level the CPU lacks falls back to the one below)."""
     from kernels import _cython_gather
 

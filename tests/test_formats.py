@@ -669,3 +669,39 @@ def test_train_float32_then_requantize():
     assert_bitwise_equal(kernels.lookup(T, ids), T.dequantize()[ids])
     scale, _ = row_params(T)
     assert (np.abs(kernels.lookup(T, ids) - W[ids]) <= scale[ids] * 0.51 + 1e-8).all()
+
+
+@pytest.mark.parametrize("D", [16, 64, 256])
+def test_int4_rows_of_any_half_scale_and_bias_decode_alike_at_every_isa_level(D, cython_isa):
+    """int4 scale and bias are halves: the vector loops convert them with F16C, the portable
+    loops bit by bit (as table.dequantize does). Subnormal, infinite, signed-zero and NaN (quiet
+    and signalling) scales and biases, as a packed table from elsewhere may hold, give the same
+    bits on every path (a NaN only through q * scale + bias, which quiets it either way)."""
+    halves = np.array([0x0001, 0x03FF, 0x8001, 0x7C00, 0xFC00, 0x8000, 0x0000, 0x7E00, 0x7C01,
+                       0xFD55, 0x3C00, 0x0400], np.uint16)
+    rng = np.random.default_rng(D)
+    V = len(halves) ** 2
+    packed = np.empty((V, D // 2 + 4), np.uint8)
+    packed[:, :D // 2] = rng.integers(0, 256, (V, D // 2))
+    sb = packed[:, D // 2:].view(np.uint16)
+    sb[:, 0] = np.repeat(halves, len(halves))
+    sb[:, 1] = np.tile(halves, len(halves))
+    T = kernels.Int4Table.from_packed(packed)
+    ids, offsets = bag_layout(D, V, n=2000, B=150)
+    with np.errstate(invalid="ignore"):  # inf * 0: NumPy warns, the kernels do not
+        want = T.dequantize()[ids]
+    assert np.isnan(want).any() and np.isinf(want).any()
+    assert_bitwise_equal(kernels.lookup(T, ids, kernel="cython_gather"), want, f"D={D} lookup")
+    got = kernels.lookup_bag(T, ids, offsets, kernel="cython_gather")
+    from kernels import _cython_gather
+
+    _cython_gather.set_isa(0)
+    try:
+        portable = kernels.lookup_bag(T, ids, offsets, kernel="cython_gather")
+    finally:
+        _cython_gather.set_isa(cython_isa)
+    # a bag adding several NaNs returns one of them, which one depends on the loop's operand
+    # order (as for any sum): NaN where NaN, the same bits elsewhere
+    nan = np.isnan(portable)
+    assert nan.any() and (np.isnan(got) == nan).all()
+    assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, portable), f"D={D} bag")
