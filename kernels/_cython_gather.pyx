@@ -1105,12 +1105,38 @@ cdef extern from *:
         return _mm512_add_ps(acc, ek_vdec16_f16(row, k0, s, b));
     }
 
+    /* Bags of one id each (no offsets, N = 1): bag b is row ids[b] pooled into zeros (the
+       same VPOOL, so the same bits; a mean or sqrtn divides by 1), a padding id zeros. A
+       gather's loop without the per-bag work (bounds, block and count), which made int8 bags
+       of one 1.4x the int8 lookup (V = 2e6, D = 64: 0.30 against 0.22 ms). */
+    #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
+        for (b = b0; b < b1; b++) { \\
+            char* row = (char*)(out + b * (DIM)); \\
+            if (prefetch && b + prefetch < n) \\
+                ek_prefetch_row(W + (Py_ssize_t)ids[b + prefetch] * rs); \\
+            j = LOAD(&ids[b]); \\
+            if (j == pad || (size_t)j >= (size_t)V) { \\
+                if (j != pad) bad++; \\
+                memset(row, 0, (DIM) * sizeof(float)); \\
+                continue; \\
+            } \\
+            const char* src = W + j * rs; \\
+            float s_, b_; \\
+            SB(src, (DIM), s_, b_) \\
+            for (k = 0; k < (DIM) / (VL); k++) { \\
+                VT x = VPOOL((VT){0}, src, k * (VL), s_, b_); \\
+                memcpy(row + k * (VL) * 4, &x, sizeof(VT)); \\
+            } \\
+        }
+
     /* Unweighted sum / mean / sqrtn, D a compile-time constant, in AVX2 or AVX-512 code: the float32
        bag's loop (EK_BAG_FIXED: vector accumulators in registers, a block of columns a pass)
        with each row added in registers (VPOOL: ek_vpool_*), nothing staged in memory. The same
        additions in the same order as the general loop, so the same bits. */
     #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
-        { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
+        if (offsets->off == NULL && offsets->N == 1) { \\
+            EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
+        } else { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\
             float* row = out + b * (DIM); \\
             Py_ssize_t cnt = 0; \\

@@ -705,3 +705,27 @@ def test_int4_rows_of_any_half_scale_and_bias_decode_alike_at_every_isa_level(D,
     nan = np.isnan(portable)
     assert nan.any() and (np.isnan(got) == nan).all()
     assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, portable), f"D={D} bag")
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("D", [16, 64, 256])
+def test_bags_of_one_id_decode_as_the_general_bag_at_every_isa_level(fmt, D, cython_isa):
+    """Bags of one id each (2-D (B, 1) ids, or offsets 0, 1, ..., B - 1) take cython_gather's
+    gather-like loop: every mode and padding give numba_gather's bits, and a bag list with one
+    longer bag (the general loop) agrees on the bags of one."""
+    T = check_table(400, D, fmt, seed=D)
+    ids = np.random.default_rng(D).integers(0, 400, 3000)
+    ids[::7] = 5
+    for mode in ("sum", "mean", "sqrtn"):
+        want = kernels.lookup_bag(T, ids[:, None], mode=mode, padding_idx=5,
+                                  kernel="numba_gather")
+        assert not want[::7].any()
+        for form in (ids[:, None], ids):
+            offsets = None if form.ndim == 2 else np.arange(ids.shape[0])
+            got = kernels.lookup_bag(T, form, offsets, mode=mode, padding_idx=5,
+                                     kernel="cython_gather")
+            assert_bitwise_equal(got, want, f"{fmt} D={D} {mode} {form.ndim}-D")
+        last_of_three = np.arange(ids.shape[0])  # the last bag holds ids[-1], 1 and 2
+        longer = kernels.lookup_bag(T, np.append(ids, [1, 2]), last_of_three, mode=mode,
+                                    padding_idx=5, kernel="cython_gather")
+        assert_bitwise_equal(longer[:-1], want[:-1], f"{fmt} D={D} {mode} general loop")
