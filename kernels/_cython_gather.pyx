@@ -989,15 +989,20 @@ cdef extern from *:
             _mm_loadl_epi64((const __m128i*)(row + k0))));
         return _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(s)), _mm256_set1_ps(b));
     }
-    EK_AVX2 __m256 ek_vdec_i4(const char* row, Py_ssize_t k0, float s, float b) {
+    /* int4's codes q as floats, eight at a time (bytes m hold elements 2m, low nibble, and
+       2m + 1): shared by the lookup (q * s + b) and the bag (q into an FMA). */
+    EK_AVX2 __m256 ek_vq_i4(const char* row, Py_ssize_t k0) {
         int32_t four;
-        memcpy(&four, row + k0 / 2, 4);  /* byte m holds elements 2m (low nibble), 2m + 1 */
+        memcpy(&four, row + k0 / 2, 4);
         __m256i w = _mm256_permutevar8x32_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi32_si128(four)),
                                                 _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
         w = _mm256_and_si256(_mm256_srlv_epi32(w, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)),
                              _mm256_set1_epi32(15));
-        __m256 x = _mm256_cvtepi32_ps(w);
-        return _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(s)), _mm256_set1_ps(b));
+        return _mm256_cvtepi32_ps(w);
+    }
+    EK_AVX2 __m256 ek_vdec_i4(const char* row, Py_ssize_t k0, float s, float b) {
+        return _mm256_add_ps(_mm256_mul_ps(ek_vq_i4(row, k0), _mm256_set1_ps(s)),
+                             _mm256_set1_ps(b));
     }
     EK_AVX2 __m256 ek_vdec_bf16(const char* row, Py_ssize_t k0, float s, float b) {
         (void)s; (void)b;
@@ -1032,14 +1037,20 @@ cdef extern from *:
             _mm_loadu_si128((const __m128i*)(row + k0))));
         return _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(s)), _mm512_set1_ps(b));
     }
+    /* Sixteen int4 codes: the nibbles split and interleaved in one 128-bit register, then
+       widened once (fewer 512-bit operations than widening, duplicating and shifting; int4
+       bags of 8 in cache, D = 64: 0.224 -> 0.178 ms with ek_vq16_i4 in the bag's FMA instead
+       of q * 1 + 0). */
+    EK_AVX512_INLINE __m512 ek_vq16_i4(const char* row, Py_ssize_t k0) {
+        const __m128i low4 = _mm_set1_epi8(15);
+        __m128i x = _mm_loadl_epi64((const __m128i*)(row + k0 / 2));
+        __m128i e = _mm_unpacklo_epi8(_mm_and_si128(x, low4),
+                                      _mm_and_si128(_mm_srli_epi16(x, 4), low4));
+        return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(e));
+    }
     EK_AVX512_INLINE __m512 ek_vdec16_i4(const char* row, Py_ssize_t k0, float s, float b) {
-        __m512i w = _mm512_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)(row + k0 / 2)));
-        w = _mm512_permutexvar_epi32(
-            _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), w);
-        w = _mm512_and_si512(_mm512_srlv_epi32(w, _mm512_setr_epi32(
-            0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)), _mm512_set1_epi32(15));
-        __m512 x = _mm512_cvtepi32_ps(w);
-        return _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(s)), _mm512_set1_ps(b));
+        return _mm512_add_ps(_mm512_mul_ps(ek_vq16_i4(row, k0), _mm512_set1_ps(s)),
+                             _mm512_set1_ps(b));
     }
     EK_AVX512_INLINE __m512 ek_vdec16_bf16(const char* row, Py_ssize_t k0, float s, float b) {
         (void)s; (void)b;
@@ -1082,7 +1093,7 @@ cdef extern from *:
     }
     EK_AVX2_FMA __m256 ek_vpool_i4(__m256 acc, const char* row, Py_ssize_t k0, float s,
                                     float b) {
-        __m256 q = ek_vdec_i4(row, k0, 1.0f, 0.0f);  /* q * 1 + 0: q exactly */
+        __m256 q = ek_vq_i4(row, k0);
         return _mm256_fmadd_ps(q, _mm256_set1_ps(s), _mm256_add_ps(acc, _mm256_set1_ps(b)));
     }
     EK_AVX2_FMA __m256 ek_vpool_bf16(__m256 acc, const char* row, Py_ssize_t k0, float s,
@@ -1102,7 +1113,7 @@ cdef extern from *:
     }
     EK_AVX512_FMA __m512 ek_vpool16_i4(__m512 acc, const char* row, Py_ssize_t k0, float s,
                                         float b) {
-        __m512 q = ek_vdec16_i4(row, k0, 1.0f, 0.0f);
+        __m512 q = ek_vq16_i4(row, k0);
         return _mm512_fmadd_ps(q, _mm512_set1_ps(s), _mm512_add_ps(acc, _mm512_set1_ps(b)));
     }
     EK_AVX512_FMA __m512 ek_vpool16_bf16(__m512 acc, const char* row, Py_ssize_t k0, float s,
