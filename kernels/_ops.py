@@ -20,8 +20,9 @@ import numpy as np
 
 from kernels._formats import format_named
 from kernels._tables import Table
-from kernels._validate import check_ids, check_out, check_out_dtype, check_vocab_size, \
-    check_weights, float_array, refuse_table
+from kernels._validate import check_bags, check_ids, check_mode, check_out, check_out_dtype, \
+    check_padding_idx, check_per_sample_weights, check_vocab_size, check_weights, float_array, \
+    refuse_table
 
 _CHUNK_BYTES = 2**20
 """Reference checks work in chunks this big, so checking a large result stays cheap in memory."""
@@ -263,9 +264,6 @@ def operation_named(op) -> Operation:
 
 def _bag_args(weights_or_fmt, ids, offsets, mode, per_sample_weights, padding_idx,
               include_last_offset, vocab_size, bounds=True, private_offsets=True):
-    from kernels._validate import check_bags, check_mode, check_padding_idx, \
-        check_per_sample_weights
-
     mode = check_mode(mode)
     ids, off, B = check_bags(ids, offsets, include_last_offset, private_offsets)
     a, flat = check_ids(ids, vocab_size, bounds)
