@@ -1061,20 +1061,23 @@ cdef extern from *:
         __m256i h = _mm256_loadu_si256((const __m256i*)(row + 2 * k0));
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     }
+    /* The NaN lanes' bits, out of line: inlined, its constants and temporaries made GCC keep a
+       D = 256 bag's sixteen accumulators in memory (float16 bags 2x bfloat16's). */
+    __attribute__((target(EK_AVX512), noinline, cold)) static __m512 ek_f16_nan16(
+            __m256i x, __m512 f, __mmask16 nan) {
+        __m512i w = _mm512_cvtepu16_epi32(x);
+        __m512i bits = _mm512_or_si512(_mm512_or_si512(
+            _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)), 16),
+            _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(1023)), 13)),
+            _mm512_set1_epi32(0x7f800000));
+        return _mm512_mask_blend_ps(nan, f, _mm512_castsi512_ps(bits));
+    }
     EK_AVX512_INLINE __m512 ek_vdec16_f16(const char* row, Py_ssize_t k0, float s, float b) {
         (void)s; (void)b;
         __m256i x = _mm256_loadu_si256((const __m256i*)(row + 2 * k0));
         __m512 f = _mm512_cvtph_ps(x);
         __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-        if (nan) {
-            __m512i w = _mm512_cvtepu16_epi32(x);
-            __m512i bits = _mm512_or_si512(_mm512_or_si512(
-                _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(0x8000)), 16),
-                _mm512_slli_epi32(_mm512_and_si512(w, _mm512_set1_epi32(1023)), 13)),
-                _mm512_set1_epi32(0x7f800000));
-            f = _mm512_mask_blend_ps(nan, f, _mm512_castsi512_ps(bits));
-        }
-        return f;
+        return __builtin_expect(nan != 0, 0) ? ek_f16_nan16(x, f, nan) : f;
     }
 
     /* int4's scale and bias in F16C code (one vcvtph2ps for the pair): ek_half's bit
