@@ -55,8 +55,8 @@ test-fast: venv
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
 ## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env with the Python of $(VENV):
-## commit first. 20 min 37 s from a fresh clone on 2 vCPUs, bags, sparse training and the table
-## formats included, measured at 2ca3106; budget 25 min.)
+## commit first. 20 min 21 s from a fresh clone on 2 vCPUs, bags, sparse training and the table
+## formats included, measured at 5aef6e5; budget 25 min.)
 ## BENCH=<regex> runs only the benchmarks whose name matches it (asv run --bench; default: all),
 ## e.g. make bench BENCH='^bench_lookup\.Roofline'. Results of the others are kept.
 ## With another Python: make bench PYTHON=python3.12 VENV=.venv312.
