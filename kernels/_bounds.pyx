@@ -41,7 +41,7 @@ cdef extern from *:
 
     /* Whether any of m int64 bag bounds is past n or below its predecessor (bit 1), and
        whether they are not all i * N (bit 2; N < 0: not asked); copied into r unless r is
-       NULL. Bounds that are all i * N (N = n / B: never past n, never decreasing) are told by
+       NULL (the copy is what is checked). Bounds that are all i * N (N = n / B: never past n, never decreasing) are told by
        a lighter pass, a block of EK_SCAN_BLOCK at a time until one differs (65,536 bounds:
        4 against 15 us); the full scan follows only then. */
     #define EK_SCAN_BLOCK 1024
@@ -49,7 +49,10 @@ cdef extern from *:
                                          int64_t N) {
         uint64_t bad = 0, uneven = 1;
         Py_ssize_t i, i0;
-        if (r != NULL && m > 0) memcpy(r, p, (size_t)m * sizeof(int64_t));
+        if (r != NULL && m > 0) {  /* check the copy: the caller's array may change meanwhile */
+            memcpy(r, p, (size_t)m * sizeof(int64_t));
+            p = r;
+        }
         if (N >= 0) {
             uneven = 0;
             for (i0 = 0; i0 < m && !uneven; i0 += EK_SCAN_BLOCK) {
