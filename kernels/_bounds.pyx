@@ -57,7 +57,8 @@ cdef extern from *:
             uneven = 0;
             for (i0 = 0; i0 < m && !uneven; i0 += EK_SCAN_BLOCK) {
                 Py_ssize_t i1 = i0 + EK_SCAN_BLOCK < m ? i0 + EK_SCAN_BLOCK : m;
-                for (i = i0; i < i1; i++) uneven |= (uint64_t)(p[i] ^ (int64_t)i * N);
+                int64_t x = (int64_t)i0 * N;  /* i * N as a running sum: vectorizes */
+                for (i = i0; i < i1; i++, x += N) uneven |= (uint64_t)(p[i] ^ x);
             }
             if (!uneven) return 0;
         }
@@ -184,3 +185,80 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint 
     if not include_last:
         r[m] = n
     return result
+
+
+cdef inline bint _c_array(object x, int ndim):
+    """x is exactly a numpy.ndarray of ndim dimensions, C-contiguous, native byte order."""
+    return (type(x) is cnp.ndarray and cnp.PyArray_NDIM(<cnp.ndarray>x) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x))
+
+
+cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
+    """The bytes of two C-contiguous arrays do not overlap (np.may_share_memory is False)."""
+    cdef const char* pa = <const char*>cnp.PyArray_DATA(a)
+    cdef const char* pb = <const char*>cnp.PyArray_DATA(b)
+    cdef Py_ssize_t na = cnp.PyArray_NBYTES(a), nb = cnp.PyArray_NBYTES(b)
+    return na == 0 or nb == 0 or pa + na <= pb or pb + nb <= pa
+
+
+def plain_bags(weights, ids, offsets, bint include_last, out):
+    """The checked arguments of a plain bag call, or None when it is not one (the general checks
+    of kernels._validate then run, and name any problem): (flat ids, offsets, B, out) as
+    LookupBag.prepare(private_offsets=False, bounds=False) returns them, out a new array when
+    None. Plain: weights a C-contiguous native float32/float64 ndarray of 2 dims; ids a 1-D
+    C-contiguous native int32/int64 ndarray with 1-D C-contiguous native int64 offsets that
+    bag_offsets(copy=False) accepts, or 2-D such ids with offsets None; at least one bag and one
+    id; out None or a C-contiguous writeable ndarray (exactly) of shape (B, D) and the weights'
+    dtype, overlapping neither. One C pass over the offsets, no Python-level checks: the common
+    call's checks cost 10 us in Python (and more after a large call left the caches cold)."""
+    cdef int wt, it
+    cdef Py_ssize_t m, n, B
+    cdef int64_t N
+    cdef const int64_t* p
+    cdef int bad
+    cdef cnp.ndarray flat
+    if not _c_array(weights, 2):
+        return None
+    wt = cnp.PyArray_TYPE(<cnp.ndarray>weights)
+    if wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64:
+        return None
+    if offsets is None:
+        if not _c_array(ids, 2) or include_last:
+            return None
+        B = cnp.PyArray_DIM(<cnp.ndarray>ids, 0)
+        n = B * cnp.PyArray_DIM(<cnp.ndarray>ids, 1)
+        flat = (<cnp.ndarray>ids).reshape(-1)
+        off = None
+    else:
+        if not _c_array(ids, 1) or not _c_array(offsets, 1):
+            return None
+        if cnp.PyArray_TYPE(<cnp.ndarray>offsets) != cnp.NPY_INT64:
+            return None
+        flat = <cnp.ndarray>ids
+        n = cnp.PyArray_DIM(flat, 0)
+        m = cnp.PyArray_DIM(<cnp.ndarray>offsets, 0)
+        B = m - 1 if include_last else m
+        p = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>offsets)
+        if B <= 0 or p[0] != 0 or (include_last and p[m - 1] != n):
+            return None
+        N = n // B if n % B == 0 else -1
+        with nogil:
+            bad = ek_scan_offsets(p, NULL, m, n, N)
+        if bad & 1:
+            return None
+        off = offsets if bad else None
+    it = cnp.PyArray_TYPE(flat)
+    if n == 0 or B == 0 or (it != cnp.NPY_INT32 and it != cnp.NPY_INT64):
+        return None
+    if out is None:
+        out = np.empty((B, cnp.PyArray_DIM(<cnp.ndarray>weights, 1)),
+                       (<cnp.ndarray>weights).dtype)
+    elif (not _c_array(out, 2) or cnp.PyArray_TYPE(<cnp.ndarray>out) != wt
+            or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != B
+            or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != cnp.PyArray_DIM(<cnp.ndarray>weights, 1)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
+            or not _apart(<cnp.ndarray>out, <cnp.ndarray>weights)
+            or not _apart(<cnp.ndarray>out, flat)):
+        return None
+    return flat, off, B, out

@@ -93,6 +93,8 @@ class Kernel:
         self.bag_checks_ids = bag_checks_ids
         self.bag_offsets_in_place = bag_offsets_in_place
         self._impls: dict[str, dict[Format, Callable]] = {}
+        self._bag_fns: dict[tuple[Format, str], Callable] = {}
+        """lookup_bag's function by (format, mode), as _bag_function found it (with check_ids)."""
         for (op, formats), fn in implements.items():
             formats = (formats,) if isinstance(formats, Format) else tuple(formats)
             for fmt in formats:
@@ -172,9 +174,12 @@ class Kernel:
         W, fmt, flat, off, mode, psw, pad, out = _prepare_bag(
             weights, ids, offsets, mode, per_sample_weights, padding_idx, include_last_offset,
             out, out_dtype, bounds=not checks, private_offsets=not self.bag_offsets_in_place)
-        fn = self._bag_function(LOOKUP_BAG, fmt, mode)
-        if checks:
-            fn = functools.partial(fn, check_ids=True)
+        fn = self._bag_fns.get((fmt, mode))
+        if fn is None:
+            fn = self._bag_function(LOOKUP_BAG, fmt, mode)
+            if checks:
+                fn = functools.partial(fn, check_ids=True)
+            self._bag_fns[fmt, mode] = fn
         if out.size:
             try:
                 if not flat.shape[0]:

@@ -22,7 +22,7 @@ from kernels._formats import format_named
 from kernels._tables import Table
 from kernels._validate import check_bags, check_ids, check_mode, check_out, check_out_dtype, \
     check_padding_idx, check_per_sample_weights, check_vocab_size, check_weights, float_array, \
-    refuse_table
+    plain_bag_args, refuse_table
 
 _CHUNK_BYTES = 2**20
 """Reference checks work in chunks this big, so checking a large result stays cheap in memory."""
@@ -299,6 +299,11 @@ class LookupBag(Operation):
         fn(W, flat_ids, offsets, mode, psw, pad, out) when out and ids are not empty and must
         write every row of out (zeros for a bag with no id). bounds=False leaves the ids' bounds
         to a kernel function called with check_ids=True (kernels._validate.IdsOutOfRange)."""
+        if not (bounds or private_offsets):
+            plain = plain_bag_args(weights, ids, offsets, mode, per_sample_weights,
+                                   padding_idx, include_last_offset, out, out_dtype)
+            if plain is not None:
+                return plain
         W, fmt, (V, D) = check_weights(weights)
         dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
         a, flat, off, B, mode, psw, pad = _bag_args(

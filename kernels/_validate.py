@@ -11,7 +11,7 @@ import operator
 
 import numpy as np
 
-from kernels._bounds import any_out_of_range, bag_offsets
+from kernels._bounds import any_out_of_range, bag_offsets, plain_bags
 from kernels._formats import _BY_DTYPE_CHAR, _HALF_BY_DTYPE, FLOAT16
 from kernels._tables import INFERENCE_ONLY, Table
 
@@ -295,6 +295,23 @@ def check_bags(ids, offsets, include_last_offset, private=True):
     if private:
         return ids, off, off.shape[0] - 1
     return ids, off, given.shape[0] - (1 if include_last_offset else 0)
+
+
+def plain_bag_args(weights, ids, offsets, mode, per_sample_weights, padding_idx,
+                   include_last_offset, out, out_dtype):
+    """What LookupBag.prepare(bounds=False, private_offsets=False) returns for a plain call
+    (kernels._bounds.plain_bags: float ndarrays, int32/int64 ids, int64 offsets, no weights, no
+    padding, out None or ready), checked in one compiled step; None for any other call, which
+    the general checks then take (and name its problem)."""
+    if (per_sample_weights is not None or padding_idx is not None or out_dtype is not None
+            or type(include_last_offset) is not bool):
+        return None
+    plain = plain_bags(weights, ids, offsets, include_last_offset, out)
+    if plain is None:
+        return None
+    flat, off, _, out = plain
+    return (weights, _BY_DTYPE_CHAR[weights.dtype.char], flat, off, check_mode(mode), None, -1,
+            out)
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):
