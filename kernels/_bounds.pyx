@@ -202,11 +202,12 @@ cdef inline bint _apart(cnp.ndarray a, cnp.ndarray b):
     return na == 0 or nb == 0 or pa + na <= pb or pb + nb <= pa
 
 
-def plain_bags(weights, ids, offsets, bint include_last, out):
+def plain_bags(weights, ids, offsets, bint include_last, out, Py_ssize_t dim=-1):
     """The checked arguments of a plain bag call, or None when it is not one (the general checks
     of kernels._validate then run, and name any problem): (flat ids, offsets, B, out) as
     LookupBag.prepare(private_offsets=False, bounds=False) returns them, out a new array when
-    None. Plain: weights a C-contiguous native float32/float64 ndarray of 2 dims; ids a 1-D
+    None. Plain: weights a C-contiguous native float32/float64 ndarray of 2 dims (or, with
+    dim >= 0, a low-precision table's checked storage, whose bags are float32 rows of dim); ids a 1-D
     C-contiguous native int32/int64 ndarray with 1-D C-contiguous native int64 offsets that
     bag_offsets(copy=False) accepts, or 2-D such ids with offsets None; at least one bag and one
     id; out None or a C-contiguous writeable ndarray (exactly) of shape (B, D) and the weights'
@@ -220,9 +221,13 @@ def plain_bags(weights, ids, offsets, bint include_last, out):
     cdef cnp.ndarray flat
     if not _c_array(weights, 2):
         return None
-    wt = cnp.PyArray_TYPE(<cnp.ndarray>weights)
-    if wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64:
-        return None
+    if dim >= 0:
+        wt = cnp.NPY_FLOAT32
+    else:
+        wt = cnp.PyArray_TYPE(<cnp.ndarray>weights)
+        if wt != cnp.NPY_FLOAT32 and wt != cnp.NPY_FLOAT64:
+            return None
+        dim = cnp.PyArray_DIM(<cnp.ndarray>weights, 1)
     if offsets is None:
         if not _c_array(ids, 2) or include_last:
             return None
@@ -252,11 +257,10 @@ def plain_bags(weights, ids, offsets, bint include_last, out):
     if n == 0 or B == 0 or (it != cnp.NPY_INT32 and it != cnp.NPY_INT64):
         return None
     if out is None:
-        out = np.empty((B, cnp.PyArray_DIM(<cnp.ndarray>weights, 1)),
-                       (<cnp.ndarray>weights).dtype)
+        out = np.empty((B, dim), np.float32 if wt == cnp.NPY_FLOAT32 else np.float64)
     elif (not _c_array(out, 2) or cnp.PyArray_TYPE(<cnp.ndarray>out) != wt
             or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != B
-            or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != cnp.PyArray_DIM(<cnp.ndarray>weights, 1)
+            or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != dim
             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
             or not _apart(<cnp.ndarray>out, <cnp.ndarray>weights)
             or not _apart(<cnp.ndarray>out, flat)):

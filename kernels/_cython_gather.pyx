@@ -64,10 +64,18 @@ cdef extern from *:
        gathers and bags of one: int8 rows of D + 8 bytes start anywhere in a line. Measured
        (V = 2e6, 2 threads, against the first line only): int8 lookups at D = 64 0.33 -> 0.29 ms,
        level at D = 128; int8 bags of one 0.35 -> 0.31 ms (D = 64), int4 0.90 -> 0.71 (D = 128).
-       Bags of 8 measured slower with it (0.27 -> 0.31 ms, int8 D = 128) and keep the first. */
+       Bags of 8 measured slower with it (0.27 -> 0.31 ms, int8 D = 128) and keep the first.
+       Tables beyond the last-level cache take every line instead (kernels._cpu.decode_prefetch:
+       a negative distance; on a machine of 12 GB/s it made bags of 8 1.3-2x faster). */
     static inline void ek_prefetch_packed(Py_ssize_t rowbytes, const char* p) {
         EK_PREFETCH(p);
         EK_PREFETCH(p + rowbytes - 1);
+    }
+    /* Every line of a packed row, once each: for tables beyond the last-level cache, where a
+       line left to the demand load costs a full memory latency (see decode_prefetch). */
+    static inline void ek_prefetch_all(Py_ssize_t rowbytes, const char* p) {
+        uintptr_t a = (uintptr_t)p & ~(uintptr_t)63, e = (uintptr_t)(p + rowbytes - 1);
+        for (; a <= e; a += 64) EK_PREFETCH((const char*)a);
     }
 
     /* One read of ids[i]: the empty asm makes the loaded value opaque, so the compiler may
@@ -1139,8 +1147,9 @@ cdef extern from *:
     #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
         for (b = b0; b < b1; b++) { \\
             char* row = (char*)(out + b * (DIM)); \\
-            if (prefetch && b + prefetch < n) \\
-                ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); \\
+            if (prefetch && b + prefetch < n) { \\
+                if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); \\
+                else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); } \\
             EK_SINGLE_ID(LOAD, row, (DIM) * sizeof(float)) \\
             const char* src = W + j * rs; \\
             float s_, b_; \\
@@ -1168,8 +1177,9 @@ cdef extern from *:
                 for (k = 0; k < NB; k++) acc[k] = (VT){0}; \\
                 cnt = 0; \\
                 for (i = lo_; i < hi_; i++) { \\
-                    if (v0 == 0 && prefetch && i + prefetch < n) \\
-                        ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs); \\
+                    if (v0 == 0 && prefetch && i + prefetch < n) { \\
+                        if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
+                        else ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
                     j = LOAD(&ids[i]); \\
                     if (j == pad) continue; \\
                     if ((size_t)j >= (size_t)V) { bad++; continue; } \\
@@ -1201,7 +1211,7 @@ cdef extern from *:
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
-            int mode, Py_ssize_t pad, int prefetch) { \\
+            int mode, Py_ssize_t pad, int prefetch, int pf_all) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         switch (fmt) { \\
         case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
@@ -1223,8 +1233,9 @@ cdef extern from *:
     /* Lookups of the same row sizes: each row decoded in registers and stored to out. */
     #define EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, DIM) \\
         for (i = lo; i < hi; i++) { \\
-            if (prefetch && i + prefetch < hi) \\
-                ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
+            if (prefetch && i + prefetch < hi) { \\
+                if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
+                else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
             const char* src = W + j * rs; \\
@@ -1247,7 +1258,7 @@ cdef extern from *:
     #define EK_DEFINE_VEC_GATHER(NAME, IDX_T, LOAD, TARGET, VT, VL, SUF) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, float* out, \\
-            Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi, int prefetch) { \\
+            Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi, int prefetch, int pf_all) { \\
         Py_ssize_t i, j, k, bad = 0; \\
         switch (fmt) { \\
         case EK_F16: EK_VEC_ROWS_DIMS(SUF##f16, EK_SB_NONE, VT, VL, LOAD) break; \\
@@ -1268,13 +1279,13 @@ cdef extern from *:
     #define EK_TRY_VEC_GATHER(NAME, NAME512) \\
         if (ek_use_f16c && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, out, D, lo, \\
-                                                    hi, prefetch);
+                                                    hi, prefetch, pf_all);
     static int ek_use_avx512, ek_use_fma;
     #define EK_TRY_VEC_BAG(NAME, NAME512) \\
         if (ek_use_fma && psw == NULL && mode != EK_MAX \\
                 && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, n, offsets, \\
-                                                    b0, b1, out, D, mode, pad, prefetch);
+                                                    b0, b1, out, D, mode, pad, prefetch, pf_all);
 
     static void ek_init_cpu(void) {
         __builtin_cpu_init();
@@ -1341,11 +1352,15 @@ cdef extern from *:
             DEC(W + j * rs, D, out + i * D); \\
         }
 
+    /* A negative prefetch distance asks for every line of each row (ek_prefetch_all) in the
+       vector loops; the portable loops take its size (their first line). */
+    #define EK_PF_ALL int pf_all = prefetch < 0; if (pf_all) prefetch = -prefetch; (void)pf_all;
     #define EK_DEFINE_DECODE_GATHER(NAME, IDX_T, LOAD, F16C_NAME, VEC_NAME, VEC512_NAME) \\
     EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
             Py_ssize_t rowbytes, const IDX_T* ids, float* out, Py_ssize_t D, Py_ssize_t lo, \\
             Py_ssize_t hi, int prefetch) { \\
         Py_ssize_t i, j, bad = 0; \\
+        EK_PF_ALL \\
         EK_TRY_VEC_GATHER(VEC_NAME, VEC512_NAME) \\
         switch (fmt) { \\
         case EK_F16: EK_TRY_F16C(F16C_NAME) EK_DECODE_LOOP(ek_dec_f16, LOAD) break; \\
@@ -1451,6 +1466,7 @@ cdef extern from *:
             Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, int mode, \\
             const float* psw, Py_ssize_t pad, int prefetch, float* tmp) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
+        EK_PF_ALL \\
         EK_TRY_VEC_BAG(VEC_NAME, VEC512_NAME) \\
         switch (fmt) { \\
         case EK_F16: EK_DECODE_BAG_DIMS(ek_dec_f16_int_row, LOAD) break; \\

@@ -300,18 +300,24 @@ def check_bags(ids, offsets, include_last_offset, private=True):
 def plain_bag_args(weights, ids, offsets, mode, per_sample_weights, padding_idx,
                    include_last_offset, out, out_dtype):
     """What LookupBag.prepare(bounds=False, private_offsets=False) returns for a plain call
-    (kernels._bounds.plain_bags: float ndarrays, int32/int64 ids, int64 offsets, no weights, no
-    padding, out None or ready), checked in one compiled step; None for any other call, which
-    the general checks then take (and name its problem)."""
+    (kernels._bounds.plain_bags: a float ndarray or a low-precision table, int32/int64 ids,
+    int64 offsets, no weights, no padding, out None or ready), checked in one compiled step;
+    None for any other call, which the general checks then take (and name its problem)."""
     if (per_sample_weights is not None or padding_idx is not None or out_dtype is not None
             or type(include_last_offset) is not bool):
         return None
-    plain = plain_bags(weights, ids, offsets, include_last_offset, out)
+    if type(weights) is np.ndarray:
+        W, plain = weights, plain_bags(weights, ids, offsets, include_last_offset, out)
+        fmt = None if plain is None else _BY_DTYPE_CHAR[W.dtype.char]
+    elif isinstance(weights, Table):
+        W, fmt, (_, D) = _table_storage(weights)
+        plain = plain_bags(W, ids, offsets, include_last_offset, out, D)
+    else:
+        return None
     if plain is None:
         return None
     flat, off, _, out = plain
-    return (weights, _BY_DTYPE_CHAR[weights.dtype.char], flat, off, check_mode(mode), None, -1,
-            out)
+    return W, fmt, flat, off, check_mode(mode), None, -1, out
 
 
 def check_per_sample_weights(psw, ids_shape, fmt, mode):

@@ -729,3 +729,44 @@ def test_bags_of_one_id_decode_as_the_general_bag_at_every_isa_level(fmt, D, cyt
         longer = kernels.lookup_bag(T, np.append(ids, [1, 2]), last_of_three, mode=mode,
                                     padding_idx=5, kernel="cython_gather")
         assert_bitwise_equal(longer[:-1], want[:-1], f"{fmt} D={D} {mode} general loop")
+
+
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+@pytest.mark.parametrize("D", [16, 64, 128, 256])
+def test_cython_decoders_give_the_same_bits_whatever_they_prefetch(fmt, D, monkeypatch):
+    """The decoding loops' prefetch (none, first lines, every line of a row as for tables beyond
+    the last-level cache) changes no bit: lookups, bags of one and bags of 8 and uneven bags."""
+    from kernels import cython_gather
+
+    T = check_table(300, D, fmt, seed=D + 1)
+    ids, offsets = bag_layout(D, 300, n=3000, B=200)
+    ones = np.arange(3000)
+    eights = np.arange(0, 3000, 8)
+
+    def run():
+        return [kernels.lookup(T, ids, kernel="cython_gather")] + [
+            kernels.lookup_bag(T, ids, off, kernel="cython_gather")
+            for off in (offsets, ones, eights)]
+
+    results = {}
+    for distance in (0, 16, -16, -1):
+        monkeypatch.setattr(cython_gather, "decode_prefetch", lambda S, d=distance: d)
+        results[distance] = run()
+    for distance, got in results.items():
+        for what, r, want in zip(("lookup", "bags", "bags of one", "bags of 8"), got,
+                                 results[0]):
+            assert_bitwise_equal(r, want, f"{fmt} D={D} {what}, prefetch {distance}")
+
+
+def test_decode_prefetch_asks_for_every_line_only_beyond_the_last_level_cache(monkeypatch):
+    from kernels import _cpu
+
+    S = np.zeros((1000, 72), np.uint8)
+    monkeypatch.setattr(_cpu, "L2_BYTES", 1000)
+    monkeypatch.setattr(_cpu, "L3_BYTES", 100_000)
+    assert _cpu.decode_prefetch(S) == _cpu.DECODE_PREFETCH_DISTANCE > 0
+    monkeypatch.setattr(_cpu, "L3_BYTES", 50_000)
+    assert _cpu.decode_prefetch(S) == -_cpu.DECODE_PREFETCH_DISTANCE
+    monkeypatch.setattr(_cpu, "L2_BYTES", 100_000)
+    monkeypatch.setattr(_cpu, "L3_BYTES", 200_000)
+    assert _cpu.decode_prefetch(S) == 0

@@ -10,6 +10,7 @@ import kernels
 from kernels import _ops
 from kernels._bounds import plain_bags
 from kernels._ops import LOOKUP_BAG
+from kernels._tables import Table
 from kernels._validate import plain_bag_args
 
 V, D = 50, 8
@@ -112,7 +113,10 @@ def _not_plain():
     yield "weights strided", np.ones((V, 2 * D), np.float32)[:, ::2], ids, off, False, out
     yield "weights 1-D", W.reshape(-1), ids, off, False, None
     yield "weights a list", W.tolist(), ids, off, False, out
-    yield "weights a table", kernels.quantize(W, "int8"), ids, off, False, out
+    yield "a table's bags into float64", kernels.quantize(W, "int8"), ids, off, False, \
+        np.empty((6, D), np.float64)
+    yield "a table's bags 2 values wide", kernels.quantize(W, "int4"), ids, off, False, \
+        np.empty((6, 2), np.float32)
 
 
 NOT_PLAIN = list(_not_plain())
@@ -120,7 +124,8 @@ NOT_PLAIN = list(_not_plain())
 
 @pytest.mark.parametrize("name,W,ids,offsets,last,out", NOT_PLAIN, ids=[c[0] for c in NOT_PLAIN])
 def test_anything_else_is_left_to_the_general_checks(name, W, ids, offsets, last, out):
-    assert plain_bags(W, ids, offsets, last, out) is None
+    W_, dim = (W.packed, W.shape[1]) if isinstance(W, Table) else (W, -1)
+    assert plain_bags(W_, ids, offsets, last, out, dim) is None
     fast, general = _outcome(_fast, W, ids, offsets, last, out), \
         _outcome(_general, W, ids, offsets, last, out)
     assert fast == general
@@ -158,3 +163,23 @@ def test_a_bad_mode_in_a_plain_call_gets_the_general_error():
     ids = np.arange(24, dtype=np.int32)
     with pytest.raises(ValueError, match="mode must be one of"):
         kernels.lookup_bag(W, ids, np.arange(0, 24, 4), mode="median", kernel="cython_gather")
+
+
+@pytest.mark.parametrize("fmt", ["float16", "bfloat16", "int8", "int4"])
+@pytest.mark.parametrize("given_out", [False, True])
+def test_a_plain_call_on_a_low_precision_table_gets_what_the_general_checks_give(fmt, given_out):
+    rng = np.random.default_rng(5)
+    table = kernels.quantize(rng.standard_normal((V, D)).astype(np.float32), fmt)
+    ids = rng.integers(0, V, 24).astype(np.int32)
+    offsets = np.array([0, 2, 2, 9, 24])
+    out = np.empty((5, D), np.float32) if given_out else None
+    args = (table, ids, offsets, "sum", None, None, False, out)
+    assert plain_bags(table.packed, ids, offsets, False, out, D) is not None
+    fast, general = _fast(*args), _general(*args)
+    assert fast[0] is table.packed and general[0] is table.packed and fast[1] is general[1]
+    assert fast[2] is ids and fast[3] is offsets and general[3] is offsets
+    assert fast[7].shape == general[7].shape == (5, D) and fast[7].dtype == np.float32
+    assert (fast[7] is out) if given_out else fast[7] is not general[7]
+    got = kernels.lookup_bag(table, ids, offsets, kernel="cython_gather", out=out)
+    want = kernels.lookup_bag(table, ids, offsets, kernel="numpy_take")
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
