@@ -1258,7 +1258,7 @@ def test_offsets_checked_in_place_are_the_callers_array_or_none_for_equal_bags()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("D", [8, 16, 24, 32, 64, 128])
+@pytest.mark.parametrize("D", [8, 16, 24, 32, 64, 128, 256])
 def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
     """Bags of one id each (cython_gather's gather-like loop for them; no offsets are read when
     they are all one long): sum, mean and sqrtn give row + 0.0 (-0.0 made +0.0, NaN kept), max
