@@ -3,6 +3,9 @@ the general checks accept with the same result, and hands every other call to th
 that their errors stay the only ones."""
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -183,3 +186,24 @@ def test_a_plain_call_on_a_low_precision_table_gets_what_the_general_checks_give
     got = kernels.lookup_bag(table, ids, offsets, kernel="cython_gather", out=out)
     want = kernels.lookup_bag(table, ids, offsets, kernel="numpy_take")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_bag_checks_script_times_both_paths_and_switches_the_compiled_one_off():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tools import bag_checks
+
+    W = np.ones((V, D), np.float32)
+    ids = np.arange(24, dtype=np.int32)
+    offsets = np.arange(0, 24, 4)
+    with bag_checks.general_checks_only():
+        assert plain_bag_args(W, ids, offsets, "sum", None, None, False, None, None) is not None
+        assert _ops.plain_bag_args(W, ids, offsets, "sum", None, None, False, None,
+                                   None) is None
+    assert _ops.plain_bag_args is plain_bag_args
+    rows = bag_checks.measure([(100, 16, 4)], n=64, rounds=2, number=1)
+    (v, d, L, t), = rows
+    assert (v, d, L) == (100, 16, 4)
+    assert {"compiled check", "general checks"} <= set(t)
+    assert all(x > 0 for x in t.values())
