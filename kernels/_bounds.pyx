@@ -138,6 +138,15 @@ def _name_bad_offset(cnp.ndarray off, Py_ssize_t n):
     raise ValueError("offsets changed while they were checked")
 
 
+cdef inline int _scan_in_place(const int64_t* p, Py_ssize_t m, Py_ssize_t n,
+                               bint include_last) noexcept nogil:
+    """ek_scan_offsets of m bounds read in place, asking whether the B bags all hold n / B ids:
+    bit 1 bad, bit 2 not all of one length (0: all n / B long)."""
+    cdef Py_ssize_t B = m - 1 if include_last else m
+    cdef int64_t N = n // B if B and n % B == 0 else -1
+    return ek_scan_offsets(p, NULL, m, n, N)
+
+
 def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint copy=True):
     """The B + 1 int64 bag bounds of checked offsets: a new array (a private copy), off with n
     appended unless include_last. `off` is 1-D C-contiguous native int64 (B starts, or B + 1
@@ -169,10 +178,8 @@ def bag_offsets(cnp.ndarray off not None, Py_ssize_t n, bint include_last, bint 
     if p[0] != 0:
         raise ValueError(f"offsets[0] must be 0, got {p[0]}")
     if not copy:
-        B = m - 1 if include_last else m
-        N = n // B if B and n % B == 0 else -1
         with nogil:
-            bad = ek_scan_offsets(<const int64_t*>p, NULL, m, n, N)
+            bad = _scan_in_place(<const int64_t*>p, m, n, include_last)
         if bad & 1:
             _name_bad_offset(off, n)
         return None if not bad else off
@@ -214,9 +221,8 @@ def plain_bags(weights, ids, offsets, bint include_last, out, Py_ssize_t dim=-1)
     dtype, overlapping neither. One C pass over the offsets, no Python-level checks: the common
     call's checks cost 10 us in Python (and more after a large call left the caches cold)."""
     cdef int wt, it
-    cdef Py_ssize_t m, n, B
-    cdef int64_t N
-    cdef const int64_t* p
+    cdef Py_ssize_t m = 0, n, B
+    cdef const int64_t* p = NULL
     cdef int bad
     cdef cnp.ndarray flat
     if not _c_array(weights, 2):
@@ -234,7 +240,6 @@ def plain_bags(weights, ids, offsets, bint include_last, out, Py_ssize_t dim=-1)
         B = cnp.PyArray_DIM(<cnp.ndarray>ids, 0)
         n = B * cnp.PyArray_DIM(<cnp.ndarray>ids, 1)
         flat = (<cnp.ndarray>ids).reshape(-1)
-        off = None
     else:
         if not _c_array(ids, 1) or not _c_array(offsets, 1):
             return None
@@ -247,22 +252,25 @@ def plain_bags(weights, ids, offsets, bint include_last, out, Py_ssize_t dim=-1)
         p = <const int64_t*>cnp.PyArray_DATA(<cnp.ndarray>offsets)
         if B <= 0 or p[0] != 0 or (include_last and p[m - 1] != n):
             return None
-        N = n // B if n % B == 0 else -1
-        with nogil:
-            bad = ek_scan_offsets(p, NULL, m, n, N)
-        if bad & 1:
-            return None
-        off = offsets if bad else None
     it = cnp.PyArray_TYPE(flat)
     if n == 0 or B == 0 or (it != cnp.NPY_INT32 and it != cnp.NPY_INT64):
         return None
-    if out is None:
-        out = np.empty((B, dim), np.float32 if wt == cnp.NPY_FLOAT32 else np.float64)
-    elif (not _c_array(out, 2) or cnp.PyArray_TYPE(<cnp.ndarray>out) != wt
+    if out is not None and (
+            not _c_array(out, 2) or cnp.PyArray_TYPE(<cnp.ndarray>out) != wt
             or cnp.PyArray_DIM(<cnp.ndarray>out, 0) != B
             or cnp.PyArray_DIM(<cnp.ndarray>out, 1) != dim
             or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)
             or not _apart(<cnp.ndarray>out, <cnp.ndarray>weights)
             or not _apart(<cnp.ndarray>out, flat)):
         return None
+    off = None
+    if p != NULL:  # the one pass over the offsets, after every cheaper refusal
+        with nogil:
+            bad = _scan_in_place(p, m, n, include_last)
+        if bad & 1:
+            return None
+        if bad:
+            off = offsets
+    if out is None:
+        out = np.empty((B, dim), np.float32 if wt == cnp.NPY_FLOAT32 else np.float64)
     return flat, off, B, out

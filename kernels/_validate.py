@@ -307,16 +307,17 @@ def plain_bag_args(weights, ids, offsets, mode, per_sample_weights, padding_idx,
             or type(include_last_offset) is not bool):
         return None
     if type(weights) is np.ndarray:
-        W, plain = weights, plain_bags(weights, ids, offsets, include_last_offset, out)
-        fmt = None if plain is None else _BY_DTYPE_CHAR[W.dtype.char]
+        W, fmt, D = weights, None, -1
     elif isinstance(weights, Table):
         W, fmt, (_, D) = _table_storage(weights)
-        plain = plain_bags(W, ids, offsets, include_last_offset, out, D)
     else:
         return None
+    plain = plain_bags(W, ids, offsets, include_last_offset, out, D)
     if plain is None:
         return None
     flat, off, _, out = plain
+    if fmt is None:
+        fmt = _BY_DTYPE_CHAR[W.dtype.char]
     return W, fmt, flat, off, check_mode(mode), None, -1, out
 
 
