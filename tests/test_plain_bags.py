@@ -16,17 +16,18 @@ from kernels._ops import LOOKUP_BAG
 from kernels._tables import Table
 from kernels._validate import plain_bag_args
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from tools import bag_checks  # noqa: E402
+
 V, D = 50, 8
 
 
 def _general(*args, **kw):
     """LookupBag.prepare(bounds=False, private_offsets=False) with the compiled step switched off."""
-    saved = _ops.plain_bag_args
-    _ops.plain_bag_args = lambda *a: None
-    try:
+    with bag_checks.general_checks_only():
         return LOOKUP_BAG.prepare(*args, bounds=False, private_offsets=False, **kw)
-    finally:
-        _ops.plain_bag_args = saved
 
 
 def _fast(*args, **kw):
@@ -189,11 +190,6 @@ def test_a_plain_call_on_a_low_precision_table_gets_what_the_general_checks_give
 
 
 def test_the_bag_checks_script_times_both_paths_and_switches_the_compiled_one_off():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from tools import bag_checks
-
     W = np.ones((V, D), np.float32)
     ids = np.arange(24, dtype=np.int32)
     offsets = np.arange(0, 24, 4)
