@@ -14,7 +14,7 @@ BENCH ?=
 shell_quote = '$(subst ','\'',$(1))'
 
 .DEFAULT_GOAL := help
-.PHONY: help test test-fast bench bench-peers bench-quick publish serve screenshots venv clean
+.PHONY: help test test-fast bench bench-peers bench-quick publish serve screenshots venv venv-bench clean
 
 # The variables whose $(NAME) in a ## line `make help` shows by their value.
 HELP_VARS := ASV_DIR HTML_DIR VENV PYTHON PORT
@@ -45,6 +45,11 @@ $(PY):
 venv: $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 
+## The same with only what `make bench` needs (asv, matplotlib): not torch or the browser driver of
+## the test extras, which took a minute or more of a fresh clone's `make bench`.
+venv-bench: $(PY)
+	$(PY) -m pip install --quiet -e '.[bench]'
+
 ## Set up, build the Cython extension, run every test (what CI runs).
 test: venv
 	$(PY) -m pytest -q
@@ -60,7 +65,7 @@ test-fast: venv
 ## BENCH=<regex> runs only the benchmarks whose name matches it (asv run --bench; default: all),
 ## e.g. make bench BENCH='^bench_lookup\.Roofline'. Results of the others are kept.
 ## With another Python: make bench PYTHON=python3.12 VENV=.venv312.
-bench: venv
+bench: venv-bench
 	$(ASV) machine --yes --config asv.conf.json
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(ASV) run --config asv.conf.json $(if $(value BENCH),--bench $(call shell_quote,$(value BENCH))) HEAD^!
 	$(MAKE) publish

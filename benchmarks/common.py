@@ -418,21 +418,24 @@ class Timing:
     """asv attributes, tuned so `make bench` (all classes, fresh environment) fits in 25 minutes.
 
     number = 1: asv_runner re-runs setup before every timed call anyway; each sample is one call.
-    repeat = (2, 100, 0.5): at least 2 samples, at most 100, no new one after 0.5 s.
-    rounds = 3: three processes per parameter set, run in three passes over the whole suite, so
-    the samples come from three moments (the machines are shared); asv reports their median.
+    repeat = (2, 100, 0.25): at least 2 samples, at most 100, no new one after 0.25 s.
+    rounds = 2: two processes per parameter set, run in two passes over the whole suite, so
+    the samples come from two moments (the machines are shared); asv reports their median.
+    Three rounds of 0.5 s took `make bench` to 35 min 47 s on a 12 GB/s 2-vCPU AMD EPYC (at
+    5a16ec5; 29 min 44 s of it benchmarks), over the budget: a process of a small lookup spends
+    most of its time sampling, one of a large table building and checking it.
     warmup_time = 0: setup's checked first call already warmed the kernel, caches and pages.
     """
 
     number = 1
-    repeat = (2, 100, 0.5)
-    rounds = 3
+    repeat = (2, 100, 0.25)
+    rounds = 2
     warmup_time = 0.0
     timeout = 300
 
 
 class BagTiming(Timing):
-    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): Timing's three rounds, but
+    """Timing of the bag classes (bench_bags, bench_peers.BagPeers): Timing's two rounds, but
     samples for at most 0.1 s a process, so that the ~300 bag parameter sets cost `make bench`
     at most ~7 minutes. A bag process builds its table (up to 1 GB at V = 1e6, D = 256) and
     checks the kernel against the float64 reference before timing: that, not the timed calls
