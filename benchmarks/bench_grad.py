@@ -1,6 +1,5 @@
 """Backward of the lookup, dW = scatter-add of the output gradient's rows, by every kernel."""
 import kernels
-from kernels._ops import LOOKUP_GRAD
 
 from . import common
 
@@ -12,9 +11,10 @@ class LookupGrad(common.Timing):
     (time_lookup_grad) or left to the kernel (peakmem_lookup_grad: peak RSS of the whole process).
     Checked once per parameter set against a float64 np.add.at reference: each element within
     k * eps(float32) * sum|g| of it (k = its number of contributions), unhit rows exactly +0.0.
-    track_bandwidth: GB/s = LOOKUP_GRAD.moved_bytes / time per call (best of 3 medians, as in
-    Lookup): (n*D [read G] + 2*n*D [dW rows read and written] + V*D [zeroing dW]) * itemsize, the
-    same count as the roofline script and `python -m kernels`.
+    No track_bandwidth (since cdb751f: its 100 processes took 84-89 s of `make bench`, over the
+    budget on a 12 GB/s machine): the report derives the bandwidth from time_lookup_grad and
+    LOOKUP_GRAD.moved_bytes, (n*D [read G] + 2*n*D [dW rows read and written] + V*D [zeroing
+    dW]) * itemsize, the same count as the roofline script and `python -m kernels`.
     """
 
     params = [common.KERNELS, common.VOCAB_SIZES, common.DIMS]
@@ -34,11 +34,3 @@ class LookupGrad(common.Timing):
 
     def peakmem_lookup_grad(self, kernel, vocab_size, dim):
         self.K.lookup_grad(self.G, self.ids, vocab_size)
-
-    def track_bandwidth(self, kernel, vocab_size, dim):
-        seconds = common.best_median_seconds(
-            lambda: self.K.lookup_grad(self.G, self.ids, vocab_size, out=self.dW)
-        )
-        return common.gbps(LOOKUP_GRAD.moved_bytes(self.ids.size, vocab_size, dim), seconds)
-
-    track_bandwidth.unit = "GB/s"

@@ -25,6 +25,7 @@ if ROOT not in sys.path:
 
 asv = pytest.importorskip("asv")
 
+import kernels  # noqa: E402
 from tools.report import crossover, grid, page, results, site, vendor  # noqa: E402
 
 ASV_INDEX_HTML = os.path.join(os.path.dirname(asv.__file__), "www", "index.html")
@@ -395,9 +396,15 @@ def test_crossover_from_a_real_asv_run(toy_asv_project):
     assert fwd.cells[(100000, 8)].bw_pct == pytest.approx(100 * 5 / 20)
     # onehot_dense was n/a (NotImplementedError in setup): not a candidate, no crash
     assert "onehot_dense" not in fwd.cells[(100000, 8)].times
-    # backward: no track_bandwidth in the toy LookupGrad -> n/a, not an error
+    # backward: no track_bandwidth in the toy LookupGrad -> derived from the fastest time and
+    # LOOKUP_GRAD.moved_bytes at the lookup benchmarks' 16,384 ids
     assert all(c.best == "onehot_dense" for c in bwd.cells.values())
-    assert all(c.bw_pct is None for c in bwd.cells.values()) and not bwd.has_bandwidth
+    assert bwd.has_bandwidth
+    grad = kernels.OPERATIONS["lookup_grad"]
+    for (V, D), c in bwd.cells.items():
+        assert c.bw == pytest.approx(grad.moved_bytes(16_384, V, D) / c.time / 1e9)
+        roof = {8: 20, 512: 40}[D]
+        assert c.bw_pct == pytest.approx(100 * c.bw / roof)
 
 
 def test_cli_on_a_real_asv_run(toy_asv_project, tmp_path):

@@ -9,8 +9,10 @@ kernel, and for every value of its other parameters (distribution, dtype, bag_le
 
 * the fastest kernel (smallest time),
 * its speed-up over REFERENCE_KERNEL (time of the reference / time of the fastest),
-* its bandwidth (the same class's ``track_bandwidth``, GB/s) as a % of the plain copy
-  (``Roofline.track_bandwidth`` at the same dim: same byte formula),
+* its bandwidth (the same class's ``track_bandwidth``, GB/s; for an operation's benchmark
+  without one, such as ``LookupGrad``'s since `make bench` had to fit its budget, the
+  operation's ``moved_bytes`` at DEFAULT_N_IDS ids over the fastest time) as a % of the plain
+  copy (``Roofline.track_bandwidth`` at the same dim: same byte formula),
 * where peers were measured on the same data (PEER_BENCHMARKS: torch's and FBGEMM's forms,
   ``make bench-peers``), the fastest peer and the fastest kernel's speed-up over it.
 """
@@ -20,6 +22,7 @@ import dataclasses
 
 from kernels import OPERATIONS
 from kernels._decision_table import COPY_BENCHMARK
+from kernels.decisions import DEFAULT_N_IDS
 
 from .results import Run, is_time, records
 
@@ -174,6 +177,15 @@ def _peer_times(run: Run, key: str):
     return (peer_key, names, by) if by else (None, [], {})
 
 
+def _derived_bytes(key):
+    """(V, D) -> bytes one call moves, for the benchmark of an operation timed at DEFAULT_N_IDS
+    ids (no extra parameter: lookup, lookup_grad), else None."""
+    for op in OPERATIONS.values():
+        if op.benchmark == key and op.extra_param is None:
+            return lambda V, D: op.moved_bytes(DEFAULT_N_IDS, V, D)
+    return None
+
+
 def compute_grids(run: Run) -> list[Grid]:
     """One Grid per (timing benchmark over kernel x vocab_size x dim, facet values)."""
     grids = []
@@ -188,6 +200,7 @@ def compute_grids(run: Run) -> list[Grid]:
         times = {_key(p, pn): v for p, v in recs}
         bw_r = records(run, key.rsplit(".", 1)[0] + ".track_bandwidth")
         bw = {_key(p, bw_r[0]): v for p, v in bw_r[1]} if bw_r and bw_r[0] == pn else {}
+        derive = None if bw else _derived_bytes(key)
         title, defaults = _title_for(key)
         facet_names = [n for n in pn if n not in AXIS_PARAMS]
         kernels = _ordered(p["kernel"] for p, _ in recs)
@@ -217,6 +230,8 @@ def compute_grids(run: Run) -> list[Grid]:
                         if ref is not None:
                             cell.speedup = ref / cell.time
                         b = bw.get(_key(dict(base, kernel=cell.best), pn))
+                        if b is None and derive is not None and cell.time > 0:
+                            b = derive(V, D) / cell.time / 1e9
                         if is_time(b):
                             cell.bw = b
                             if roof is not None and set(roof[0]) <= set(base):
@@ -225,6 +240,7 @@ def compute_grids(run: Run) -> list[Grid]:
                                     cell.bw_pct = 100.0 * b / c
                     cells[(V, D)] = cell
             grids.append(Grid(key, title, facets, vocabs, dims, kernels, cells,
-                              has_bandwidth=bool(bw), has_roofline=roof is not None,
+                              has_bandwidth=bool(bw) or derive is not None,
+                              has_roofline=roof is not None,
                               peer_key=peer_key))
     return grids
