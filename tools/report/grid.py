@@ -91,6 +91,7 @@ class Grid:
     has_bandwidth: bool
     has_roofline: bool
     peer_key: str | None = None  # the peers' benchmark, when the results hold it
+    bandwidth_from_times: bool = False  # bandwidth = moved bytes / the fastest time (no tracks)
 
     @property
     def label(self) -> str:
@@ -242,5 +243,5 @@ def compute_grids(run: Run) -> list[Grid]:
             grids.append(Grid(key, title, facets, vocabs, dims, kernels, cells,
                               has_bandwidth=bool(bw) or derive is not None,
                               has_roofline=roof is not None,
-                              peer_key=peer_key))
+                              peer_key=peer_key, bandwidth_from_times=derive is not None))
     return grids

@@ -208,7 +208,8 @@ def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, e
             "<p>Each cell: the kernel with the smallest time at that (vocab_size, dim); its "
             f"speed-up over <code>{REFERENCE_KERNEL}</code> (time of {REFERENCE_KERNEL} / its "
             f"time; 1.00x where {REFERENCE_KERNEL} itself is fastest); its bandwidth (the "
-            "benchmark's <code>track_bandwidth</code>) as a percentage of the plain copy of the "
+            "benchmark's <code>track_bandwidth</code>, or where it has none the bytes the "
+            "operation moves over its time) as a percentage of the plain copy of the "
             "same number of bytes (<code>Roofline.track_bandwidth</code> at the same dim). "
             "n/a: no kernel measured there, or the number is missing. Bags: one grid per "
             "bag length (ids per bag). Where peers were measured on the same data (torch's "
@@ -225,6 +226,9 @@ def render_page(*, machine=None, commit=None, commit_date=None, run_date=None, e
             out.append(f"<p class=\"meta\">benchmark <code>{_e(g.key)}</code>"
                        + (f"; peers <code>{_e(g.peer_key)}</code>" if g.peer_key else "")
                        + ("" if g.has_bandwidth else " &mdash; no track_bandwidth results")
+                       + (" &mdash; bandwidth from its times (no track_bandwidth: the moved "
+                          "bytes over the median time, lower than a track's best of three "
+                          "medians)" if g.bandwidth_from_times else "")
                        + ("" if g.has_roofline else " &mdash; no Roofline results") + "</p>")
             if not g.measured:
                 out.append("<p class=\"notice\">No kernel was measured on this grid in the "
