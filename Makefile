@@ -50,16 +50,13 @@ venv: $(PY)
 venv-bench: $(PY)
 	$(PY) -m pip install --quiet -e '.[bench]'
 
-# pytest-xdist: one worker per core; the browser tests (one shared asv virtualenv) in one worker.
-PYTEST_PARALLEL ?= -n auto --dist loadgroup
-
-## Set up, build the Cython extension, run every test (what CI runs), one pytest worker per core.
+## Set up, build the Cython extension, run every test (what CI runs).
 test: venv
-	$(PY) -m pytest -q $(PYTEST_PARALLEL)
+	$(PY) -m pytest -q
 
 ## The tests without those marked slow (the asv subprocess runs, the browser tests, the fuzz).
 test-fast: venv
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
+	$(PY) -m pytest -q -m "not slow"
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
 ## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env with the Python of $(VENV):

@@ -32,9 +32,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-# One worker under pytest-xdist (make test: --dist loadgroup): the session fixture's asv
-# virtualenv (ENV_CACHE) is shared, and two workers building it at once broke each other.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
