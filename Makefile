@@ -50,13 +50,17 @@ venv: $(PY)
 venv-bench: $(PY)
 	$(PY) -m pip install --quiet -e '.[bench]'
 
-## Set up, build the Cython extension, run every test (what CI runs).
+# pytest-xdist, one worker per core, each test file in one worker (--dist loadfile): the browser
+# tests' session fixture builds its report once. PYTEST_PARALLEL= runs one process.
+PYTEST_PARALLEL ?= -n auto --dist loadfile
+
+## Set up, build the Cython extension, run every test (what CI runs), one pytest worker per core.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
 
 ## The tests without those marked slow (the asv subprocess runs, the browser tests, the fuzz).
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 ## Set up, run the full asv suite on the committed HEAD, publish the HTML report.
 ## (asv builds HEAD in its own virtualenv under $(ASV_DIR)/env with the Python of $(VENV):

@@ -19,6 +19,8 @@ them the tests skip -- unless CI=true, where a missing browser is a failure.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -146,6 +148,24 @@ def published_site(browser_ok, tmp_path_factory):
             f"REPORT_HTML_DIR={EXISTING_HTML_DIR} holds no published report with crossover.html")
         return EXISTING_HTML_DIR
     repo = str(tmp_path_factory.mktemp("browser") / "repo")
+    with _env_cache_lock():
+        return _publish(repo)
+
+
+@contextlib.contextmanager
+def _env_cache_lock():
+    """Hold ENV_CACHE for one process at a time: two pytest processes (make test's workers, or
+    two runs) building that one virtualenv at once left its pip broken."""
+    os.makedirs(os.path.dirname(ENV_CACHE) or ".", exist_ok=True)
+    with open(ENV_CACHE + ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _publish(repo):
     t0 = time.perf_counter()
     _clone_with_working_tree(repo)
     TIMINGS.append(("setup: clone", time.perf_counter() - t0))
