@@ -626,6 +626,7 @@ cdef extern from *:
                     if (PF && (TAIL || NB * (VB) > 64)) __builtin_prefetch(pf + NB * (VB) - 1, 0, 3); \
                     cnt++; \
                 } \
+                _Pragma("GCC unroll 16") \
                 for (k = 0; k < NB; k++) \
                     memcpy((char*)row + (v0 + k) * (VB), &acc[k], (VB)); \
             } \
@@ -1176,20 +1177,14 @@ cdef extern from *:
        bag's loop (EK_BAG_FIXED: vector accumulators in registers, a block of columns a pass)
        with each row added in registers (VPOOL: ek_vpool_*), nothing staged in memory. The same
        additions in the same order as the general loop, so the same bits. */
-    #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
-        if (offsets->off == NULL && offsets->N == 1) { \\
-            EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
-        } else { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
-            enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK) }; \\
-            float* row = out + b * (DIM); \\
-            Py_ssize_t cnt = 0; \\
-            EK_BAG_BOUNDS(b) \\
-            for (Py_ssize_t v0 = 0; v0 < NV; v0 += NB) { \\
-                VT acc[NB]; \\
-                for (k = 0; k < NB; k++) acc[k] = (VT){0}; \\
+    /* One pass over a bag's rows: NBX accumulators from vector V0 of each row (the first
+       pass prefetches the rows ahead). */
+    #define EK_DECODE_PASS(VPOOL, SB, HB, VT, VL, LOAD, DIM, V0, NBX) { \\
+                VT acc[NBX]; \\
+                for (k = 0; k < (NBX); k++) acc[k] = (VT){0}; \\
                 cnt = 0; \\
                 for (i = lo_; i < hi_; i++) { \\
-                    if (v0 == 0 && prefetch && i + prefetch < n) { \\
+                    if ((V0) == 0 && prefetch && i + prefetch < n) { \\
                         if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
                         else ek_prefetch_row(W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
                     j = LOAD(&ids[i]); \\
@@ -1198,14 +1193,31 @@ cdef extern from *:
                     const char* src = W + j * rs; \\
                     float s_, b_; \\
                     SB(src, (DIM), s_, b_) \\
-                    const char* at = src + v0 * (VL) * (HB) / 2; \\
+                    const char* at = src + (V0) * (VL) * (HB) / 2; \\
                     EK_OPAQUE(at); \\
-                    for (k = 0; k < NB; k++) acc[k] = VPOOL(acc[k], at, k * (VL), s_, b_); \\
+                    for (k = 0; k < (NBX); k++) acc[k] = VPOOL(acc[k], at, k * (VL), s_, b_); \\
                     cnt++; \\
                 } \\
-                for (k = 0; k < NB; k++) \\
-                    memcpy((char*)row + (v0 + k) * (VL) * 4, &acc[k], sizeof(VT)); \\
-            } \\
+                /* unrolled: as a loop, GCC kept acc[] on the stack and copied it to out */ \\
+                _Pragma("GCC unroll 16") \\
+                for (k = 0; k < (NBX); k++) \\
+                    memcpy((char*)row + ((V0) + k) * (VL) * 4, &acc[k], sizeof(VT)); \\
+            }
+    /* Passes of NBLOCK accumulators, then one of the rest (a D = 256 int8 row in 13 + 13 + 6
+       AVX2 vectors, as FBGEMM's JIT bag blocks it, not 4 x 8). */
+    #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
+        if (offsets->off == NULL && offsets->N == 1) { \\
+            EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
+        } else { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
+            enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK), NFULL = NV / NB, \\
+                   NREM = NV % NB }; \\
+            float* row = out + b * (DIM); \\
+            Py_ssize_t cnt = 0; \\
+            EK_BAG_BOUNDS(b) \\
+            for (Py_ssize_t v0 = 0; v0 < NFULL * NB; v0 += NB) \\
+                EK_DECODE_PASS(VPOOL, SB, HB, VT, VL, LOAD, DIM, v0, NB) \\
+            if (NREM) \\
+                EK_DECODE_PASS(VPOOL, SB, HB, VT, VL, LOAD, DIM, NFULL * NB, (NREM ? NREM : 1)) \\
             EK_BAG_FINISH(float, row, (DIM), cnt, 0.0, 0) \\
         } }
 
@@ -1218,9 +1230,13 @@ cdef extern from *:
         case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128) break; \\
         default: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 256) \\
         }
+    #ifndef EK_I8_BLOCK
+    #define EK_I8_BLOCK 13
+    #endif
     /* NBLOCK accumulators a pass: 8 AVX2 registers of the 16 (16 spilled some to the stack),
-       16 AVX-512 registers of the 32 (every row size in one pass). */
-    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, VT, VL, POOL) \\
+       13 for int8 (its decoding needs only scale, bias and one temporary: FBGEMM's JIT bag
+       keeps 13 too), 16 AVX-512 registers of the 32 (every row size in one pass). */
+    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, NBLOCK_I8, VT, VL, POOL) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
@@ -1229,18 +1245,18 @@ cdef extern from *:
         switch (fmt) { \\
         case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
         case EK_BF16: EK_VEC_BAG_DIMS(POOL##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
-        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK, VT, VL, LOAD) break; \\
+        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK_I8, VT, VL, LOAD) break; \\
         default: EK_VEC_BAG_DIMS(POOL##i4, EK_SB_I4V, 1, NBLOCK, VT, VL, LOAD) \\
         } \\
         return bad; \\
     }
-    EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, ek_vf, 8,
+    EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
                       ek_vpool_)
-    EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c,fma", 8, ek_vf, 8,
+    EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
                       ek_vpool_)
-    EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512 ",fma", 16, ek_vf16,
+    EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512 ",fma", 16, 16, ek_vf16,
                       16, ek_vpool16_)
-    EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, ek_vf16,
+    EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, 16, ek_vf16,
                       16, ek_vpool16_)
 
     /* Lookups of the same row sizes: each row decoded in registers and stored to out. */
