@@ -106,7 +106,7 @@ cdef extern from *:
        [0, n]), none if that end is not past the start. A loop over bags reads each bound once,
        the end of one bag being the start of the next: offsets rewritten during the call give
        wrong sums, never a read outside ids. */
-    typedef struct { const int64_t* off; Py_ssize_t B, N, n; } ek_bags;
+    typedef struct { const int64_t* off; Py_ssize_t B, N, n; int stream; } ek_bags;
     static inline Py_ssize_t ek_clamp_bound(Py_ssize_t x, Py_ssize_t n) {
         return x < 0 ? 0 : (x > n ? n : x);
     }
@@ -141,11 +141,67 @@ cdef extern from *:
             memcpy(out + i * (NB), W + j * rs, NB); \\
         }
 
-    #define EK_DEFINE_GATHER(NAME, IDX_T, LOAD) \\
+    /* Rows written with non-temporal (streaming) stores: for an output larger than the
+       last-level cache (kernels._cpu.stream_output decides), whose lines would otherwise be
+       read for ownership first and evict the table's rows. 32-byte aligned rows of a multiple
+       of 32 bytes, on a CPU with AVX; the caller ends with ek_stream_fence(). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #include <immintrin.h>
+    static inline int ek_can_stream(const void* out, Py_ssize_t rowbytes) {
+        return !(((uintptr_t)out | (uintptr_t)rowbytes) & 31) && __builtin_cpu_supports("avx");
+    }
+    /* A bag of one id's row, streamed: the row + 0 (-0.0 becomes +0.0, as the bag's sum). */
+    __attribute__((target("avx"))) static void ek_stream_row_plus0(char* dst, const char* src,
+                                                                   Py_ssize_t nbytes) {
+        for (Py_ssize_t q = 0; q < nbytes; q += 32)
+            _mm256_stream_ps((float*)(dst + q), _mm256_add_ps(
+                _mm256_loadu_ps((const float*)(src + q)), _mm256_setzero_ps()));
+    }
+    static inline void ek_stream_fence(void) { _mm_sfence(); }
+    #define EK_AVX_TARGET __attribute__((target("avx")))
+    #define EK_STREAM32(D, S) _mm256_stream_ps((float*)(D), _mm256_loadu_ps((const float*)(S)))
+    #else
+    static inline int ek_can_stream(const void* out, Py_ssize_t rowbytes) {
+        (void)out; (void)rowbytes; return 0;
+    }
+    static inline void ek_stream_row_plus0(char* dst, const char* src, Py_ssize_t nbytes) {
+        (void)dst; (void)src; (void)nbytes;
+    }
+    static inline void ek_stream_fence(void) {}
+    #define EK_AVX_TARGET
+    #define EK_STREAM32(D, S) memcpy((D), (S), 32)
+    #endif
+
+    /* The lookup's loop with every row streamed, in AVX code (every line of a row prefetched:
+       no libc memcpy streams it here). */
+    #define EK_DEFINE_STREAM_GATHER(NAME, IDX_T, LOAD) \\
+    EK_AVX_TARGET static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, \\
+            const IDX_T* ids, char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes, \\
+            int prefetch) { \\
+        Py_ssize_t i, j, q, bad = 0; \\
+        for (i = lo; i < hi; i++) { \\
+            if (prefetch && i + prefetch < hi) { \\
+                const char* pf = W + (Py_ssize_t)ids[i + prefetch] * rs; \\
+                for (q = 0; q < rowbytes; q += 64) EK_PREFETCH(pf + q); } \\
+            j = LOAD(&ids[i]); \\
+            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+            const char* src = W + j * rs; \\
+            char* dst = out + i * rowbytes; \\
+            for (q = 0; q < rowbytes; q += 32) EK_STREAM32(dst + q, src + q); \\
+        } \\
+        ek_stream_fence(); \\
+        return bad; \\
+    }
+    EK_DEFINE_STREAM_GATHER(ek_stream_gather_i32, int32_t, ek_load_i32)
+    EK_DEFINE_STREAM_GATHER(ek_stream_gather_i64, int64_t, ek_load_i64)
+
+    #define EK_DEFINE_GATHER(NAME, IDX_T, LOAD, STREAM_NAME) \\
     static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, \\
                            char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes, \\
-                           int prefetch) { \\
+                           int prefetch, int stream) { \\
         Py_ssize_t i, j, bad = 0; \\
+        if (stream && ek_can_stream(out, rowbytes)) \\
+            return STREAM_NAME(W, V, rs, ids, out, lo, hi, rowbytes, prefetch); \\
         switch (rowbytes) { \\
         case 32: EK_COPY_LOOP(32, LOAD) break; \\
         case 64: EK_COPY_LOOP(64, LOAD) break; \\
@@ -154,8 +210,8 @@ cdef extern from *:
         } \\
         return bad; \\
     }
-    EK_DEFINE_GATHER(ek_gather_i32, int32_t, ek_load_i32)
-    EK_DEFINE_GATHER(ek_gather_i64, int64_t, ek_load_i64)
+    EK_DEFINE_GATHER(ek_gather_i32, int32_t, ek_load_i32, ek_stream_gather_i32)
+    EK_DEFINE_GATHER(ek_gather_i64, int64_t, ek_load_i64, ek_stream_gather_i64)
     """
     void ek_prefetch_w(char* p) noexcept nogil
     Py_ssize_t ek_load_i32(const int32_t* p) noexcept nogil
@@ -165,13 +221,14 @@ cdef extern from *:
         Py_ssize_t B
         Py_ssize_t N
         Py_ssize_t n
+        int stream
     Py_ssize_t ek_bag_start(const ek_bags* g, Py_ssize_t b) noexcept nogil
     Py_ssize_t ek_gather_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
                              char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
-                             int prefetch) noexcept nogil
+                             int prefetch, int stream) noexcept nogil
     Py_ssize_t ek_gather_i64(const char* W, Py_ssize_t V, Py_ssize_t rs, const int64_t* ids,
                              char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes,
-                             int prefetch) noexcept nogil
+                             int prefetch, int stream) noexcept nogil
 
 
 cdef inline Py_ssize_t _load(const index_t* ids, Py_ssize_t i) noexcept nogil:
@@ -191,16 +248,17 @@ cdef inline void _copy_row(floating* dst, const char* src, Py_ssize_t D,
 cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row_stride,
                                      Py_ssize_t col_stride, const index_t* ids, floating* out,
                                      Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
-                                     int prefetch) noexcept nogil:
-    """Copy rows lo..hi-1; return how many ids were outside [0, V) (each copied row 0)."""
+                                     int prefetch, bint stream) noexcept nogil:
+    """Copy rows lo..hi-1 (with streaming stores if asked and possible); return how many ids
+    were outside [0, V) (each copied row 0)."""
     cdef Py_ssize_t i, j, bad = 0
     if col_stride == sizeof(floating):
         if index_t is int32_t:
             return ek_gather_i32(W, V, row_stride, ids, <char*>out, lo, hi,
-                                 D * sizeof(floating), prefetch)
+                                 D * sizeof(floating), prefetch, stream)
         else:
             return ek_gather_i64(W, V, row_stride, ids, <char*>out, lo, hi,
-                                 D * sizeof(floating), prefetch)
+                                 D * sizeof(floating), prefetch, stream)
     for i in range(lo, hi):
         j = _load(ids, i)
         if <size_t>j >= <size_t>V:
@@ -212,21 +270,22 @@ cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row
 
 cdef int _gather(const char* W, Py_ssize_t V, Py_ssize_t row_stride, Py_ssize_t col_stride,
                  const index_t* ids, Py_ssize_t n, floating* out, Py_ssize_t D,
-                 int nthreads, int prefetch, Py_ssize_t* bad) noexcept nogil:
+                 int nthreads, int prefetch, bint stream, Py_ssize_t* bad) noexcept nogil:
     """Returns the number of threads that did work; bad receives the number of bad ids."""
     cdef Py_ssize_t c
     cdef int t, used = 0
     cdef int worker[MAX_THREADS]
     cdef Py_ssize_t nbad[MAX_THREADS]
     if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
-        bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch)
+        bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch,
+                               stream)
         return 1
     for t in range(nthreads):
         worker[t] = 0
         nbad[t] = 0
     for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
         nbad[c] = _gather_range(W, V, row_stride, col_stride, ids, out, D,
-                                n * c // nthreads, n * (c + 1) // nthreads, prefetch)
+                                n * c // nthreads, n * (c + 1) // nthreads, prefetch, stream)
         worker[threadid()] = 1
     bad[0] = 0
     for t in range(nthreads):
@@ -482,10 +541,12 @@ cdef int _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating*
 
 
 def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not None,
-           int nthreads, int prefetch=0):
+           int nthreads, int prefetch=0, bint stream=False):
     """out[i] = W[ids[i]]; returns the number of threads that did work.
 
     prefetch: fetch the row this many ids ahead (0: none; pays off when the table is beyond L2).
+    stream: write out with non-temporal stores where its rows allow it (contiguous rows of
+    float32 or float64, 32-byte aligned, a multiple of 32 bytes; a CPU with AVX), else as usual.
     nthreads <= 1 runs without starting an OpenMP region.
     Raises RuntimeError if an id read in the loop was outside [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
@@ -502,16 +563,16 @@ def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not
     with nogil:
         if f32 and i32:
             used = _gather(w, V, rs, cs, <const int32_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           &bad)
+                           stream, &bad)
         elif f32:
             used = _gather(w, V, rs, cs, <const int64_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           &bad)
+                           stream, &bad)
         elif i32:
             used = _gather(w, V, rs, cs, <const int32_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           &bad)
+                           stream, &bad)
         else:
             used = _gather(w, V, rs, cs, <const int64_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           &bad)
+                           stream, &bad)
     if bad:
         raise ids_changed_error(V)
     return used
@@ -700,7 +761,9 @@ cdef extern from *:
                 memset(ROW, 0, NBYTES); \\
                 continue; \\
             }
-    #define EK_SINGLES(T, VT, DIM, LOAD) \\
+    #define EK_SINGLES(T, VT, DIM, LOAD) { \\
+        const int stream_ = offsets->stream && sizeof(T) == 4 \\
+            && ek_can_stream(out, (DIM) * sizeof(T)); \\
         for (b = b0; b < b1; b++) { \\
             T* row = out + b * (DIM); \\
             if (prefetch && b + prefetch < n) { \\
@@ -709,13 +772,15 @@ cdef extern from *:
             } \\
             EK_SINGLE_ID(LOAD, row, (DIM) * sizeof(T)) \\
             const char* src = W + j * rs; \\
+            if (stream_) { ek_stream_row_plus0((char*)row, src, (DIM) * sizeof(T)); continue; } \\
             for (k = 0; k < (Py_ssize_t)((DIM) * sizeof(T)); k += 32) { \\
                 VT x; \\
                 memcpy(&x, src + k, 32); \\
                 x += (VT){0}; \\
                 memcpy((char*)row + k, &x, 32); \\
             } \\
-        }
+        } \\
+        if (stream_) ek_stream_fence(); }
 
     #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD, NAME512) \\
     EK_CLONES static Py_ssize_t NAME( \\
@@ -847,6 +912,7 @@ cdef int _bags_of(ek_bags* g, offsets, Py_ssize_t B, Py_ssize_t n) except -1:
     g.n = n
     g.N = n // B if B else 0
     g.off = NULL
+    g.stream = 0
     if offsets is not None:
         if (cnp.PyArray_NDIM(<cnp.ndarray>offsets) != 1
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>offsets)
@@ -878,11 +944,12 @@ cdef inline int _bag_ids_bad(const void* ids, bint i32, const ek_bags* g, Py_ssi
 
 def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw,
         Py_ssize_t pad, cnp.ndarray out not None, int nthreads, int prefetch=0,
-        bint check=False):
+        bint check=False, bint stream=False):
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
     or None), ids equal to pad (or -1) left out. W has contiguous rows; B = len(out); offsets
     are the bags' int64 starts, read in place (ek_bags: a B + 1th value is not read, n ends the
-    last bag), or None for B bags of equal length. Threads, check and errors: _run_bags."""
+    last bag), or None for B bags of equal length. Threads, check, stream and errors:
+    _run_bags."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
@@ -894,7 +961,7 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw
     _run_bags(0, w, V, rs, 0, p, cnp.PyArray_ITEMSIZE(ids) == 4, n, offsets,
               cnp.PyArray_DATA(out), cnp.PyArray_DIM(out, 0),
               cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32, D, mode, pw, pad, prefetch, nthreads,
-              check)
+              check, stream)
 
 
 # -- low-precision tables: rows decoded to float32 inside the gather ----------------------------
@@ -1157,7 +1224,12 @@ cdef extern from *:
        same VPOOL, so the same bits; a mean or sqrtn divides by 1), a padding id zeros. A
        gather's loop without the per-bag work (bounds, block and count), which made int8 bags
        of one 1.4x the int8 lookup (V = 2e6, D = 64: 0.30 against 0.22 ms). */
-    #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
+    /* NT: how the vector loops store a vector when they stream their output (ek_can_stream):
+       AVX2 with a non-temporal store, AVX-512 as usual. */
+    #define EK_NT_AVX2(DST, X) _mm256_stream_ps((float*)(DST), (__m256)(X))
+    #define EK_NT_NONE(DST, X) memcpy((DST), &(X), sizeof(X))
+    #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM, NT) { \\
+        const int stream_ = offsets->stream && ek_can_stream(out, (DIM) * 4); \\
         for (b = b0; b < b1; b++) { \\
             char* row = (char*)(out + b * (DIM)); \\
             if (prefetch && b + prefetch < n) { \\
@@ -1169,9 +1241,11 @@ cdef extern from *:
             SB(src, (DIM), s_, b_) \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VPOOL((VT){0}, src, k * (VL), s_, b_); \\
-                memcpy(row + k * (VL) * 4, &x, sizeof(VT)); \\
+                if (stream_) NT(row + k * (VL) * 4, x); \\
+                else memcpy(row + k * (VL) * 4, &x, sizeof(VT)); \\
             } \\
-        }
+        } \\
+        if (stream_) ek_stream_fence(); }
 
     /* Unweighted sum / mean / sqrtn, D a compile-time constant, in AVX2 or AVX-512 code: the float32
        bag's loop (EK_BAG_FIXED: vector accumulators in registers, a block of columns a pass)
@@ -1205,9 +1279,9 @@ cdef extern from *:
             }
     /* Passes of NBLOCK accumulators, then one of the rest (a D = 256 int8 row in 13 + 13 + 6
        AVX2 vectors, as FBGEMM's JIT bag blocks it, not 4 x 8). */
-    #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM) \\
+    #define EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) \\
         if (offsets->off == NULL && offsets->N == 1) { \\
-            EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM) \\
+            EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM, NT) \\
         } else { EK_BAGS_FROM(b0) for (b = b0; b < b1; b++) { \\
             enum { NV = (DIM) / (VL), NB = NV < (NBLOCK) ? NV : (NBLOCK), NFULL = NV / NB, \\
                    NREM = NV % NB }; \\
@@ -1222,13 +1296,13 @@ cdef extern from *:
         } }
 
     /* HB: half-bytes per element (int4 1, int8 2, half formats 4). */
-    #define EK_VEC_BAG_DIMS(VDEC, SB, HB, NBLOCK, VT, VL, LOAD) \\
+    #define EK_VEC_BAG_DIMS(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, NT) \\
         switch (D) { \\
-        case 16: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 16) break; \\
-        case 32: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 32) break; \\
-        case 64: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 64) break; \\
-        case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128) break; \\
-        default: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 256) \\
+        case 16: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 16, NT) break; \\
+        case 32: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 32, NT) break; \\
+        case 64: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 64, NT) break; \\
+        case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128, NT) break; \\
+        default: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 256, NT) \\
         }
     #ifndef EK_I8_BLOCK
     #define EK_I8_BLOCK 13
@@ -1236,31 +1310,31 @@ cdef extern from *:
     /* NBLOCK accumulators a pass: 8 AVX2 registers of the 16 (16 spilled some to the stack),
        13 for int8 (its decoding needs only scale, bias and one temporary: FBGEMM's JIT bag
        keeps 13 too), 16 AVX-512 registers of the 32 (every row size in one pass). */
-    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, NBLOCK_I8, VT, VL, POOL) \\
+    #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, NBLOCK_I8, VT, VL, POOL, NT) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch, int pf_all) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
         switch (fmt) { \\
-        case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
-        case EK_BF16: EK_VEC_BAG_DIMS(POOL##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD) break; \\
-        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK_I8, VT, VL, LOAD) break; \\
-        default: EK_VEC_BAG_DIMS(POOL##i4, EK_SB_I4V, 1, NBLOCK, VT, VL, LOAD) \\
+        case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD, NT) break; \\
+        case EK_BF16: EK_VEC_BAG_DIMS(POOL##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD, NT) break; \\
+        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK_I8, VT, VL, LOAD, NT) break; \\
+        default: EK_VEC_BAG_DIMS(POOL##i4, EK_SB_I4V, 1, NBLOCK, VT, VL, LOAD, NT) \\
         } \\
         return bad; \\
     }
     EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
-                      ek_vpool_)
+                      ek_vpool_, EK_NT_AVX2)
     EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
-                      ek_vpool_)
+                      ek_vpool_, EK_NT_AVX2)
     EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512 ",fma", 16, 16, ek_vf16,
-                      16, ek_vpool16_)
+                      16, ek_vpool16_, EK_NT_NONE)
     EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, 16, ek_vf16,
-                      16, ek_vpool16_)
+                      16, ek_vpool16_, EK_NT_NONE)
 
     /* Lookups of the same row sizes: each row decoded in registers and stored to out. */
-    #define EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, DIM) \\
+    #define EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, DIM, NT) \\
         for (i = lo; i < hi; i++) { \\
             if (prefetch && i + prefetch < hi) { \\
                 if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
@@ -1273,42 +1347,46 @@ cdef extern from *:
             SB(src, (DIM), s_, b_) \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VDEC(src, k * (VL), s_, b_); \\
-                memcpy(dst + k * (VL) * 4, &x, sizeof(x)); \\
+                if (stream) NT(dst + k * (VL) * 4, x); \\
+                else memcpy(dst + k * (VL) * 4, &x, sizeof(x)); \\
             } \\
         }
-    #define EK_VEC_ROWS_DIMS(VDEC, SB, VT, VL, LOAD) \\
+    #define EK_VEC_ROWS_DIMS(VDEC, SB, VT, VL, LOAD, NT) \\
         switch (D) { \\
-        case 16: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 16) break; \\
-        case 32: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 32) break; \\
-        case 64: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 64) break; \\
-        case 128: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 128) break; \\
-        default: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 256) \\
+        case 16: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 16, NT) break; \\
+        case 32: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 32, NT) break; \\
+        case 64: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 64, NT) break; \\
+        case 128: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 128, NT) break; \\
+        default: EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, 256, NT) \\
         }
-    #define EK_DEFINE_VEC_GATHER(NAME, IDX_T, LOAD, TARGET, VT, VL, SUF) \\
+    /* stream: rows stored with non-temporal stores (AVX2 only; the caller checked ek_can_stream;
+       the AVX-512 loops store as usual). */
+    #define EK_DEFINE_VEC_GATHER(NAME, IDX_T, LOAD, TARGET, VT, VL, SUF, NT) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, float* out, \\
-            Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi, int prefetch, int pf_all) { \\
+            Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi, int prefetch, int pf_all, int stream) { \\
         Py_ssize_t i, j, k, bad = 0; \\
         switch (fmt) { \\
-        case EK_F16: EK_VEC_ROWS_DIMS(SUF##f16, EK_SB_NONE, VT, VL, LOAD) break; \\
-        case EK_BF16: EK_VEC_ROWS_DIMS(SUF##bf16, EK_SB_NONE, VT, VL, LOAD) break; \\
-        case EK_I8: EK_VEC_ROWS_DIMS(SUF##i8, EK_SB_I8, VT, VL, LOAD) break; \\
-        default: EK_VEC_ROWS_DIMS(SUF##i4, EK_SB_I4V, VT, VL, LOAD) \\
+        case EK_F16: EK_VEC_ROWS_DIMS(SUF##f16, EK_SB_NONE, VT, VL, LOAD, NT) break; \\
+        case EK_BF16: EK_VEC_ROWS_DIMS(SUF##bf16, EK_SB_NONE, VT, VL, LOAD, NT) break; \\
+        case EK_I8: EK_VEC_ROWS_DIMS(SUF##i8, EK_SB_I8, VT, VL, LOAD, NT) break; \\
+        default: EK_VEC_ROWS_DIMS(SUF##i4, EK_SB_I4V, VT, VL, LOAD, NT) \\
         } \\
+        if (stream) ek_stream_fence(); \\
         return bad; \\
     }
     EK_DEFINE_VEC_GATHER(ek_vec_gather_i32, int32_t, ek_load_i32, "avx2,f16c", ek_vf, 8,
-                         ek_vdec_)
+                         ek_vdec_, EK_NT_AVX2)
     EK_DEFINE_VEC_GATHER(ek_vec_gather_i64, int64_t, ek_load_i64, "avx2,f16c", ek_vf, 8,
-                         ek_vdec_)
+                         ek_vdec_, EK_NT_AVX2)
     EK_DEFINE_VEC_GATHER(ek_vec512_gather_i32, int32_t, ek_load_i32, EK_AVX512, ek_vf16, 16,
-                         ek_vdec16_)
+                         ek_vdec16_, EK_NT_NONE)
     EK_DEFINE_VEC_GATHER(ek_vec512_gather_i64, int64_t, ek_load_i64, EK_AVX512, ek_vf16, 16,
-                         ek_vdec16_)
+                         ek_vdec16_, EK_NT_NONE)
     #define EK_TRY_VEC_GATHER(NAME, NAME512) \\
         if (ek_use_f16c && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, out, D, lo, \\
-                                                    hi, prefetch, pf_all);
+                hi, prefetch, pf_all, stream && !ek_use_avx512 && ek_can_stream(out, D * 4));
     static int ek_use_avx512, ek_use_fma;
     #define EK_TRY_VEC_BAG(NAME, NAME512) \\
         if (ek_use_fma && psw == NULL && mode != EK_MAX \\
@@ -1387,8 +1465,9 @@ cdef extern from *:
     #define EK_DEFINE_DECODE_GATHER(NAME, IDX_T, LOAD, F16C_NAME, VEC_NAME, VEC512_NAME) \\
     EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
             Py_ssize_t rowbytes, const IDX_T* ids, float* out, Py_ssize_t D, Py_ssize_t lo, \\
-            Py_ssize_t hi, int prefetch) { \\
+            Py_ssize_t hi, int prefetch, int stream) { \\
         Py_ssize_t i, j, bad = 0; \\
+        (void)stream; \\
         EK_PF_ALL \\
         EK_TRY_VEC_GATHER(VEC_NAME, VEC512_NAME) \\
         switch (fmt) { \\
@@ -1512,10 +1591,12 @@ cdef extern from *:
     void ek_set_isa(int level) noexcept nogil
     Py_ssize_t ek_decode_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                              Py_ssize_t rowbytes, const int32_t* ids, float* out, Py_ssize_t D,
-                             Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
+                             Py_ssize_t lo, Py_ssize_t hi, int prefetch,
+                             int stream) noexcept nogil
     Py_ssize_t ek_decode_i64(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                              Py_ssize_t rowbytes, const int64_t* ids, float* out, Py_ssize_t D,
-                             Py_ssize_t lo, Py_ssize_t hi, int prefetch) noexcept nogil
+                             Py_ssize_t lo, Py_ssize_t hi, int prefetch,
+                             int stream) noexcept nogil
     Py_ssize_t ek_decode_bag_i32(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                                  Py_ssize_t rowbytes, const int32_t* ids, Py_ssize_t n,
                                  const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
@@ -1540,18 +1621,20 @@ def set_isa(int level):
 cdef Py_ssize_t _decode_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
                               Py_ssize_t rowbytes, const void* ids, bint i32, float* out,
                               Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
-                              int prefetch) noexcept nogil:
+                              int prefetch, bint stream) noexcept nogil:
     if i32:
         return ek_decode_i32(fmt, W, V, rs, rowbytes, <const int32_t*>ids, out, D, lo, hi,
-                             prefetch)
-    return ek_decode_i64(fmt, W, V, rs, rowbytes, <const int64_t*>ids, out, D, lo, hi, prefetch)
+                             prefetch, stream)
+    return ek_decode_i64(fmt, W, V, rs, rowbytes, <const int64_t*>ids, out, D, lo, hi, prefetch,
+                         stream)
 
 
 def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
-                  cnp.ndarray out not None, int nthreads, int prefetch=0):
+                  cnp.ndarray out not None, int nthreads, int prefetch=0, bint stream=False):
     """out[i] = row ids[i] of a low-precision table decoded to float32 (fmt: 1 float16,
     2 bfloat16, 3 int8, 4 int4; W its storage with contiguous rows: (V, D) uint16 or
-    (V, row bytes) uint8; out (n, D) float32). Raises RuntimeError if an id read was outside
+    (V, row bytes) uint8; out (n, D) float32). stream: non-temporal stores where the AVX2
+    loops run and out allows (as gather's). Raises RuntimeError if an id read was outside
     [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
@@ -1566,11 +1649,12 @@ def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch)
+            bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch, stream)
         else:
             for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
                 nbad[c] = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D,
-                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch)
+                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch,
+                                        stream)
             for c in range(nthreads):
                 bad = bad + nbad[c]
     if bad:
@@ -1599,7 +1683,7 @@ cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize
 
 def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode,
                psw, Py_ssize_t pad, cnp.ndarray out not None, int nthreads, int prefetch=0,
-               bint check=False):
+               bint check=False, bint stream=False):
     """bag() for a low-precision table (see decode_gather for fmt and W): each row decoded to
     float32 and pooled as a float32 table's row, int8 and int4 rows fused as torch adds them;
     check as bag()'s. Raises RuntimeError if an id read was outside [0, V) (ids changed
@@ -1615,7 +1699,7 @@ def decode_bag(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None, offset
         pw = cnp.PyArray_DATA(<cnp.ndarray>psw)
     _run_bags(fmt, w, V, rs, rowbytes, p, cnp.PyArray_ITEMSIZE(ids) == 4, n, offsets,
               cnp.PyArray_DATA(out), cnp.PyArray_DIM(out, 0), True, D, mode, pw, pad, prefetch,
-              nthreads, check)
+              nthreads, check, stream)
 
 
 cdef Py_ssize_t _range_of(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs,
@@ -1634,12 +1718,13 @@ cdef Py_ssize_t _range_of(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs,
 cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes,
                    const void* p, bint i32, Py_ssize_t n, offsets, void* o, Py_ssize_t B,
                    bint f32, Py_ssize_t D, int mode, const void* pw, Py_ssize_t pad,
-                   int prefetch, int nthreads, bint check) except -1:
+                   int prefetch, int nthreads, bint check, bint stream=False) except -1:
     """bag() and decode_bag(): the B bags split among nthreads threads by the ids they hold,
     each bag whole on one thread (nthreads <= 1: no OpenMP region); with check, each thread
-    first checks its ids' bounds and nothing is written if one is bad (IdsOutOfRange). Raises
-    MemoryError without memory for a decoded row, RuntimeError if an id read was outside
-    [0, V) (ids changed meanwhile)."""
+    first checks its ids' bounds and nothing is written if one is bad (IdsOutOfRange); with
+    stream, bags of one id (no offsets, unweighted, not max) of float32 rows are written with
+    non-temporal stores where out allows (as gather's). Raises MemoryError without memory for a
+    decoded row, RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
     cdef ek_bags g
     cdef Py_ssize_t bd[MAX_THREADS + 1]
     cdef Py_ssize_t nbad[MAX_THREADS]
@@ -1647,6 +1732,7 @@ cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize
     cdef Py_ssize_t c, bad = 0
     cdef bint no_memory = False
     _bags_of(&g, offsets, B, n)
+    g.stream = stream
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:

@@ -1,0 +1,132 @@
+"""cython_gather's lookups with non-temporal (streaming) stores: the same bits as regular stores
+for every table format, ISA level, id width and output alignment, and kernels._cpu.stream_output's
+rule for when they are used (large outputs with 32-byte aligned rows only)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kernels
+import kernels._cpu as cpu
+from conftest import assert_bitwise_equal
+from kernels import _cython_gather
+from kernels._numba_lowp import CODES, storage
+
+
+def _out(n, D, offset_bytes):
+    """An (n, D) float32 array starting offset_bytes past a 64-byte boundary, filled with NaN."""
+    buf = cpu.aligned_empty(n * D * 4 + 64, np.uint8)
+    out = buf[offset_bytes:offset_bytes + n * D * 4].view(np.float32).reshape(n, D)
+    out.fill(np.nan)
+    return out
+
+
+@pytest.mark.parametrize("offset", [0, 16, 32])
+@pytest.mark.parametrize("D", [8, 16, 64, 100, 256])
+@pytest.mark.parametrize("idx", [np.int32, np.int64])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_float_gather_streams_the_same_bits(offset, D, idx, nthreads):
+    rng = np.random.default_rng(D)
+    W = rng.standard_normal((50, D)).astype(np.float32)
+    ids = rng.integers(0, 50, 999).astype(idx)
+    out = _out(999, D, offset)
+    _cython_gather.gather(W, ids, out, nthreads, 4, True)
+    assert_bitwise_equal(out, W[ids], f"D={D} offset={offset}")
+
+
+@pytest.mark.parametrize("fmt", sorted(CODES))
+@pytest.mark.parametrize("D", [16, 64, 128, 256, 42])
+@pytest.mark.parametrize("offset", [0, 16])
+def test_decoding_gather_streams_the_same_bits_at_every_isa_level(fmt, D, offset, cython_isa):
+    rng = np.random.default_rng(D)
+    T = kernels.quantize(rng.standard_normal((60, D)).astype(np.float32), fmt)
+    S = storage(T.packed if hasattr(T, "packed") else T)
+    ids = rng.integers(0, 60, 777)
+    want = T.dequantize()[ids]
+    for nthreads in (1, 2):
+        for prefetch in (0, 16, -16):
+            out = _out(777, D, offset)
+            _cython_gather.decode_gather(CODES[fmt], S, ids, out, nthreads, prefetch, True)
+            assert_bitwise_equal(out, want, f"{fmt} D={D} offset={offset} pf={prefetch}")
+
+
+def test_stream_output_wants_a_large_aligned_output(monkeypatch):
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 4096)
+    assert cpu.stream_output(_out(64, 16, 0))             # 4 KiB, aligned
+    assert not cpu.stream_output(_out(63, 16, 0))         # under the size
+    assert not cpu.stream_output(_out(64, 16, 16))        # rows 16 bytes off
+    assert not cpu.stream_output(_out(64, 17, 0)[:, :16])  # not contiguous
+    assert not cpu.stream_output(_out(128, 4, 0))         # 16-byte rows: every other unaligned
+    monkeypatch.undo()
+    assert cpu.STREAM_MIN_BYTES == cpu.L3_BYTES
+    assert not cpu.stream_output(_out(64, 16, 0))
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float16", "bfloat16", "int8", "int4"])
+def test_lookups_that_stream_give_w_ids(monkeypatch, fmt):
+    """Through kernels.lookup with every output streamed (the threshold lowered): out given
+    aligned or not, or allocated by the call (cache-line aligned)."""
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 0)
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((300, 64)).astype(np.float32)
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    want = W if fmt == "float32" else T.dequantize()
+    ids = rng.integers(0, 300, (40, 30))
+    got = kernels.lookup(T, ids, kernel="cython_gather")
+    assert got.ctypes.data % 64 == 0
+    assert_bitwise_equal(got, want[ids], fmt)
+    for offset in (0, 16):
+        out = _out(1200, 64, offset).reshape(40, 30, 64)
+        assert kernels.lookup(T, ids, kernel="cython_gather", out=out) is out
+        assert_bitwise_equal(out, want[ids], f"{fmt} offset={offset}")
+
+
+@pytest.mark.parametrize("fmt", ["float32", "float16", "bfloat16", "int8", "int4"])
+@pytest.mark.parametrize("D", [8, 16, 64, 256, 42])
+@pytest.mark.parametrize("offset", [0, 16])
+def test_bags_of_one_stream_the_same_bits(fmt, D, offset, cython_isa):
+    """Bags of one id (no offsets) with stream set give the bits of regular stores: the row + 0
+    (-0.0 as +0.0), a padding id's bag zeros, every mode but max; bags of 8 ignore stream."""
+    if fmt == "int4" and D % 2:
+        pytest.skip("int4 rows have an even D")
+    rng = np.random.default_rng(D)
+    W = rng.standard_normal((60, D)).astype(np.float32)
+    W[7] = -0.0
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    ids = rng.integers(0, 60, 512)
+    ids[:5] = 7
+    for mode in ("sum", "mean", "sqrtn", "max"):
+        for offsets in (None, np.arange(0, 512, 8)):
+            got, want = [], []
+            for stream in (False, True):
+                B = 512 if offsets is None else 64
+                out = _out(B, D, offset)
+                args = (ids, offsets, kernels._validate.MODE_CODES[mode], None, 3, out, 2, 16,
+                        False, stream)
+                if fmt == "float32":
+                    _cython_gather.bag(T, *args)
+                else:
+                    _cython_gather.decode_bag(CODES[fmt], storage(T.packed if hasattr(
+                        T, "packed") else T), *args)
+                (got if stream else want).append(out)
+            assert_bitwise_equal(got[0], want[0], f"{fmt} D={D} {mode} offset={offset}")
+
+
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+def test_lookup_bag_of_one_through_the_api_streams(monkeypatch, fmt):
+    """Streamed (threshold lowered) and not (this small output, by default) give the same bits
+    (int8 bags add fma(s, q, 0 + b), as torch's, not the dequantized row)."""
+    rng = np.random.default_rng(6)
+    W = rng.standard_normal((300, 64)).astype(np.float32)
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    ids = rng.integers(0, 300, (1000, 1))
+    assert not cpu.stream_output(np.empty((1000, 64), np.float32))
+    want = kernels.lookup_bag(T, ids, kernel="cython_gather", padding_idx=4)
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 0)
+    got = kernels.lookup_bag(T, ids, kernel="cython_gather", padding_idx=4)
+    assert got.ctypes.data % 64 == 0 and cpu.stream_output(got)
+    assert_bitwise_equal(got, want, fmt)
+    if fmt == "float32":
+        expected = W[ids[:, 0]] + np.float32(0)
+        expected[ids[:, 0] == 4] = 0
+        assert_bitwise_equal(got, expected, fmt)
