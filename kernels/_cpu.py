@@ -1,5 +1,7 @@
 """Cache sizes of this CPU, read once from Linux sysfs (conservative defaults elsewhere), the
 prefetch distances tuned on them, and cache-line aligned tables."""
+import math
+
 import numpy as np
 
 
@@ -111,6 +113,16 @@ def stream_output(out):
     float16 and int8 1.3-1.4x, so smaller outputs keep regular stores."""
     return (out.nbytes >= STREAM_MIN_BYTES and out.ndim == 2 and out.flags.c_contiguous
             and out.ctypes.data % 32 == 0 and out.strides[0] % 32 == 0)
+
+
+def empty_output(shape, dtype):
+    """np.empty(shape, dtype) for a kernel's output, cache-line aligned (aligned_empty) when it
+    is large enough to be streamed (STREAM_MIN_BYTES): aligning costs 10 us or more a call,
+    nothing next to such a call but several times a small lookup's whole overhead."""
+    dtype = np.dtype(dtype)
+    if math.prod(shape) * dtype.itemsize >= STREAM_MIN_BYTES:
+        return aligned_empty(shape, dtype)
+    return np.empty(shape, dtype)
 
 
 def aligned_empty(shape, dtype=np.float32, align=64):

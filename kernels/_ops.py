@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._cpu import aligned_empty
+from kernels._cpu import empty_output
 from kernels._formats import format_named
 from kernels._tables import Table
 from kernels._validate import check_bags, check_ids, check_mode, check_out, check_out_dtype, \
@@ -100,8 +100,8 @@ class Lookup(Operation):
         dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
         a, flat = check_ids(ids, V)
         shape = a.shape + (D,)
-        if out is None:  # cache-line aligned, as torch's: large ones can then be streamed
-            result = aligned_empty(shape, dtype)
+        if out is None:
+            result = empty_output(shape, dtype)
         else:
             result = check_out(out, shape, dtype, ((W, "weights"), (a, "ids")))
         return W, fmt, flat, result.reshape(flat.shape[0], D), result
@@ -312,7 +312,7 @@ class LookupBag(Operation):
             bounds, private_offsets)
         shape = (B, D)
         if out is None:
-            return W, fmt, flat, off, mode, psw, pad, aligned_empty(shape, dtype)
+            return W, fmt, flat, off, mode, psw, pad, empty_output(shape, dtype)
         inputs = ((W, "weights"), (a, "ids"), (psw, "per_sample_weights"))
         return W, fmt, flat, off, mode, psw, pad, check_out(out, shape, dtype, inputs)
 
