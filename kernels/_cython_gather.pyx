@@ -1304,9 +1304,7 @@ cdef extern from *:
         case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128, NT) break; \\
         default: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 256, NT) \\
         }
-    #ifndef EK_I8_BLOCK
     #define EK_I8_BLOCK 13
-    #endif
     /* NBLOCK accumulators a pass: 8 AVX2 registers of the 16 (16 spilled some to the stack),
        13 for int8 (its decoding needs only scale, bias and one temporary: FBGEMM's JIT bag
        keeps 13 too), 16 AVX-512 registers of the 32 (every row size in one pass). */
