@@ -23,6 +23,7 @@ import kernels.optim
 from conftest import assert_bitwise_equal, assert_untouched, sentinel_like
 from kernels import LOOKUP, LOOKUP_BAG
 from kernels._formats import FORMATS, LOW_PRECISION
+from kernels._numba_lowp import CODES
 from kernels._validate import BAG_MODES
 
 FORMAT_NAMES = [f.name for f in LOW_PRECISION]
@@ -705,6 +706,42 @@ def test_int4_rows_of_any_half_scale_and_bias_decode_alike_at_every_isa_level(D,
     nan = np.isnan(portable)
     assert nan.any() and (np.isnan(got) == nan).all()
     assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, portable), f"D={D} bag")
+
+
+@pytest.mark.parametrize("D", [16, 32, 64, 128, 256, 24])
+def test_every_float16_value_decodes_as_numpy_at_every_isa_level(D, cython_isa):
+    """All 65,536 float16 bit patterns (quiet and signalling NaNs of either sign, infinities,
+    subnormals, -0.0) as a table. cython_gather's lookups give NumPy's float32 bits (a
+    signalling NaN kept signalling) with regular and streamed stores, int32 and int64 ids.
+    Its bags pool the converted values without a NaN check: a bag of one gives the row plus
+    +0.0 (the addition quiets a signalling NaN as the conversion does), a longer bag
+    numba_gather's bits, NaN compared by position (which of several NaNs a sum returns
+    depends on its operand order)."""
+    from kernels import _cython_gather
+
+    halves = np.resize(np.arange(1 << 16, dtype=np.uint16), -(-(1 << 16) // D) * D)
+    T = kernels.Float16Table.from_packed(halves.view(np.float16).reshape(-1, D))
+    V = T.shape[0]
+    ids = np.random.default_rng(D).permutation(V)
+    want = T.dequantize()[ids]
+    assert np.isnan(want).any() and np.isinf(want).any()
+    assert_bitwise_equal(kernels.lookup(T, ids, kernel="cython_gather"), want, f"D={D} lookup")
+    for idx in (np.int32, np.int64):
+        for nthreads in (1, 2):
+            out = kernels.aligned_empty((V, D))
+            _cython_gather.decode_gather(CODES["float16"], T.packed.view(np.uint16),
+                                         ids.astype(idx), out, nthreads, 16, True)
+            assert_bitwise_equal(out, want, f"D={D} streamed {idx.__name__} {nthreads}")
+    with np.errstate(invalid="ignore"):
+        plus0 = want + np.float32(0)
+    assert_bitwise_equal(kernels.lookup_bag(T, ids[:, None], kernel="cython_gather"), plus0,
+                         f"D={D} bags of one")
+    offsets = np.arange(0, V, 8)
+    got = kernels.lookup_bag(T, ids, offsets, kernel="cython_gather")
+    ref = kernels.lookup_bag(T, ids, offsets, kernel="numba_gather")
+    nan = np.isnan(ref)
+    assert nan.any() and (np.isnan(got) == nan).all()
+    assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, ref), f"D={D} bags of 8")
 
 
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
