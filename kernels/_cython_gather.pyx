@@ -80,7 +80,8 @@ cdef extern from *:
 
     /* p's value hidden from the optimizer: the vector loops then address a row's pieces as
        p + constant. Without it GCC folded each block's offset into one sum per vector, kept on
-       the stack (one more load per vector in the AVX2 int8 and int4 bags at D >= 128). */
+       the stack (one more load per vector in the AVX2 int8 and int4 bags at D >= 128, and in
+       the bfloat16 lookups: 32 address registers, half of them spilled, at D = 256). */
     #if defined(__GNUC__)
     #define EK_OPAQUE(p) __asm__("" : "+r"(p))
     #else
@@ -1244,7 +1245,7 @@ cdef extern from *:
                 if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); \\
                 else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); } \\
             EK_SINGLE_ID(LOAD, row, (DIM) * sizeof(float)) \\
-            const char* src = W + j * rs; \\
+            const char* src = W + j * rs; EK_OPAQUE(src); \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
@@ -1347,7 +1348,7 @@ cdef extern from *:
                 else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
-            const char* src = W + j * rs; \\
+            const char* src = W + j * rs; EK_OPAQUE(src); \\
             char* dst = (char*)(out + i * (DIM)); \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
@@ -1378,7 +1379,7 @@ cdef extern from *:
                 else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
-            const char* src = W + j * rs; \\
+            const char* src = W + j * rs; EK_OPAQUE(src); \\
             char* dst = (char*)(out + i * (DIM)); \\
             __m256 nan = _mm256_setzero_ps(); \\
             for (k = 0; k < (DIM) / 8; k += 2) { \\
