@@ -1248,6 +1248,7 @@ cdef extern from *:
             const char* src = W + j * rs; EK_OPAQUE(src); \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
+            _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VPOOL((VT){0}, src, k * (VL), s_, b_); \\
                 if (stream_) NT(row + k * (VL) * 4, x); \\
@@ -1365,6 +1366,7 @@ cdef extern from *:
             char* dst = (char*)(out + i * (DIM)); \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
+            _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VDEC(src, k * (VL), s_, b_); \\
                 if (stream) NT(dst + k * (VL) * 4, x); \\
@@ -1395,6 +1397,7 @@ cdef extern from *:
             const char* src = W + j * rs; EK_OPAQUE(src); \\
             char* dst = (char*)(out + i * (DIM)); \\
             __m256 nan = _mm256_setzero_ps(); \\
+            _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / 8; k += 2) { \\
                 __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + 16 * k))); \\
                 __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + 16 * k + 16))); \\
