@@ -92,7 +92,9 @@ def decode_prefetch(S):
     bags of 8 1.3-2.0x faster at D >= 128 for every format and for float16 and bfloat16 at
     D = 64 (int8 D = 256 8.42 -> 4.52 ms, int4 D = 128 3.39 -> 1.67, float16 D = 64 3.50 ->
     1.80), lookups and bags of one 0.95-1.56x; within L3 (V = 1e4) every line cost up to 1.35x
-    (float16 D = 256 lookups 4.55 -> 5.92 ms), so it is kept for tables beyond it."""
+    (float16 D = 256 lookups 4.55 -> 5.92 ms), so it is kept for tables beyond it. (Bags of
+    rows that take several passes prefetch every line, spread over the passes, at any positive
+    distance: see EK_DECODE_PASS in kernels/_cython_gather.pyx.)"""
     distance = decode_prefetch_distance(S)
     return -distance if S.shape[0] * abs(S.strides[0]) > L3_BYTES else distance
 

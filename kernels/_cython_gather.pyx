@@ -1262,14 +1262,16 @@ cdef extern from *:
        with each row added in registers (VPOOL: ek_vpool_*), nothing staged in memory. The same
        additions in the same order as the general loop, so the same bits. */
     /* One pass over a bag's rows: NBX accumulators from vector V0 of each row. Beyond the
-       last-level cache (pf_all) each pass prefetches, for the row `prefetch` ids ahead, the
-       lines at multiples of 64 bytes within the bytes it reads (the last pass also the row's
-       last byte: its scale and bias), as FBGEMM's JIT bag spreads them over its blocks; the
-       first pass fetching every line (ek_prefetch_all) measured slower for rows of several
-       passes (A/B in one process, V = 2e6, bags of 8, 2 threads, per-round median old/new of
-       15 rounds: D = 256 int8 1.03, int4 1.11, float16 1.09, bfloat16 1.15; D = 128 int8
-       1.26, float16 1.08, bfloat16 1.10, int4 0.95). Otherwise the first pass prefetches
-       the row's first line. */
+       last-level cache (pf_all), and for rows of several passes wherever rows are prefetched,
+       each pass prefetches, for the row `prefetch` ids ahead, the lines at multiples of 64
+       bytes within the bytes it reads (the last pass also the row's last byte: its scale and
+       bias), as FBGEMM's JIT bag spreads them over its blocks. A/B in one process (bags of 8,
+       2 threads, per-round median old/new of 11-15 rounds): beyond L3 (V = 2e6), against the
+       first pass fetching every line (ek_prefetch_all), D = 256 int8 1.03, int4 1.11, float16
+       1.09, bfloat16 1.15, D = 128 int8 1.26, float16 1.08, bfloat16 1.10, int4 0.95; within
+       L3 (V = 1e4), against the first line only, D = 256 1.07-1.33, D = 128 float16 1.13,
+       bfloat16 1.17, int4 1.01, int8 0.96. Rows of one pass (D <= 64) in L3 prefetch their
+       first line, as before (every line measured 0.89-1.01). */
     #define EK_DECODE_PASS(VPOOL, SB, HB, VT, VL, LOAD, DIM, V0, NBX) { \\
                 VT acc[NBX]; \\
                 for (k = 0; k < (NBX); k++) acc[k] = (VT){0}; \\
@@ -1277,7 +1279,7 @@ cdef extern from *:
                 for (i = lo_; i < hi_; i++) { \\
                     if (prefetch && i + prefetch < n) { \\
                         const char* pf_ = W + (Py_ssize_t)ids[i + prefetch] * rs; \\
-                        if (pf_all) { \\
+                        if (pf_all || NV > NB) { \\
                             for (Py_ssize_t o_ = ((V0) * (VL) * (HB) / 2 + 63) & ~(Py_ssize_t)63; \\
                                  o_ < ((V0) + (NBX)) * (VL) * (HB) / 2; o_ += 64) \\
                                 EK_PREFETCH(pf_ + o_); \\
