@@ -22,7 +22,7 @@ def _out(n, D, offset_bytes):
 
 
 @pytest.mark.parametrize("offset", [0, 16, 32])
-@pytest.mark.parametrize("D", [8, 16, 64, 100, 256])
+@pytest.mark.parametrize("D", [8, 16, 32, 64, 100, 128, 256])
 @pytest.mark.parametrize("idx", [np.int32, np.int64])
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_float_gather_streams_the_same_bits(offset, D, idx, nthreads):
