@@ -151,26 +151,23 @@ cdef extern from *:
     static inline int ek_can_stream(const void* out, Py_ssize_t rowbytes) {
         return !(((uintptr_t)out | (uintptr_t)rowbytes) & 31) && __builtin_cpu_supports("avx");
     }
-    /* A bag of one id's row, streamed: the row + 0 (-0.0 becomes +0.0, as the bag's sum). */
-    __attribute__((target("avx"))) static void ek_stream_row_plus0(char* dst, const char* src,
-                                                                   Py_ssize_t nbytes) {
-        for (Py_ssize_t q = 0; q < nbytes; q += 32)
-            _mm256_stream_ps((float*)(dst + q), _mm256_add_ps(
-                _mm256_loadu_ps((const float*)(src + q)), _mm256_setzero_ps()));
-    }
     static inline void ek_stream_fence(void) { _mm_sfence(); }
     #define EK_AVX_TARGET __attribute__((target("avx")))
     #define EK_STREAM32(D, S) _mm256_stream_ps((float*)(D), _mm256_loadu_ps((const float*)(S)))
+    /* a bag of one id's row: the row + 0 (-0.0 becomes +0.0, as the bag's sum) */
+    #define EK_STREAM32_PLUS0(D, S) _mm256_stream_ps((float*)(D), _mm256_add_ps( \\
+        _mm256_loadu_ps((const float*)(S)), _mm256_setzero_ps()))
+    #define EK_STREAM32_ZERO(D) _mm256_stream_ps((float*)(D), _mm256_setzero_ps())
     #else
     static inline int ek_can_stream(const void* out, Py_ssize_t rowbytes) {
         (void)out; (void)rowbytes; return 0;
     }
-    static inline void ek_stream_row_plus0(char* dst, const char* src, Py_ssize_t nbytes) {
-        (void)dst; (void)src; (void)nbytes;
-    }
     static inline void ek_stream_fence(void) {}
     #define EK_AVX_TARGET
     #define EK_STREAM32(D, S) memcpy((D), (S), 32)
+    #define EK_STREAM32_PLUS0(D, S) { float t_[8]; memcpy(t_, (S), 32); \\
+        for (int u_ = 0; u_ < 8; u_++) t_[u_] += 0.0f; memcpy((D), t_, 32); }
+    #define EK_STREAM32_ZERO(D) memset((D), 0, 32)
     #endif
 
     /* The lookup's loop with every row streamed, in AVX code (every line of a row prefetched:
@@ -186,7 +183,7 @@ cdef extern from *:
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
             const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = out + i * (RB); \\
+            char* dst = out + i * (RB); EK_OPAQUE(dst); \\
             _Pragma("GCC unroll 32") \\
             for (q = 0; q < (RB); q += 32) EK_STREAM32(dst + q, src + q); \\
         }
@@ -208,6 +205,48 @@ cdef extern from *:
     }
     EK_DEFINE_STREAM_GATHER(ek_stream_gather_i32, int32_t, ek_load_i32)
     EK_DEFINE_STREAM_GATHER(ek_stream_gather_i64, int64_t, ek_load_i64)
+
+    /* Bags of one id of a float32 table, streamed: each row + 0, a padding or bad id's row
+       zeros (a bad one counted), in the streamed lookup's unrolled loops. Called per row from
+       the bag's loop (a function of AVX target, not inlined there), with the row size a runtime
+       value, its loop had stayed rolled: bags of one 1.3-1.5x slower than the lookup (V = 2e6,
+       D = 256, 2 threads). */
+    #define EK_STREAM_SINGLES_ROWS(RB, LOAD) \\
+        for (b = b0; b < b1; b++) { \\
+            char* row = (char*)out + b * (RB); EK_OPAQUE(row); \\
+            if (prefetch && b + prefetch < n) { \\
+                const char* pf = W + (Py_ssize_t)ids[b + prefetch] * rs; \\
+                _Pragma("GCC unroll 16") \\
+                for (q = 0; q < (RB); q += 64) EK_PREFETCH(pf + q); } \\
+            j = LOAD(&ids[b]); \\
+            if (j == pad || (size_t)j >= (size_t)V) { \\
+                if (j != pad) bad++; \\
+                _Pragma("GCC unroll 32") \\
+                for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(row + q); \\
+                continue; } \\
+            const char* src = W + j * rs; EK_OPAQUE(src); \\
+            _Pragma("GCC unroll 32") \\
+            for (q = 0; q < (RB); q += 32) EK_STREAM32_PLUS0(row + q, src + q); \\
+        }
+    #define EK_DEFINE_STREAM_SINGLES(NAME, IDX_T, LOAD) \\
+    EK_AVX_TARGET static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, \\
+            const IDX_T* ids, Py_ssize_t n, float* out, Py_ssize_t b0, Py_ssize_t b1, \\
+            Py_ssize_t rowbytes, Py_ssize_t pad, int prefetch) { \\
+        Py_ssize_t b, j, q, bad = 0; \\
+        switch (rowbytes) { \\
+        case 32: EK_STREAM_SINGLES_ROWS(32, LOAD) break; \\
+        case 64: EK_STREAM_SINGLES_ROWS(64, LOAD) break; \\
+        case 128: EK_STREAM_SINGLES_ROWS(128, LOAD) break; \\
+        case 256: EK_STREAM_SINGLES_ROWS(256, LOAD) break; \\
+        case 512: EK_STREAM_SINGLES_ROWS(512, LOAD) break; \\
+        case 1024: EK_STREAM_SINGLES_ROWS(1024, LOAD) break; \\
+        default: EK_STREAM_SINGLES_ROWS(rowbytes, LOAD) \\
+        } \\
+        ek_stream_fence(); \\
+        return bad; \\
+    }
+    EK_DEFINE_STREAM_SINGLES(ek_stream_singles_i32, int32_t, ek_load_i32)
+    EK_DEFINE_STREAM_SINGLES(ek_stream_singles_i64, int64_t, ek_load_i64)
 
     #define EK_DEFINE_GATHER(NAME, IDX_T, LOAD, STREAM_NAME) \\
     static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, \\
@@ -775,9 +814,9 @@ cdef extern from *:
                 memset(ROW, 0, NBYTES); \\
                 continue; \\
             }
-    #define EK_SINGLES(T, VT, DIM, LOAD) { \\
-        const int stream_ = offsets->stream && sizeof(T) == 4 \\
-            && ek_can_stream(out, (DIM) * sizeof(T)); \\
+    #define EK_SINGLES(T, VT, DIM, LOAD, STREAM1) { \\
+        if (offsets->stream && sizeof(T) == 4 && ek_can_stream(out, (DIM) * sizeof(T))) \\
+            return STREAM1(W, V, rs, ids, n, (float*)out, b0, b1, (DIM) * 4, pad, prefetch); \\
         for (b = b0; b < b1; b++) { \\
             T* row = out + b * (DIM); \\
             if (prefetch && b + prefetch < n) { \\
@@ -786,17 +825,15 @@ cdef extern from *:
             } \\
             EK_SINGLE_ID(LOAD, row, (DIM) * sizeof(T)) \\
             const char* src = W + j * rs; \\
-            if (stream_) { ek_stream_row_plus0((char*)row, src, (DIM) * sizeof(T)); continue; } \\
             for (k = 0; k < (Py_ssize_t)((DIM) * sizeof(T)); k += 32) { \\
                 VT x; \\
                 memcpy(&x, src + k, 32); \\
                 x += (VT){0}; \\
                 memcpy((char*)row + k, &x, 32); \\
             } \\
-        } \\
-        if (stream_) ek_stream_fence(); }
+        } }
 
-    #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD, NAME512) \\
+    #define EK_DEFINE_BAG(NAME, T, VT, IDX_T, LOAD, NAME512, STREAM1) \\
     EK_CLONES static Py_ssize_t NAME( \\
             const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, Py_ssize_t n, \\
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
@@ -804,12 +841,12 @@ cdef extern from *:
         Py_ssize_t b, i, j, k, bad = 0; \\
         if (offsets->off == NULL && offsets->N == 1 && psw == NULL && mode != EK_MAX) { \\
             switch (D) { \\
-            case 8: EK_SINGLES(T, VT, 8, LOAD) return bad; \\
-            case 16: EK_SINGLES(T, VT, 16, LOAD) return bad; \\
-            case 32: EK_SINGLES(T, VT, 32, LOAD) return bad; \\
-            case 64: EK_SINGLES(T, VT, 64, LOAD) return bad; \\
-            case 128: EK_SINGLES(T, VT, 128, LOAD) return bad; \\
-            case 256: EK_SINGLES(T, VT, 256, LOAD) return bad; \\
+            case 8: EK_SINGLES(T, VT, 8, LOAD, STREAM1) return bad; \\
+            case 16: EK_SINGLES(T, VT, 16, LOAD, STREAM1) return bad; \\
+            case 32: EK_SINGLES(T, VT, 32, LOAD, STREAM1) return bad; \\
+            case 64: EK_SINGLES(T, VT, 64, LOAD, STREAM1) return bad; \\
+            case 128: EK_SINGLES(T, VT, 128, LOAD, STREAM1) return bad; \\
+            case 256: EK_SINGLES(T, VT, 256, LOAD, STREAM1) return bad; \\
             default: break; \\
             } \\
         } \\
@@ -845,10 +882,14 @@ cdef extern from *:
         } \\
         return bad; \\
     }
-    EK_DEFINE_BAG(ek_bag_f32_i32, float, ek_vf, int32_t, ek_load_i32, ek_bag512_f32_i32)
-    EK_DEFINE_BAG(ek_bag_f32_i64, float, ek_vf, int64_t, ek_load_i64, ek_bag512_f32_i64)
-    EK_DEFINE_BAG(ek_bag_f64_i32, double, ek_vd, int32_t, ek_load_i32, ek_bag512_f32_i32)
-    EK_DEFINE_BAG(ek_bag_f64_i64, double, ek_vd, int64_t, ek_load_i64, ek_bag512_f32_i64)
+    EK_DEFINE_BAG(ek_bag_f32_i32, float, ek_vf, int32_t, ek_load_i32, ek_bag512_f32_i32,
+                  ek_stream_singles_i32)
+    EK_DEFINE_BAG(ek_bag_f32_i64, float, ek_vf, int64_t, ek_load_i64, ek_bag512_f32_i64,
+                  ek_stream_singles_i64)
+    EK_DEFINE_BAG(ek_bag_f64_i32, double, ek_vd, int32_t, ek_load_i32, ek_bag512_f32_i32,
+                  ek_stream_singles_i32)
+    EK_DEFINE_BAG(ek_bag_f64_i64, double, ek_vd, int64_t, ek_load_i64, ek_bag512_f32_i64,
+                  ek_stream_singles_i64)
     """
     Py_ssize_t ek_bag_f32_i32(const char* W, Py_ssize_t V, Py_ssize_t rs, const int32_t* ids,
                               Py_ssize_t n, const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1,
@@ -1253,7 +1294,7 @@ cdef extern from *:
     #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM, NT) { \\
         const int stream_ = offsets->stream && ek_can_stream(out, (DIM) * 4); \\
         for (b = b0; b < b1; b++) { \\
-            char* row = (char*)(out + b * (DIM)); \\
+            char* row = (char*)(out + b * (DIM)); EK_OPAQUE(row); \\
             if (prefetch && b + prefetch < n) { \\
                 if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); \\
                 else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[b + prefetch] * rs); } \\
@@ -1378,7 +1419,7 @@ cdef extern from *:
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
             const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = (char*)(out + i * (DIM)); \\
+            char* dst = (char*)(out + i * (DIM)); EK_OPAQUE(dst); \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
             _Pragma("GCC unroll 32") \\
@@ -1410,7 +1451,7 @@ cdef extern from *:
             j = LOAD(&ids[i]); \\
             if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
             const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = (char*)(out + i * (DIM)); \\
+            char* dst = (char*)(out + i * (DIM)); EK_OPAQUE(dst); \\
             __m256 nan = _mm256_setzero_ps(); \\
             _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / 8; k += 2) { \\

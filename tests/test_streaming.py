@@ -130,3 +130,32 @@ def test_lookup_bag_of_one_through_the_api_streams(monkeypatch, fmt):
         expected = W[ids[:, 0]] + np.float32(0)
         expected[ids[:, 0] == 4] = 0
         assert_bitwise_equal(got, expected, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["float32", "int8"])
+@pytest.mark.parametrize("D", [16, 64, 256, 42])
+@pytest.mark.parametrize("idx", [np.int32, np.int64])
+def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx):
+    """Called directly with an id outside [0, V) (the shared check bypassed, as when another
+    thread changes ids after it), a streamed bag of one raises RuntimeError, the bad bag's row is
+    zeros, every other row is its bag, and nothing past out is written."""
+    rng = np.random.default_rng(D)
+    W = rng.standard_normal((60, D)).astype(np.float32)
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    n = 600
+    ids = rng.integers(0, 60, n).astype(idx)
+    ids[[3, n - 1]] = [-5, 60]
+    guard = _out(n + 4, D, 0)
+    guard[n:] = 7.0
+    out = guard[:n]
+    args = (ids.reshape(n, 1), None, 0, None, -1, out, 2, 16, False, True)
+    with pytest.raises(RuntimeError):
+        if fmt == "float32":
+            _cython_gather.bag(T, *args)
+        else:
+            _cython_gather.decode_bag(CODES[fmt], storage(T.packed), *args)
+    good = np.ones(n, bool)
+    good[[3, n - 1]] = False
+    want = kernels.lookup_bag(T, ids[good].astype(np.int64)[:, None], kernel="numba_gather")
+    assert_bitwise_equal(out[good], want, f"{fmt} D={D}")
+    assert not out[~good].any() and (guard[n:] == 7.0).all()
