@@ -807,6 +807,11 @@ cdef extern from *:
        65,536, 2 threads, a 12 GB/s AMD EPYC; 0.90-1.02x with this loop). */
     /* Inside a loop over bags of one id: j = the id of bag b; a padding id (or one outside
        [0, V), counted) zeros the bag's NBYTES of ROW and goes on to the next bag. */
+    /* A negative prefetch distance asks for every line of each row: in the decoding loops
+       (ek_prefetch_all; their portable loops take its size, their first line) and in the float
+       bags of one id (whose rows are otherwise prefetched by their first line; the other float
+       bag loops prefetch every line at any distance). */
+    #define EK_PF_ALL int pf_all = prefetch < 0; if (pf_all) prefetch = -prefetch; (void)pf_all;
     #define EK_SINGLE_ID(LOAD, ROW, NBYTES) \\
             j = LOAD(&ids[b]); \\
             if (j == pad || (size_t)j >= (size_t)V) { \\
@@ -821,7 +826,9 @@ cdef extern from *:
             T* row = out + b * (DIM); \\
             if (prefetch && b + prefetch < n) { \\
                 const char* pf = W + (Py_ssize_t)ids[b + prefetch] * rs; \\
-                for (k = 0; k < (Py_ssize_t)((DIM) * sizeof(T)); k += 64) EK_PREFETCH(pf + k); \\
+                if (pf_all) { \\
+                    for (k = 0; k < (Py_ssize_t)((DIM) * sizeof(T)); k += 64) EK_PREFETCH(pf + k); \\
+                } else EK_PREFETCH(pf); \\
             } \\
             EK_SINGLE_ID(LOAD, row, (DIM) * sizeof(T)) \\
             const char* src = W + j * rs; \\
@@ -839,6 +846,7 @@ cdef extern from *:
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, T* out, Py_ssize_t D, \\
             int mode, const T* psw, Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
+        EK_PF_ALL \\
         if (offsets->off == NULL && offsets->N == 1 && psw == NULL && mode != EK_MAX) { \\
             switch (D) { \\
             case 8: EK_SINGLES(T, VT, 8, LOAD, STREAM1) return bad; \\
@@ -1568,9 +1576,6 @@ cdef extern from *:
             DEC(W + j * rs, D, out + i * D); \\
         }
 
-    /* A negative prefetch distance asks for every line of each row (ek_prefetch_all) in the
-       vector loops; the portable loops take its size (their first line). */
-    #define EK_PF_ALL int pf_all = prefetch < 0; if (pf_all) prefetch = -prefetch; (void)pf_all;
     #define EK_DEFINE_DECODE_GATHER(NAME, IDX_T, LOAD, F16C_NAME, VEC_NAME, VEC512_NAME) \\
     EK_CLONES static Py_ssize_t NAME(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs, \\
             Py_ssize_t rowbytes, const IDX_T* ids, float* out, Py_ssize_t D, Py_ssize_t lo, \\

@@ -16,7 +16,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES, IdsOutOfRange, any_out_of_range
-from kernels._cpu import (bag_prefetch_distance, decode_prefetch, prefetch_distance,
+from kernels._cpu import (bag_prefetch, decode_prefetch, prefetch_distance,
                           stream_output)
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._numba_lowp import CODES, storage
@@ -50,7 +50,7 @@ def _bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
             (int(hit[0]) if hit.size else -1)
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
               _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes),
-              bag_prefetch_distance(W), check_ids, stream_output(out))
+              bag_prefetch(W), check_ids, stream_output(out))
 
 
 def _decoding_gather(code):
