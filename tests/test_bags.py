@@ -1311,3 +1311,27 @@ def test_bag_prefetch_reaches_a_bounded_span_of_long_float_rows_and_none_in_l2()
     S = np.lib.stride_tricks.as_strided(np.zeros(72, np.uint8), (10**6, 72), (72, 1))
     assert _cpu.decode_prefetch_distance(S) == _cpu.DECODE_PREFETCH_DISTANCE
     assert _cpu.decode_prefetch_distance(S[:10]) == 0
+
+
+def test_float_bags_of_one_prefetch_every_line_only_beyond_the_last_level_cache(monkeypatch):
+    """kernels._cpu.bag_prefetch: cython_gather's float bags take the distance negated (bags
+    of one id then prefetch every line of a row, not only its first) for tables larger than
+    the last-level cache, as is for tables within it, none in L2; either gives the same bits."""
+    from kernels import _cpu, _cython_gather
+
+    W = np.random.default_rng(3).standard_normal((1000, 64)).astype(np.float32)
+    monkeypatch.setattr(_cpu, "L2_BYTES", 1000)
+    monkeypatch.setattr(_cpu, "L3_BYTES", 10**6)
+    assert _cpu.bag_prefetch(W) == _cpu.bag_prefetch_distance(W) > 0
+    monkeypatch.setattr(_cpu, "L3_BYTES", 10**5)
+    assert _cpu.bag_prefetch(W) == -_cpu.bag_prefetch_distance(W) < 0
+    monkeypatch.setattr(_cpu, "L2_BYTES", 10**6)
+    assert _cpu.bag_prefetch(W) == 0
+    ids = np.random.default_rng(4).integers(0, 1000, 3000)
+    ids[::9] = 5
+    want = W[ids] + np.float32(0)
+    want[ids == 5] = 0
+    for prefetch in (0, 7, -7):
+        out = np.full((3000, 64), np.nan, np.float32)
+        _cython_gather.bag(W, ids.reshape(-1, 1), None, 0, None, 5, out, 2, prefetch)
+        assert_bitwise_equal(out, want, f"prefetch={prefetch}")
