@@ -170,83 +170,59 @@ cdef extern from *:
     #define EK_STREAM32_ZERO(D) memset((D), 0, 32)
     #endif
 
-    /* The lookup's loop with every row streamed, in AVX code (every line of a row prefetched:
-       no libc memcpy streams it here). The common row sizes are compile-time constants, so
-       both inner loops unroll: rolled (a runtime row size), they cost float32 lookups 1.3-1.4x
-       against bags of one id, whose loop had them unrolled (V = 2e6, D = 128, 2 threads). */
-    #define EK_STREAM_ROWS(RB, LOAD) \\
+    /* The loops with every row streamed, in AVX code (every line of a row prefetched: no libc
+       memcpy streams it here): lookups (an id outside [0, V), only if ids changed after the
+       check, copies row 0 and is counted) and float32 bags of one id (each row + 0; a padding
+       or bad id's row zeros, a bad one counted). The common row sizes are compile-time
+       constants, so the inner loops unroll: rolled (a runtime row size), they made lookups
+       1.3-1.4x slower than bags of one, whose loop had them unrolled (V = 2e6, D = 128,
+       2 threads); bags of one, called a row at a time from the bag's loop, were 1.3-1.5x the
+       lookup at D = 256. */
+    #define EK_STREAM_BAD_ROW0(RB) if ((size_t)j >= (size_t)V) { bad++; j = 0; }
+    #define EK_STREAM_BAD_ZEROS(RB) if (j == pad || (size_t)j >= (size_t)V) { \\
+            if (j != pad) bad++; \\
+            _Pragma("GCC unroll 32") \\
+            for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(dst + q); \\
+            continue; }
+    #define EK_STREAM_ROWS(RB, LOAD, BAD, STORE) \\
         for (i = lo; i < hi; i++) { \\
+            char* dst = out + i * (RB); EK_OPAQUE(dst); \\
             if (prefetch && i + prefetch < hi) { \\
                 const char* pf = W + (Py_ssize_t)ids[i + prefetch] * rs; \\
                 _Pragma("GCC unroll 16") \\
                 for (q = 0; q < (RB); q += 64) EK_PREFETCH(pf + q); } \\
             j = LOAD(&ids[i]); \\
-            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+            BAD(RB) \\
             const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = out + i * (RB); EK_OPAQUE(dst); \\
             _Pragma("GCC unroll 32") \\
-            for (q = 0; q < (RB); q += 32) EK_STREAM32(dst + q, src + q); \\
+            for (q = 0; q < (RB); q += 32) STORE(dst + q, src + q); \\
         }
-    #define EK_DEFINE_STREAM_GATHER(NAME, IDX_T, LOAD) \\
+    #define EK_DEFINE_STREAM_LOOP(NAME, IDX_T, LOAD, BAD, STORE) \\
     EK_AVX_TARGET static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, \\
             const IDX_T* ids, char* out, Py_ssize_t lo, Py_ssize_t hi, Py_ssize_t rowbytes, \\
-            int prefetch) { \\
+            Py_ssize_t pad, int prefetch) { \\
         Py_ssize_t i, j, q, bad = 0; \\
+        (void)pad; \\
         switch (rowbytes) { \\
-        case 64: EK_STREAM_ROWS(64, LOAD) break; \\
-        case 128: EK_STREAM_ROWS(128, LOAD) break; \\
-        case 256: EK_STREAM_ROWS(256, LOAD) break; \\
-        case 512: EK_STREAM_ROWS(512, LOAD) break; \\
-        case 1024: EK_STREAM_ROWS(1024, LOAD) break; \\
-        default: EK_STREAM_ROWS(rowbytes, LOAD) \\
+        case 32: EK_STREAM_ROWS(32, LOAD, BAD, STORE) break; \\
+        case 64: EK_STREAM_ROWS(64, LOAD, BAD, STORE) break; \\
+        case 128: EK_STREAM_ROWS(128, LOAD, BAD, STORE) break; \\
+        case 256: EK_STREAM_ROWS(256, LOAD, BAD, STORE) break; \\
+        case 512: EK_STREAM_ROWS(512, LOAD, BAD, STORE) break; \\
+        case 1024: EK_STREAM_ROWS(1024, LOAD, BAD, STORE) break; \\
+        default: EK_STREAM_ROWS(rowbytes, LOAD, BAD, STORE) \\
         } \\
         ek_stream_fence(); \\
         return bad; \\
     }
-    EK_DEFINE_STREAM_GATHER(ek_stream_gather_i32, int32_t, ek_load_i32)
-    EK_DEFINE_STREAM_GATHER(ek_stream_gather_i64, int64_t, ek_load_i64)
-
-    /* Bags of one id of a float32 table, streamed: each row + 0, a padding or bad id's row
-       zeros (a bad one counted), in the streamed lookup's unrolled loops. Called per row from
-       the bag's loop (a function of AVX target, not inlined there), with the row size a runtime
-       value, its loop had stayed rolled: bags of one 1.3-1.5x slower than the lookup (V = 2e6,
-       D = 256, 2 threads). */
-    #define EK_STREAM_SINGLES_ROWS(RB, LOAD) \\
-        for (b = b0; b < b1; b++) { \\
-            char* row = (char*)out + b * (RB); EK_OPAQUE(row); \\
-            if (prefetch && b + prefetch < n) { \\
-                const char* pf = W + (Py_ssize_t)ids[b + prefetch] * rs; \\
-                _Pragma("GCC unroll 16") \\
-                for (q = 0; q < (RB); q += 64) EK_PREFETCH(pf + q); } \\
-            j = LOAD(&ids[b]); \\
-            if (j == pad || (size_t)j >= (size_t)V) { \\
-                if (j != pad) bad++; \\
-                _Pragma("GCC unroll 32") \\
-                for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(row + q); \\
-                continue; } \\
-            const char* src = W + j * rs; EK_OPAQUE(src); \\
-            _Pragma("GCC unroll 32") \\
-            for (q = 0; q < (RB); q += 32) EK_STREAM32_PLUS0(row + q, src + q); \\
-        }
-    #define EK_DEFINE_STREAM_SINGLES(NAME, IDX_T, LOAD) \\
-    EK_AVX_TARGET static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, \\
-            const IDX_T* ids, Py_ssize_t n, float* out, Py_ssize_t b0, Py_ssize_t b1, \\
-            Py_ssize_t rowbytes, Py_ssize_t pad, int prefetch) { \\
-        Py_ssize_t b, j, q, bad = 0; \\
-        switch (rowbytes) { \\
-        case 32: EK_STREAM_SINGLES_ROWS(32, LOAD) break; \\
-        case 64: EK_STREAM_SINGLES_ROWS(64, LOAD) break; \\
-        case 128: EK_STREAM_SINGLES_ROWS(128, LOAD) break; \\
-        case 256: EK_STREAM_SINGLES_ROWS(256, LOAD) break; \\
-        case 512: EK_STREAM_SINGLES_ROWS(512, LOAD) break; \\
-        case 1024: EK_STREAM_SINGLES_ROWS(1024, LOAD) break; \\
-        default: EK_STREAM_SINGLES_ROWS(rowbytes, LOAD) \\
-        } \\
-        ek_stream_fence(); \\
-        return bad; \\
-    }
-    EK_DEFINE_STREAM_SINGLES(ek_stream_singles_i32, int32_t, ek_load_i32)
-    EK_DEFINE_STREAM_SINGLES(ek_stream_singles_i64, int64_t, ek_load_i64)
+    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i32, int32_t, ek_load_i32, EK_STREAM_BAD_ROW0,
+                          EK_STREAM32)
+    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i64, int64_t, ek_load_i64, EK_STREAM_BAD_ROW0,
+                          EK_STREAM32)
+    EK_DEFINE_STREAM_LOOP(ek_stream_singles_i32, int32_t, ek_load_i32, EK_STREAM_BAD_ZEROS,
+                          EK_STREAM32_PLUS0)
+    EK_DEFINE_STREAM_LOOP(ek_stream_singles_i64, int64_t, ek_load_i64, EK_STREAM_BAD_ZEROS,
+                          EK_STREAM32_PLUS0)
 
     #define EK_DEFINE_GATHER(NAME, IDX_T, LOAD, STREAM_NAME) \\
     static Py_ssize_t NAME(const char* W, Py_ssize_t V, Py_ssize_t rs, const IDX_T* ids, \\
@@ -254,7 +230,7 @@ cdef extern from *:
                            int prefetch, int stream) { \\
         Py_ssize_t i, j, bad = 0; \\
         if (stream && ek_can_stream(out, rowbytes)) \\
-            return STREAM_NAME(W, V, rs, ids, out, lo, hi, rowbytes, prefetch); \\
+            return STREAM_NAME(W, V, rs, ids, out, lo, hi, rowbytes, -1, prefetch); \\
         switch (rowbytes) { \\
         case 32: EK_COPY_LOOP(32, LOAD) break; \\
         case 64: EK_COPY_LOOP(64, LOAD) break; \\
@@ -821,7 +797,7 @@ cdef extern from *:
             }
     #define EK_SINGLES(T, VT, DIM, LOAD, STREAM1) { \\
         if (offsets->stream && sizeof(T) == 4 && ek_can_stream(out, (DIM) * sizeof(T))) \\
-            return STREAM1(W, V, rs, ids, n, (float*)out, b0, b1, (DIM) * 4, pad, prefetch); \\
+            return STREAM1(W, V, rs, ids, (char*)out, b0, b1, (DIM) * 4, pad, prefetch); \\
         for (b = b0; b < b1; b++) { \\
             T* row = out + b * (DIM); \\
             if (prefetch && b + prefetch < n) { \\

@@ -138,7 +138,8 @@ def test_lookup_bag_of_one_through_the_api_streams(monkeypatch, fmt):
 def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx):
     """Called directly with an id outside [0, V) (the shared check bypassed, as when another
     thread changes ids after it), a streamed bag of one raises RuntimeError, the bad bag's row is
-    zeros, every other row is its bag, and nothing past out is written."""
+    zeros, every other row is its bag, and nothing past out is written; a streamed float32
+    lookup raises too, with row 0 in the bad id's place."""
     rng = np.random.default_rng(D)
     W = rng.standard_normal((60, D)).astype(np.float32)
     T = W if fmt == "float32" else kernels.quantize(W, fmt)
@@ -159,3 +160,9 @@ def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx
     want = kernels.lookup_bag(T, ids[good].astype(np.int64)[:, None], kernel="numba_gather")
     assert_bitwise_equal(out[good], want, f"{fmt} D={D}")
     assert not out[~good].any() and (guard[n:] == 7.0).all()
+    if fmt == "float32":  # the streamed lookup copies row 0 for such an id
+        guard[...] = 7.0
+        with pytest.raises(RuntimeError):
+            _cython_gather.gather(W, ids, out, 2, 16, True)
+        assert_bitwise_equal(out, W[np.where(good, ids, 0)], f"lookup D={D}")
+        assert (guard[n:] == 7.0).all()
