@@ -1394,16 +1394,20 @@ cdef extern from *:
     EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, 16, ek_vf16,
                       16, ek_vpool16_, EK_NT_NONE)
 
-    /* Lookups of the same row sizes: each row decoded in registers and stored to out. */
+    /* Lookups of the same row sizes: each row decoded in registers and stored to out. A row's
+       start (the row `prefetch` ids ahead prefetched; an id outside [0, V), only if ids changed
+       after the check, decodes row 0 and is counted): */
+    #define EK_DECODE_ROW_START(LOAD, DIM) \\
+        if (prefetch && i + prefetch < hi) { \\
+            if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
+            else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
+        j = LOAD(&ids[i]); \\
+        if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
+        const char* src = W + j * rs; EK_OPAQUE(src); \\
+        char* dst = (char*)(out + i * (DIM)); EK_OPAQUE(dst);
     #define EK_DECODE_ROWS_VEC(VDEC, SB, VT, VL, LOAD, DIM, NT) \\
         for (i = lo; i < hi; i++) { \\
-            if (prefetch && i + prefetch < hi) { \\
-                if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
-                else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
-            j = LOAD(&ids[i]); \\
-            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
-            const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = (char*)(out + i * (DIM)); EK_OPAQUE(dst); \\
+            EK_DECODE_ROW_START(LOAD, DIM) \\
             float s_, b_; \\
             SB(src, (DIM), s_, b_) \\
             _Pragma("GCC unroll 32") \\
@@ -1429,13 +1433,7 @@ cdef extern from *:
        mask move, branch) made these lookups slower than bfloat16's. DIM / 8 is even. */
     #define EK_DECODE_ROWS_F16(VDEC, SB, VT, VL, LOAD, DIM, NT) \\
         for (i = lo; i < hi; i++) { \\
-            if (prefetch && i + prefetch < hi) { \\
-                if (pf_all) ek_prefetch_all(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); \\
-                else ek_prefetch_packed(rowbytes, W + (Py_ssize_t)ids[i + prefetch] * rs); } \\
-            j = LOAD(&ids[i]); \\
-            if ((size_t)j >= (size_t)V) { bad++; j = 0; } \\
-            const char* src = W + j * rs; EK_OPAQUE(src); \\
-            char* dst = (char*)(out + i * (DIM)); EK_OPAQUE(dst); \\
+            EK_DECODE_ROW_START(LOAD, DIM) \\
             __m256 nan = _mm256_setzero_ps(); \\
             _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / 8; k += 2) { \\
