@@ -776,6 +776,12 @@ cdef extern from *:
     #define EK_TRY_BAG512(NAME)
     #endif
 
+    /* A negative prefetch distance asks for every line of each row: in the decoding loops
+       (ek_prefetch_all; their portable loops take its size, their first line) and in the float
+       bags of one id (whose rows are otherwise prefetched by their first line; the other float
+       bag loops prefetch every line at any distance). */
+    #define EK_PF_ALL int pf_all = prefetch < 0; if (pf_all) prefetch = -prefetch; (void)pf_all;
+
     /* Bags of one id each (no offsets, N = 1), unweighted, not max: bag b is id b, its row
        + 0 (as the sum from +0 makes it: -0.0 becomes +0.0; a mean or sqrtn divides by 1), a
        padding id zeros. A gather's loop: the bag loop's per-bag work made the bag of one
@@ -783,11 +789,6 @@ cdef extern from *:
        65,536, 2 threads, a 12 GB/s AMD EPYC; 0.90-1.02x with this loop). */
     /* Inside a loop over bags of one id: j = the id of bag b; a padding id (or one outside
        [0, V), counted) zeros the bag's NBYTES of ROW and goes on to the next bag. */
-    /* A negative prefetch distance asks for every line of each row: in the decoding loops
-       (ek_prefetch_all; their portable loops take its size, their first line) and in the float
-       bags of one id (whose rows are otherwise prefetched by their first line; the other float
-       bag loops prefetch every line at any distance). */
-    #define EK_PF_ALL int pf_all = prefetch < 0; if (pf_all) prefetch = -prefetch; (void)pf_all;
     #define EK_SINGLE_ID(LOAD, ROW, NBYTES) \\
             j = LOAD(&ids[b]); \\
             if (j == pad || (size_t)j >= (size_t)V) { \\
@@ -987,8 +988,10 @@ def bag(cnp.ndarray W not None, cnp.ndarray ids not None, offsets, int mode, psw
     """out[b] = bag b reduced (mode: 0 sum, 1 mean, 2 max, 3 sqrtn), weighted by psw (an array
     or None), ids equal to pad (or -1) left out. W has contiguous rows; B = len(out); offsets
     are the bags' int64 starts, read in place (ek_bags: a B + 1th value is not read, n ends the
-    last bag), or None for B bags of equal length. Threads, check, stream and errors:
-    _run_bags."""
+    last bag), or None for B bags of equal length. prefetch: rows this many ids ahead (0: none;
+    negative: bags of one id prefetch every line of a row, not only its first, as
+    kernels._cpu.bag_prefetch asks beyond the last-level cache). Threads, check, stream and
+    errors: _run_bags."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(W, 1)
