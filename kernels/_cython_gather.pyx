@@ -1278,6 +1278,8 @@ cdef extern from *:
        AVX2 with a non-temporal store, AVX-512 as usual. */
     #define EK_NT_AVX2(DST, X) _mm256_stream_ps((float*)(DST), (__m256)(X))
     #define EK_NT_NONE(DST, X) memcpy((DST), &(X), sizeof(X))
+    /* Store the vector X at DST: with NT when STREAM, else as usual. */
+    #define EK_PUT(STREAM, NT, DST, X) { if (STREAM) NT((DST), X); else EK_NT_NONE((DST), X); }
     #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM, NT) { \\
         const int stream_ = offsets->stream && ek_can_stream(out, (DIM) * 4); \\
         for (b = b0; b < b1; b++) { \\
@@ -1292,8 +1294,7 @@ cdef extern from *:
             _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VPOOL((VT){0}, src, k * (VL), s_, b_); \\
-                if (stream_) NT(row + k * (VL) * 4, x); \\
-                else memcpy(row + k * (VL) * 4, &x, sizeof(VT)); \\
+                EK_PUT(stream_, NT, row + k * (VL) * 4, x) \\
             } \\
         } \\
         if (stream_) ek_stream_fence(); }
@@ -1416,8 +1417,7 @@ cdef extern from *:
             _Pragma("GCC unroll 32") \\
             for (k = 0; k < (DIM) / (VL); k++) { \\
                 VT x = VDEC(src, k * (VL), s_, b_); \\
-                if (stream) NT(dst + k * (VL) * 4, x); \\
-                else memcpy(dst + k * (VL) * 4, &x, sizeof(x)); \\
+                EK_PUT(stream, NT, dst + k * (VL) * 4, x) \\
             } \\
         }
     #define EK_VEC_ROWS_DIMS_(ROWS, VDEC, SB, VT, VL, LOAD, NT) \\
@@ -1443,14 +1443,13 @@ cdef extern from *:
                 __m256 x0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + 16 * k))); \\
                 __m256 x1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + 16 * k + 16))); \\
                 nan = _mm256_or_ps(nan, _mm256_cmp_ps(x0, x1, _CMP_UNORD_Q)); \\
-                if (stream) { NT(dst + 32 * k, x0); NT(dst + 32 * k + 32, x1); } \\
-                else { memcpy(dst + 32 * k, &x0, 32); memcpy(dst + 32 * k + 32, &x1, 32); } \\
+                EK_PUT(stream, NT, dst + 32 * k, x0) \\
+                EK_PUT(stream, NT, dst + 32 * k + 32, x1) \\
             } \\
             if (__builtin_expect(_mm256_movemask_ps(nan) != 0, 0)) \\
                 for (k = 0; k < (DIM) / 8; k++) { \\
                     __m256 x = VDEC(src, k * 8, 0.0f, 0.0f); \\
-                    if (stream) NT(dst + 32 * k, x); \\
-                    else memcpy(dst + 32 * k, &x, 32); \\
+                    EK_PUT(stream, NT, dst + 32 * k, x) \\
                 } \\
         }
     /* stream: rows stored with non-temporal stores (AVX2 only; the caller checked ek_can_stream;
