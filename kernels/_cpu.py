@@ -24,6 +24,17 @@ def _cache_bytes(level, default):
 L2_BYTES = _cache_bytes(2, 512 * 2**10)
 L3_BYTES = _cache_bytes(3, 8 * 2**20)
 
+def _table_bytes(A):
+    """The bytes the rows of the 2-D table A span: rows times row stride."""
+    return A.shape[0] * abs(A.strides[0])
+
+
+def _every_line_beyond_l3(distance, A):
+    """distance negated (cython_gather's loops then prefetch every line of a row) when the
+    table A is larger than the last-level cache, else as it is."""
+    return -distance if _table_bytes(A) > L3_BYTES else distance
+
+
 PREFETCH_DISTANCE = 12
 """How many ids ahead the compiled gathers prefetch rows (12-16 measured best at D = 64)."""
 
@@ -37,7 +48,7 @@ def prefetch_distance(W):
     """PREFETCH_DISTANCE when the table W does not fit in L2 and its rows are long enough to
     gain, else 0 (prefetching rows already in cache was measured to cost time)."""
     long_rows = W.shape[1] * W.itemsize >= PREFETCH_MIN_ROW_BYTES
-    return PREFETCH_DISTANCE if long_rows and W.shape[0] * abs(W.strides[0]) > L2_BYTES else 0
+    return PREFETCH_DISTANCE if long_rows and _table_bytes(W) > L2_BYTES else 0
 
 
 BAG_PREFETCH_DISTANCE = 24
@@ -73,7 +84,7 @@ def bag_prefetch_rows(row_bytes):
 def bag_prefetch_distance(W):
     """How far ahead a compiled bag of the float table W prefetches rows: 0 when W fits in L2,
     else bag_prefetch_rows of its rows."""
-    if W.shape[0] * abs(W.strides[0]) <= L2_BYTES:
+    if _table_bytes(W) <= L2_BYTES:
         return 0
     return bag_prefetch_rows(W.shape[1] * W.itemsize)
 
@@ -84,14 +95,13 @@ def bag_prefetch(W):
     cache. Measured (cython_gather bags of one, V = 1e4 / 1e6 / 2e6, D = 64, 2 threads, two
     builds side by side, per-round median of 11 interleaved rounds): every line took 1.16 /
     0.91 / 0.96 times as long as the first line only."""
-    distance = bag_prefetch_distance(W)
-    return -distance if W.shape[0] * abs(W.strides[0]) > L3_BYTES else distance
+    return _every_line_beyond_l3(bag_prefetch_distance(W), W)
 
 
 def decode_prefetch_distance(S):
     """How far ahead a compiled gather or bag of the low-precision storage S (kernels._numba_lowp
     .storage) prefetches rows: 0 when S fits in L2, else DECODE_PREFETCH_DISTANCE."""
-    return DECODE_PREFETCH_DISTANCE if S.shape[0] * abs(S.strides[0]) > L2_BYTES else 0
+    return DECODE_PREFETCH_DISTANCE if _table_bytes(S) > L2_BYTES else 0
 
 
 def decode_prefetch(S):
@@ -105,8 +115,7 @@ def decode_prefetch(S):
     (float16 D = 256 lookups 4.55 -> 5.92 ms), so it is kept for tables beyond it. (Bags of
     rows that take several passes prefetch every line, spread over the passes, at any positive
     distance: see EK_DECODE_PASS in kernels/_cython_gather.pyx.)"""
-    distance = decode_prefetch_distance(S)
-    return -distance if S.shape[0] * abs(S.strides[0]) > L3_BYTES else distance
+    return _every_line_beyond_l3(decode_prefetch_distance(S), S)
 
 
 STREAM_MIN_BYTES = L3_BYTES
