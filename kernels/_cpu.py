@@ -89,13 +89,21 @@ def bag_prefetch_distance(W):
     return bag_prefetch_rows(W.shape[1] * W.itemsize)
 
 
-def bag_prefetch(W):
+def bag_prefetch(W, single=False):
     """bag_prefetch_distance(W) as cython_gather's float bags take it: negated (bags of one id
     prefetch every line of a row, not only its first) when W is larger than the last-level
     cache. Measured (cython_gather bags of one, V = 1e4 / 1e6 / 2e6, D = 64, 2 threads, two
     builds side by side, per-round median of 11 interleaved rounds): every line took 1.16 /
-    0.91 / 0.96 times as long as the first line only."""
-    return _every_line_beyond_l3(bag_prefetch_distance(W), W)
+    0.91 / 0.96 times as long as the first line only.
+    single (bags of one id each): a table within the last-level cache is prefetched at most
+    PREFETCH_DISTANCE ids ahead, as the lookup's rows are. Measured (V = 1e4, D = 64, n =
+    65,536, 2 threads, three interleaved runs of 21 rounds, against the lookup): 24 ahead
+    1.09 / 1.02 / 1.09x the lookup's time, 12 ahead 1.02 / 0.94 / 0.97x; level at D = 16, 32
+    and 128, and beyond the last-level cache."""
+    distance = bag_prefetch_distance(W)
+    if single and _table_bytes(W) <= L3_BYTES:
+        distance = min(distance, PREFETCH_DISTANCE)
+    return _every_line_beyond_l3(distance, W)
 
 
 def decode_prefetch_distance(S):
@@ -122,26 +130,47 @@ STREAM_MIN_BYTES = L3_BYTES
 """Outputs at least this large are written with non-temporal stores by cython_gather's lookups
 (see stream_output)."""
 
+STREAM_BESIDE_TABLE_MIN_BYTES = L3_BYTES // 2
+"""Outputs at least this large are streamed too when they and the table together are larger
+than the last-level cache (see stream_output)."""
 
-def stream_output(out):
-    """Whether cython_gather's lookups write `out` with non-temporal (streaming) stores: when it
-    is at least STREAM_MIN_BYTES (the last-level cache: such an output cannot stay cached for
-    its reader anyway, and regular stores first read each of its lines and evict table rows)
-    and its rows are 32-byte aligned (the kernels check again, and store as usual otherwise).
+
+def stream_output(out, table_bytes=0):
+    """Whether cython_gather's lookups write `out` with non-temporal (streaming) stores: when its
+    rows are 32-byte aligned (the kernels check again, and store as usual otherwise) and it is
+    at least STREAM_MIN_BYTES (the last-level cache: such an output cannot stay cached for its
+    reader anyway, and regular stores first read each of its lines and evict table rows), or
+    at least STREAM_BESIDE_TABLE_MIN_BYTES while it and the table's table_bytes do not fit in
+    the last-level cache together.
     Measured in a C harness (n = 65,536, 2 threads, an AMD EPYC with 32 MB of L3 and 12 GB/s,
     one interleaved run, 256-bit streaming stores / regular ones): float32 rows 1.12-2.04x at
     32-64 MB of output, float16 and int8 rows 1.26-2.78x; at 16 MB (V = 1e4, D = 64) they cost
-    float16 and int8 1.3-1.4x, so smaller outputs keep regular stores."""
-    return (out.nbytes >= STREAM_MIN_BYTES and out.ndim == 2 and out.flags.c_contiguous
+    float16 and int8 1.3-1.4x. Measured again through cython_gather (aligned outputs, 2
+    threads, per-round medians of 15 interleaved rounds, streamed / regular; "then read": the
+    lookup and out.max() after it, as a reader of the output pays too), a 16 MB output
+    (n = 65,536, D = 64) beside a table it does not fit with (V = 1e5, 1e6, 2e6): lookups
+    0.53-0.82x the time, then read 0.70-0.88x for float32 and float16, 0.88-1.11x for int8;
+    beside a table it fits with (V = 1e4, 3e4), then read 0.90-1.17x; 4 and 8 MB outputs then
+    read up to 2.9x and 1.65x as long, so they keep regular stores."""
+    return (_large_output(out.nbytes, table_bytes) and out.ndim == 2 and out.flags.c_contiguous
             and out.ctypes.data % 32 == 0 and out.strides[0] % 32 == 0)
 
 
-def empty_output(shape, dtype):
-    """np.empty(shape, dtype) for a kernel's output, cache-line aligned (aligned_empty) when it
-    is large enough to be streamed (STREAM_MIN_BYTES): aligning costs 10 us or more a call,
-    nothing next to such a call but several times a small lookup's whole overhead."""
+def _large_output(nbytes, table_bytes):
+    """Whether an output of nbytes written beside a table of table_bytes is streamed when
+    aligned (stream_output's size rule)."""
+    return nbytes >= STREAM_MIN_BYTES or (nbytes >= STREAM_BESIDE_TABLE_MIN_BYTES
+                                          and nbytes + table_bytes > L3_BYTES)
+
+
+def empty_output(shape, dtype, table_bytes=0):
+    """np.empty(shape, dtype) for a kernel's output beside a table of table_bytes, cache-line
+    aligned (aligned_empty) when it is large enough to be streamed (stream_output): aligning
+    costs 10 us or more a call, nothing next to such a call but several times a small lookup's
+    whole overhead (and at 16 MB beside a table in cache an aligned output measured 1.05x the
+    time of NumPy's, regular stores both)."""
     dtype = np.dtype(dtype)
-    if math.prod(shape) * dtype.itemsize >= STREAM_MIN_BYTES:
+    if _large_output(math.prod(shape) * dtype.itemsize, table_bytes):
         return aligned_empty(shape, dtype)
     return np.empty(shape, dtype)
 

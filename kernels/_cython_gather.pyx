@@ -143,7 +143,8 @@ cdef extern from *:
         }
 
     /* Rows written with non-temporal (streaming) stores: for an output larger than the
-       last-level cache (kernels._cpu.stream_output decides), whose lines would otherwise be
+       last-level cache, or half as large beside a table it does not fit with (kernels._cpu
+       .stream_output decides), whose lines would otherwise be
        read for ownership first and evict the table's rows. 32-byte aligned rows of a multiple
        of 32 bytes, on a CPU with AVX; the caller ends with ek_stream_fence(). */
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)

@@ -62,6 +62,46 @@ def test_stream_output_wants_a_large_aligned_output(monkeypatch):
     assert not cpu.stream_output(_out(64, 16, 0))
 
 
+def test_stream_output_takes_half_the_cache_beside_a_table_it_does_not_fit_with(monkeypatch):
+    monkeypatch.setattr(cpu, "L3_BYTES", 8192)
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 8192)
+    monkeypatch.setattr(cpu, "STREAM_BESIDE_TABLE_MIN_BYTES", 4096)
+    out = _out(64, 16, 0)                                   # 4 KiB, aligned
+    assert not cpu.stream_output(out)                       # no table: under the L3
+    assert not cpu.stream_output(out, 4096)                 # fits beside the table
+    assert cpu.stream_output(out, 4097)                     # does not
+    assert not cpu.stream_output(_out(63, 16, 0), 10**9)    # under half the L3
+    assert not cpu.stream_output(_out(64, 16, 16), 10**9)   # rows 16 bytes off
+    assert cpu.stream_output(_out(128, 16, 0))              # the L3 itself, with no table
+    assert cpu.empty_output((64, 16), np.float32).ctypes.data % 64 == 0
+    monkeypatch.undo()
+    assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu.L3_BYTES // 2
+
+
+def test_lookup_streams_a_half_cache_output_beside_a_large_table(monkeypatch):
+    """Through kernels.lookup and lookup_bag (bags of one): the kernel is asked to stream just
+    when stream_output says so for the table it reads, and gives W[ids] either way."""
+    seen = []
+    real_gather, real_bag = _cython_gather.gather, _cython_gather.bag
+    monkeypatch.setattr(_cython_gather, "gather",
+                        lambda *a: (seen.append(a[-1]), real_gather(*a))[1])
+    monkeypatch.setattr(_cython_gather, "bag",
+                        lambda *a: (seen.append(a[-1]), real_bag(*a))[1])
+    monkeypatch.setattr(cpu, "L3_BYTES", 64 * 1024)
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 64 * 1024)
+    monkeypatch.setattr(cpu, "STREAM_BESIDE_TABLE_MIN_BYTES", 32 * 1024)
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, 100, 128)                            # 128 x 64 float32: 32 KiB out
+    for V, streams in ((100, False), (200, True)):             # 25 / 50 KiB tables
+        W = rng.standard_normal((V, 64)).astype(np.float32)
+        seen.clear()
+        got = kernels.lookup(W, ids, kernel="cython_gather")
+        bags = kernels.lookup_bag(W, ids.reshape(-1, 1), kernel="cython_gather")
+        assert seen == [streams, streams], V
+        assert_bitwise_equal(got, W[ids], f"V={V}")
+        assert_bitwise_equal(bags, W[ids] + np.float32(0), f"V={V} bags")
+
+
 @pytest.mark.parametrize("fmt", ["float32", "float16", "bfloat16", "int8", "int4"])
 def test_lookups_that_stream_give_w_ids(monkeypatch, fmt):
     """Through kernels.lookup with every output streamed (the threshold lowered): out given
