@@ -12,14 +12,16 @@ ids split in equal contiguous chunks as the compiled gathers split them.
 
 The table is 64-byte aligned (kernels.aligned_empty), as torch's are. Timed at each (V, D),
 interleaved round after round in a shuffled order (kernels._timing's median_seconds; the best
-per-round median kept): the four floors, every registered kernel's
-lookup_bag (mode sum, offsets of equal bags, into a preallocated out) unless the kernel does not
-implement it (NotImplementedError, no float32 function, no sum mode) or is over its budget (its
+per-round median kept): the four floors, every registered kernel's lookup_bag (mode sum,
+offsets of equal bags, into a preallocated out, 64-byte aligned as the kernels allocate their
+own large outputs, so that cython_gather may stream it) unless the kernel does not implement
+it (NotImplementedError, no float32 function, no sum mode) or is over its budget (its
 `over_budget` trait, called with the number of bags, the rows of a multi-hot block),
 torch.nn.functional.embedding_bag on the same number of threads when torch is importable (it
-allocates its output: no `out=` exists), and at bag length 1 the plain lookup of every compiled
-kernel into a preallocated (n, D) out. A method whose first call took long is timed with fewer
-repeats per round (at least one), so the dense one-hot's 1 s calls do not take the whole budget.
+allocates its output: no `out=` exists), and at bag length 1 the plain lookup of every
+compiled kernel into a preallocated (n, D) out, aligned too. A method whose first call took
+long is timed with fewer repeats per round (at least one), so the dense one-hot's 1 s calls do
+not take the whole budget.
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def bag_methods(W, ids, bag_lengths, torch=None):
     for L in bag_lengths:
         B = n // L
         offsets = np.arange(0, n, L, dtype=ids.dtype)
-        out = np.empty((B, D), W.dtype)
+        out = kernels.aligned_empty((B, D), W.dtype)
         for name, k in kernels.KERNELS.items():
             why = _why_not(k, V, D, B, W, ids, offsets, out)
             if why:
@@ -203,7 +205,7 @@ def bag_methods(W, ids, bag_lengths, torch=None):
             except NotImplementedError as e:
                 skipped.setdefault(FBGEMM, set()).add(str(e))
         if L == 1:
-            rows = np.empty((n, D), W.dtype)
+            rows = kernels.aligned_empty((n, D), W.dtype)
             for name, k in kernels.KERNELS.items():
                 if k.compiled and k.implements("lookup", W.dtype.name):
                     methods[L, LOOKUP_PREFIX + name] = lambda k=k: k.lookup(W, ids, out=rows)

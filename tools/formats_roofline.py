@@ -23,8 +23,9 @@ itself is built). Ratios in the report are float32's time over the format's, by 
 measured in the same round: > 1 means the format is faster.
 
 The output is cache-line aligned, as kernels.lookup allocates its own and torch its tensors, so
-cython_gather streams it where it is larger than the last-level cache (kernels._cpu
-.stream_output), for float32 and every format alike.
+cython_gather streams it where it is at least as large as the last-level cache, or half as
+large beside a table it does not fit with (kernels._cpu.stream_output), for float32 and every
+format alike.
 """
 from __future__ import annotations
 
