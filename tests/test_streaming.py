@@ -73,7 +73,9 @@ def test_stream_output_takes_half_the_cache_beside_a_table_it_does_not_fit_with(
     assert not cpu.stream_output(_out(63, 16, 0), 10**9)    # under half the L3
     assert not cpu.stream_output(_out(64, 16, 16), 10**9)   # rows 16 bytes off
     assert cpu.stream_output(_out(128, 16, 0))              # the L3 itself, with no table
-    assert cpu.empty_output((64, 16), np.float32).ctypes.data % 64 == 0
+    aligned = cpu.empty_output((64, 16), np.float32, 4097)  # streamed: aligned_empty's view
+    assert aligned.ctypes.data % 64 == 0 and aligned.base is not None
+    assert cpu.empty_output((64, 16), np.float32, 4096).base is None  # NumPy's own
     monkeypatch.undo()
     assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu.L3_BYTES // 2
 
