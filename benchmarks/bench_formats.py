@@ -32,7 +32,8 @@ class LowPrecision(common.FormatTiming):
         n = common.FORMAT_N_IDS
         self.ids = common.uniform_ids(vocab_size, shape=(n,))
         self.offsets = np.arange(0, n, common.FORMAT_BAG_LENGTH, dtype=np.int64)
-        self.out = common.cached(("format_out", n, dim), lambda: np.empty((n, dim), np.float32))
+        self.out = common.cached(("format_out", n, dim),
+                                 lambda: kernels.aligned_empty((n, dim), np.float32))
         self.bag_out = self.out[:self.offsets.shape[0]]
         common.check_once(("format", format, kernel, vocab_size, dim), self._check)
 

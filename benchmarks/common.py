@@ -258,13 +258,14 @@ def make_grad(dim, shape=BATCH_SHAPE, seed=0):
 
 
 def lookup_data(vocab_size, dim, distribution="uniform"):
-    """(W, ids, out) for a forward benchmark, cached; out is preallocated and C-contiguous."""
+    """(W, ids, out) for a forward benchmark, cached; out is preallocated, C-contiguous and
+    64-byte aligned (aligned_empty), as the kernels allocate the outputs they stream."""
     return cached(
         ("lookup", vocab_size, dim, distribution),
         lambda: (
             make_weights(vocab_size, dim),
             make_ids(distribution, vocab_size),
-            np.empty(BATCH_SHAPE + (dim,), DTYPE),
+            aligned_empty(BATCH_SHAPE + (dim,), DTYPE),
         ),
     )
 
@@ -298,11 +299,12 @@ def bag_ids(vocab_size, bag_length, n=BAG_N_IDS):
 
 
 def bag_data(vocab_size, dim, bag_length, n=BAG_N_IDS):
-    """(W, ids, offsets, out) for a forward bag benchmark, cached; out (B, D) is preallocated."""
+    """(W, ids, offsets, out) for a forward bag benchmark, cached; out (B, D) is preallocated
+    and 64-byte aligned, as the kernels allocate the outputs they stream."""
     W = table(vocab_size, dim)
     ids, offsets = bag_ids(vocab_size, bag_length, n)
     out = cached(("bag_out", dim, offsets.shape[0]),
-                 lambda: np.empty((offsets.shape[0], dim), DTYPE))
+                 lambda: aligned_empty((offsets.shape[0], dim), DTYPE))
     return W, ids, offsets, out
 
 
