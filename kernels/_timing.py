@@ -1,6 +1,7 @@
 """The one timing loop of the suite's scripts and asv track_* benchmarks (not used by the
-kernels): medians of single calls, best of interleaved rounds, because the machines this runs on
-are shared and noisy (whole episodes where every 2-thread call waits a scheduler slice)."""
+kernels): medians of single calls, best of interleaved rounds and ratios paired within them,
+because the machines this runs on are shared and noisy (whole episodes where every 2-thread
+call waits a scheduler slice)."""
 from __future__ import annotations
 
 import math
@@ -38,18 +39,35 @@ def best_median_seconds(fn: Callable[[], object], batches: int = 3, batch_second
     return best
 
 
-def interleaved_best(methods: dict, rounds: int, reps: int, number: int = 1,
-                     rng=None) -> dict:
-    """{name: best per-round median seconds} of zero-argument callables timed in turn, round
+def interleaved_rounds(methods: dict, rounds: int, reps: int, number: int = 1,
+                       rng=None) -> dict:
+    """{name: [median seconds of each round]} of zero-argument callables timed in turn, round
     after round (in a new random order each round when an rng with .shuffle is given), after
     one warm-up call each (JIT compilation, first touch of pages)."""
     for fn in methods.values():
         fn()
-    best = {name: math.inf for name in methods}
+    times = {name: [] for name in methods}
     order = list(methods)
     for _ in range(rounds):
         if rng is not None:
             rng.shuffle(order)
         for name in order:
-            best[name] = min(best[name], median_seconds(methods[name], reps, number))
-    return best
+            times[name].append(median_seconds(methods[name], reps, number))
+    return times
+
+
+def interleaved_best(methods: dict, rounds: int, reps: int, number: int = 1,
+                     rng=None) -> dict:
+    """{name: best per-round median seconds} of interleaved_rounds."""
+    return {name: min(t) for name, t in
+            interleaved_rounds(methods, rounds, reps, number, rng).items()}
+
+
+def paired_ratio(a: list, b: list) -> float:
+    """The median over rounds of a[i] / b[i]: a ratio of two methods timed in the same rounds
+    (interleaved_rounds), steadier on a shared machine than the ratio of their bests, since a
+    slow episode slows both sides of a round alike."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_ratio needs two equally long, non-empty lists of rounds, got "
+                         f"{len(a)} and {len(b)}")
+    return statistics.median(x / y for x, y in zip(a, b))

@@ -467,3 +467,31 @@ def test_bags_several_passes_give_one_row_per_size_with_the_best_of_each_method(
     for r in rows:
         assert all(r[name] > 0 for name in bag_roofline.FLOOR)
         assert 0 < r["numpy_take"] < float("inf")
+
+
+def test_bag_table_ratios_are_paired_per_round_when_the_row_holds_rounds():
+    """With each method's rounds (as measure_bags stores them), a ratio is the median of the
+    per-round ratios, not the ratio of the bests: one lucky round of torch (0.1 ms) does not
+    make it 12x faster than it was in every other round."""
+    row = bag_row()
+    row[bag_roofline.ROUNDS] = {
+        "cython_gather": [1.25e-3, 12.5e-3, 1.25e-3],
+        "numba_gather": [2e-3, 2e-3, 2e-3],
+        "torch embedding_bag": [2.5e-3, 25e-3, 0.1e-3],
+        "lookup cython_gather": [2e-3, 2e-3, 2e-3],
+        "lookup numba_gather": [1e-3, 10e-3, 1e-3],
+    }
+    row["torch embedding_bag"] = 0.1e-3
+    r = only_bag_row([row])[0]
+    assert r["x torch embedding_bag"] == "2.00"  # 2.5 / 1.25, 25 / 12.5, 0.1 / 1.25
+    assert r["bag / lookup (length 1)"] == "1.25"  # against lookup numba_gather, the fastest
+    assert r["onehot_sparse / fastest gather bag"] == "6.4"  # no rounds: the ratio of bests
+
+
+def test_bags_rows_hold_the_rounds_of_every_method_over_all_passes():
+    rows, _ = bag_roofline.measure_bags([100], [4], [1, 2], n=64, rounds=4, reps=1, passes=2,
+                                        log=lambda *a, **k: None)
+    for r in rows:
+        rounds = r[bag_roofline.ROUNDS]
+        assert "numpy_take" in rounds and all(len(t) == 4 for t in rounds.values())
+        assert all(r[m] == min(t) for m, t in rounds.items())

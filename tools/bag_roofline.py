@@ -11,21 +11,20 @@ fastest is the floor and the table names it. They run on kernels.get_num_threads
 ids split in equal contiguous chunks as the compiled gathers split them.
 
 The table is 64-byte aligned (kernels.aligned_empty), as torch's are. Timed at each (V, D),
-interleaved round after round in a shuffled order (kernels._timing's median_seconds; the best
-per-round median kept): the four floors, every registered kernel's lookup_bag (mode sum,
-offsets of equal bags, into a preallocated out, 64-byte aligned as the kernels allocate their
-own large outputs, so that cython_gather may stream it) unless the kernel does not implement
-it (NotImplementedError, no float32 function, no sum mode) or is over its budget (its
-`over_budget` trait, called with the number of bags, the rows of a multi-hot block),
-torch.nn.functional.embedding_bag on the same number of threads when torch is importable (it
-allocates its output: no `out=` exists), and at bag length 1 the plain lookup of every
-compiled kernel into a preallocated (n, D) out, aligned too. A method whose first call took
-long is timed with fewer repeats per round (at least one), so the dense one-hot's 1 s calls do
-not take the whole budget.
+interleaved round after round in a shuffled order (kernels._timing's median_seconds; a time in
+the table is the best per-round median, a ratio the median over rounds of the two methods'
+times in the same round, kernels._timing.paired_ratio): the four floors, every registered
+kernel's lookup_bag (mode sum, offsets of equal bags, into a preallocated out, 64-byte aligned
+as the kernels allocate their own large outputs, so that cython_gather may stream it) unless
+the kernel does not implement it (NotImplementedError, no float32 function, no sum mode) or is
+over its budget (its `over_budget` trait, called with the number of bags, the rows of a
+multi-hot block), torch.nn.functional.embedding_bag on the same number of threads when torch
+is importable (it allocates its output: no `out=` exists), and at bag length 1 the plain
+lookup of every compiled kernel into a preallocated (n, D) out, aligned too. A method whose
+first call took long is timed with fewer repeats per round (at least one), so the dense
+one-hot's 1 s calls do not take the whole budget.
 """
 from __future__ import annotations
-
-import math
 
 import numba
 import numpy as np
@@ -34,7 +33,7 @@ from numba import njit, prange
 import kernels
 from kernels._cpu import bag_prefetch_rows
 from kernels._numba_intrinsics import prefetch_row
-from kernels._timing import median_seconds, per_call_seconds
+from kernels._timing import median_seconds, paired_ratio, per_call_seconds
 from kernels.numba_gather import _numba_threads, _run_parallel
 
 LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
@@ -56,7 +55,9 @@ FBGEMM = "fbgemm TBE"
 LOOKUP_PREFIX = "lookup "
 ROUND_SECONDS = 0.25
 """Per method and round, about this long of timed calls (never fewer than one call)."""
-KEYS = ("V", "D", "bag_length", "n")
+ROUNDS = "rounds"
+"""A row's {method: [seconds of each round]}, the rounds of every method in the same order."""
+KEYS = ("V", "D", "bag_length", "n", ROUNDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,22 +228,22 @@ def _why_not(k, V, D, B, W, ids, offsets, out):
 
 
 def time_interleaved(methods, rounds, reps, rng, round_seconds=ROUND_SECONDS):
-    """{key: best per-round median seconds}, the methods timed in turn in a new shuffled order
-    each round (kernels._timing.median_seconds), after two warm-up calls each (compilation,
-    first touch of pages); a method whose second call took t seconds gets
+    """{key: [median seconds of each round]}, the methods timed in turn in a new shuffled
+    order each round (kernels._timing.median_seconds), after two warm-up calls each
+    (compilation, first touch of pages); a method whose second call took t seconds gets
     min(reps, round_seconds / t) repeats a round, at least one."""
     reps_of = {}
     for key, fn in methods.items():
         fn()
         t = per_call_seconds(fn)
         reps_of[key] = max(1, min(reps, int(round_seconds / max(t, 1e-9))))
-    best = {key: math.inf for key in methods}
+    times = {key: [] for key in methods}
     order = list(methods)
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
-            best[key] = min(best[key], median_seconds(methods[key], reps_of[key]))
-    return best
+            times[key].append(median_seconds(methods[key], reps_of[key]))
+    return times
 
 
 def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, passes=1, seed=0,
@@ -276,7 +277,7 @@ def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, pas
                 times = time_interleaved(methods, max(1, rounds // passes), reps, order_rng)
                 old = best.setdefault((V, D), {})
                 for key, t in times.items():
-                    old[key] = min(t, old.get(key, math.inf))
+                    old.setdefault(key, []).extend(t)  # one list of rounds over all passes
                 log(f"  measured bags V={V:.0e} D={D}"
                     + (f" (pass {p + 1} of {passes})" if passes > 1 else ""), flush=True)
                 del W, methods
@@ -284,10 +285,11 @@ def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, pas
     for V in vocab_sizes:
         for D in dims:
             times = best[V, D]
-            floors = {name: times[None, name] for name in FLOOR}
+            floors = {name: min(times[None, name]) for name in FLOOR}
             for L in bag_lengths:
                 row = {"V": V, "D": D, "bag_length": L, "n": n, **floors}
-                row.update({m: t for (bl, m), t in times.items() if bl == L})
+                row.update({m: min(t) for (bl, m), t in times.items() if bl == L})
+                row[ROUNDS] = {m: t for (bl, m), t in times.items() if bl == L}
                 rows.append(row)
     return rows, {k: sorted(v) for k, v in skipped.items()}
 
@@ -307,12 +309,21 @@ def _ms(t):
 
 
 def _best(row, names):
-    times = [row[m] for m in names if m in row]
-    return min(times) if times else None
+    """The fastest of the methods `names` timed in row, or None."""
+    timed = [m for m in names if m in row]
+    return min(timed, key=lambda m: row[m]) if timed else None
 
 
-def _ratio(a, b, fmt="{:.2f}"):
-    return "n/a" if a is None or b is None else fmt.format(a / b)
+def _ratio(row, a, b, fmt="{:.2f}"):
+    """Method a's time over method b's in row: the median over rounds of their times in the
+    same round (kernels._timing.paired_ratio) when the row holds their rounds, else the ratio
+    of their bests; "n/a" if either was not timed."""
+    if a is None or b is None or a not in row or b not in row:
+        return "n/a"
+    rounds = row.get(ROUNDS, {})
+    if a in rounds and b in rounds:
+        return fmt.format(paired_ratio(rounds[a], rounds[b]))
+    return fmt.format(row[a] / row[b])
 
 
 def bag_table(rows):
@@ -343,19 +354,20 @@ def bag_table(rows):
         cells += [f"{_ms(r[m])} ({floor / r[m] * 100:.0f}%)" if m in r else "n/a"
                   for m in methods]
         best_c = _best(r, compiled)
-        cells.append("n/a" if best_c is None else f"{floor / best_c * 100:.0f}%")
+        cells.append("n/a" if best_c is None else f"{floor / r[best_c] * 100:.0f}%")
         if torch:
-            cells.append(_ratio(r.get(TORCH), best_c))
+            cells.append(_ratio(r, TORCH, best_c))
         if fbgemm:
-            cells.append(_ratio(r.get(FBGEMM), best_c))
-        cells.append(_ratio(best_c, _best(r, lookups)) if r["bag_length"] == 1 else "")
+            cells.append(_ratio(r, FBGEMM, best_c))
+        cells.append(_ratio(r, best_c, _best(r, lookups)) if r["bag_length"] == 1 else "")
         best_g = _best(r, gathers)
-        cells += [_ratio(r.get(m), best_g, "{:.1f}") for m in onehots]
+        cells += [_ratio(r, m, best_g, "{:.1f}") for m in onehots]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    note = ("bag / lookup: the best compiled bag's time at bag length 1 / the best compiled plain "
-            "lookup of the same ids into a preallocated out. Onehot ratios: time / the fastest "
-            "gather-family bag's time.")
+    note = ("Times: the best per-round median; ratios: the median over rounds of the two "
+            "methods' times in the same round. bag / lookup: the best compiled bag's time at bag "
+            "length 1 / the best compiled plain lookup of the same ids into a preallocated out. "
+            "Onehot ratios: time / the fastest gather-family bag's time.")
     if torch:
         note = (f"x {TORCH}: torch's time / the best compiled bag's (> 1: ours is faster); torch "
                 "allocates its output every call, the kernels write a preallocated out. " + note)

@@ -4,7 +4,9 @@
     python -m tools.formats_roofline --quick    # V 1e4, 2e6 x D 64, 256, fewer rounds
 
 n = 65,536 uniform int64 ids. At each (V, D), interleaved round after round in a shuffled order
-(kernels._timing.interleaved_best, the best per-round median kept):
+(kernels._timing.interleaved_rounds; a time in the report is the best per-round median, a ratio
+the median over rounds of the two methods' times in the same round, kernels._timing
+.paired_ratio):
 
 - lookup: kernels.lookup(table, ids, kernel=K, out=out) for the float32 table and every format,
   K = numba_gather and cython_gather;
@@ -20,7 +22,7 @@ n = 65,536 uniform int64 ids. At each (V, D), interleaved round after round in a
 Tables are benchmarks.common.format_table's (a quantized block of rows tiled down the table), so
 V = 2e6 x D = 256 needs no 2 GB float32 source for the low-precision formats (the float32 table
 itself is built). Ratios in the report are float32's time over the format's, by the same kernel,
-measured in the same round: > 1 means the format is faster.
+paired per round: > 1 means the format is faster.
 
 The output is cache-line aligned, as kernels.lookup allocates its own and torch its tensors, so
 cython_gather streams it where it is at least as large as the last-level cache, or half as
@@ -36,7 +38,7 @@ import numpy as np
 
 import kernels
 from benchmarks import bench_peers, common
-from kernels._timing import interleaved_best
+from kernels._timing import interleaved_rounds, paired_ratio
 
 FULL = {"vocab": (10_000, 2_000_000), "dims": (64, 128, 256), "rounds": 7, "reps": 5}
 QUICK = {"vocab": (10_000, 2_000_000), "dims": (64, 256), "rounds": 3, "reps": 3}
@@ -104,24 +106,36 @@ def run(cfg, out=sys.stdout):
         for D in cfg["dims"]:
             common.clear_cache()
             m = methods_at(V, D, torch)
-            best = interleaved_best(m, cfg["rounds"], cfg["reps"], rng=rng)
-            for (op, fmt, who), s in best.items():
-                rows.append({"V": V, "D": D, "op": op, "format": fmt, "who": who, "ms": s * 1e3})
+            rounds = interleaved_rounds(m, cfg["rounds"], cfg["reps"], rng=rng)
+            for (op, fmt, who), r in rounds.items():
+                rows.append({"V": V, "D": D, "op": op, "format": fmt, "who": who,
+                             "ms": min(r) * 1e3, "rounds_ms": [x * 1e3 for x in r]})
             print(f"   V={V} D={D} done", file=sys.stderr)
     common.clear_cache()
     report(rows, torch, out)
     return rows
 
 
+def _ratio(a, b):
+    """a's time over b's, two rows of the same (V, D): paired_ratio of their rounds when both
+    have them, else the ratio of their bests."""
+    if a.get("rounds_ms") and b.get("rounds_ms"):
+        return paired_ratio(a["rounds_ms"], b["rounds_ms"])
+    return a["ms"] / b["ms"]
+
+
 def report(rows, torch, out):
-    t = {(r["V"], r["D"], r["op"], r["format"], r["who"]): r["ms"] for r in rows}
+    """The Markdown tables: times are best per-round medians, ratios paired per round
+    (_ratio)."""
+    row_of = {(r["V"], r["D"], r["op"], r["format"], r["who"]): r for r in rows}
+    t = {key: r["ms"] for key, r in row_of.items()}
     points = sorted({(r["V"], r["D"]) for r in rows})
     threads = kernels.get_num_threads()
     print(f"n = {N:,} uniform ids; {threads} threads; torch "
           f"{torch.__version__ if torch else 'not installed'}\n", file=out)
     for op in ("lookup", "bag8", "bag1"):
         title = {"lookup": "Lookup", "bag8": "Bags of 8 (sum)", "bag1": "Bags of 1 (sum)"}[op]
-        print(f"### {title}: ms (float32 ms / format ms)\n", file=out)
+        print(f"### {title}: ms (float32 / format, per round)\n", file=out)
         whos = list(KERNELS) + ([] if op == "lookup" or torch is None else ["torch"])
         print("| V | D | by | " + " | ".join(FORMATS) + " |", file=out)
         print("|---:|---:|---|" + "---:|" * len(FORMATS), file=out)
@@ -136,7 +150,8 @@ def report(rows, torch, out):
                     elif fmt == "float32" or base is None:
                         cells.append(f"{ms:.3f}")
                     else:
-                        cells.append(f"{ms:.3f} ({base / ms:.2f}x)")
+                        ratio = _ratio(row_of[V, D, op, "float32", who], row_of[V, D, op, fmt, who])
+                        cells.append(f"{ms:.3f} ({ratio:.2f}x)")
                 print(f"| {V:,} | {D} | {who} | " + " | ".join(cells) + " |", file=out)
         print(file=out)
     for peer, what in (("torch", "torch's quantized bag op"),
@@ -144,16 +159,18 @@ def report(rows, torch, out):
                                   "Codegen, float16 scale and bias)")):
         if not any(r["who"] == peer for r in rows):
             continue
-        print(f"### Ours against {what} ({peer} ms / our best ms)\n", file=out)
+        print(f"### Ours against {what} ({peer} ms / our best kernel's ms, per round)\n",
+              file=out)
         print("| V | D | bag length | int8 | int4 |", file=out)
         print("|---:|---:|---:|---:|---:|", file=out)
         for V, D in points:
             for L in (8, 1):
                 cells = []
                 for fmt in ("int8", "int4"):
-                    ours = min(t[(V, D, f"bag{L}", fmt, k)] for k in KERNELS)
-                    theirs = t.get((V, D, f"bag{L}", fmt, peer))
-                    cells.append("" if theirs is None else f"{theirs / ours:.2f}")
+                    ours = min((row_of[V, D, f"bag{L}", fmt, k] for k in KERNELS),
+                               key=lambda r: r["ms"])
+                    theirs = row_of.get((V, D, f"bag{L}", fmt, peer))
+                    cells.append("" if theirs is None else f"{_ratio(theirs, ours):.2f}")
                 print(f"| {V:,} | {D} | {L} | " + " | ".join(cells) + " |", file=out)
         print(file=out)
 

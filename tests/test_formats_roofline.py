@@ -1,0 +1,60 @@
+"""tools.formats_roofline's report: times are the best rounds, ratios paired per round."""
+from __future__ import annotations
+
+import io
+
+from tools import formats_roofline as fr
+
+
+def _row(op, fmt, who, rounds_ms, V=10, D=8):
+    return {"V": V, "D": D, "op": op, "format": fmt, "who": who, "ms": min(rounds_ms),
+            "rounds_ms": rounds_ms}
+
+
+def _rows():
+    rows = []
+    k = fr.KERNELS[0]
+    for op in ("lookup", "bag8", "bag1"):
+        for fmt in fr.FORMATS:
+            # float32 is twice the format's time in every round; a slow episode in round 2
+            # and one lucky round of the format (0.1 ms) that a ratio of bests would trust
+            f32 = [2.0, 20.0, 2.0]
+            other = [1.0, 10.0, 0.1] if fmt == "int8" else [1.0, 10.0, 1.0]
+            rows.append(_row(op, fmt, k, f32 if fmt == "float32" else other))
+            for other_k in fr.KERNELS[1:]:
+                rows.append(_row(op, fmt, other_k, [50.0, 50.0, 50.0]))
+    for op in ("bag8", "bag1"):
+        rows.append(_row(op, "float32", "torch", [4.0, 40.0, 4.0]))
+        for fmt in ("int8", "int4"):
+            rows.append(_row(op, fmt, "torch", [3.0, 30.0, 3.0]))
+    return rows
+
+
+def _report():
+    out = io.StringIO()
+
+    class _Torch:
+        __version__ = "test"
+
+    fr.report(_rows(), _Torch(), out)
+    return out.getvalue()
+
+
+def test_format_ratios_are_paired_per_round_and_times_are_best_rounds():
+    text = _report()
+    lookup = text.split("### Lookup")[1].split("###")[0]
+    line = next(l for l in lookup.splitlines() if f"| {fr.KERNELS[0]} |" in l)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    by_fmt = dict(zip(fr.FORMATS, cells[3:]))
+    assert by_fmt["float32"] == "2.000"
+    assert by_fmt["float16"] == "1.000 (2.00x)"
+    assert by_fmt["int8"] == "0.100 (2.00x)"  # the lucky round: its time is the best, not the ratio
+
+
+def test_peer_ratios_are_paired_per_round_against_our_fastest_kernel():
+    text = _report()
+    table = text.split("torch's quantized bag op")[1]
+    line = next(l for l in table.splitlines() if l.startswith("| 10 | 8 | 8 |"))
+    int8, int4 = [c.strip() for c in line.strip("|").split("|")][3:]
+    assert int8 == "3.00"  # 3 / 1, 30 / 10, 3 / 0.1: median 3
+    assert int4 == "3.00"
