@@ -179,12 +179,17 @@ cdef extern from *:
        1.3-1.4x slower than bags of one, whose loop had them unrolled (V = 2e6, D = 128,
        2 threads); bags of one, called a row at a time from the bag's loop, were 1.3-1.5x the
        lookup at D = 256. */
+    /* Inside a loop over bags of one id, for the id j of the bag: a padding id, or one outside
+       [0, V) (counted), runs ZERO (the bag's row set to zeros) and goes on to the next bag. */
+    #define EK_PAD_OR_BAD_ZEROS(ZERO) \\
+            if (j == pad || (size_t)j >= (size_t)V) { \\
+                if (j != pad) bad++; \\
+                ZERO; \\
+                continue; \\
+            }
     #define EK_STREAM_BAD_ROW0(RB) if ((size_t)j >= (size_t)V) { bad++; j = 0; }
-    #define EK_STREAM_BAD_ZEROS(RB) if (j == pad || (size_t)j >= (size_t)V) { \\
-            if (j != pad) bad++; \\
-            _Pragma("GCC unroll 32") \\
-            for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(dst + q); \\
-            continue; }
+    #define EK_STREAM_BAD_ZEROS(RB) \\
+        EK_PAD_OR_BAD_ZEROS(for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(dst + q))
     #define EK_STREAM_ROWS(RB, LOAD, BAD, STORE) \\
         for (i = lo; i < hi; i++) { \\
             char* dst = out + i * (RB); EK_OPAQUE(dst); \\
@@ -792,11 +797,7 @@ cdef extern from *:
        [0, V), counted) zeros the bag's NBYTES of ROW and goes on to the next bag. */
     #define EK_SINGLE_ID(LOAD, ROW, NBYTES) \\
             j = LOAD(&ids[b]); \\
-            if (j == pad || (size_t)j >= (size_t)V) { \\
-                if (j != pad) bad++; \\
-                memset(ROW, 0, NBYTES); \\
-                continue; \\
-            }
+            EK_PAD_OR_BAD_ZEROS(memset(ROW, 0, NBYTES))
     #define EK_SINGLES(T, VT, DIM, LOAD, STREAM1) { \\
         if (offsets->stream && sizeof(T) == 4 && ek_can_stream(out, (DIM) * sizeof(T))) \\
             return STREAM1(W, V, rs, ids, (char*)out, b0, b1, (DIM) * 4, pad, prefetch); \\
