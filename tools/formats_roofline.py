@@ -117,18 +117,15 @@ def run(cfg, out=sys.stdout):
 
 
 def _ratio(a, b):
-    """a's time over b's, two rows of the same (V, D): paired_ratio of their rounds when both
-    have them, else the ratio of their bests."""
-    if a.get("rounds_ms") and b.get("rounds_ms"):
-        return paired_ratio(a["rounds_ms"], b["rounds_ms"])
-    return a["ms"] / b["ms"]
+    """a's time over b's, two rows of the same (V, D) timed in the same rounds: paired_ratio
+    of their rounds."""
+    return paired_ratio(a["rounds_ms"], b["rounds_ms"])
 
 
 def report(rows, torch, out):
     """The Markdown tables: times are best per-round medians, ratios paired per round
     (_ratio)."""
     row_of = {(r["V"], r["D"], r["op"], r["format"], r["who"]): r for r in rows}
-    t = {key: r["ms"] for key, r in row_of.items()}
     points = sorted({(r["V"], r["D"]) for r in rows})
     threads = kernels.get_num_threads()
     print(f"n = {N:,} uniform ids; {threads} threads; torch "
@@ -141,17 +138,16 @@ def report(rows, torch, out):
         print("|---:|---:|---|" + "---:|" * len(FORMATS), file=out)
         for V, D in points:
             for who in whos:
-                base = t.get((V, D, op, "float32", who))
+                base = row_of.get((V, D, op, "float32", who))
                 cells = []
                 for fmt in FORMATS:
-                    ms = t.get((V, D, op, fmt, who))
-                    if ms is None:
+                    r = row_of.get((V, D, op, fmt, who))
+                    if r is None:
                         cells.append("")
                     elif fmt == "float32" or base is None:
-                        cells.append(f"{ms:.3f}")
+                        cells.append(f"{r['ms']:.3f}")
                     else:
-                        ratio = _ratio(row_of[V, D, op, "float32", who], row_of[V, D, op, fmt, who])
-                        cells.append(f"{ms:.3f} ({ratio:.2f}x)")
+                        cells.append(f"{r['ms']:.3f} ({_ratio(base, r):.2f}x)")
                 print(f"| {V:,} | {D} | {who} | " + " | ".join(cells) + " |", file=out)
         print(file=out)
     for peer, what in (("torch", "torch's quantized bag op"),
