@@ -1328,13 +1328,11 @@ def test_float_bags_of_one_prefetch_every_line_only_beyond_the_last_level_cache(
     monkeypatch.setattr(_cpu, "L2_BYTES", 10**6)
     assert _cpu.bag_prefetch(W) == 0
     monkeypatch.setattr(_cpu, "L2_BYTES", 1000)
-    for L3, single in ((10**6, True), (10**5, None)):
-        monkeypatch.setattr(_cpu, "L3_BYTES", L3)
-        if single is None:  # beyond the last-level cache bags of one keep the bags' distance
-            assert _cpu.bag_prefetch(W, single=True) == _cpu.bag_prefetch(W) < 0
-        else:  # within it, at most the lookup's
-            assert _cpu.bag_prefetch_distance(W) > _cpu.PREFETCH_DISTANCE
-            assert _cpu.bag_prefetch(W, single=True) == _cpu.PREFETCH_DISTANCE
+    monkeypatch.setattr(_cpu, "L3_BYTES", 10**6)  # within the last-level cache: the lookup's
+    assert _cpu.bag_prefetch_distance(W) > _cpu.PREFETCH_DISTANCE
+    assert _cpu.bag_prefetch(W, single=True) == _cpu.PREFETCH_DISTANCE
+    monkeypatch.setattr(_cpu, "L3_BYTES", 10**5)  # beyond it: the bags' distance, every line
+    assert _cpu.bag_prefetch(W, single=True) == _cpu.bag_prefetch(W) < 0
     short = W[:, :2].copy()  # its distance is below the lookup's: kept
     monkeypatch.setattr(_cpu, "L2_BYTES", 100)
     monkeypatch.setattr(_cpu, "BAG_PREFETCH_BYTES", 8 * 5)
