@@ -202,6 +202,42 @@ def test_negative_ids_never_wrap_around(kernel, wdtype):
             kernel.lookup_grad(np.ones((len(bad), 2), dtype=wdtype), bad, 4)
 
 
+_ID_DTYPES = (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+@pytest.mark.parametrize("dtype", _ID_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_the_shared_bounds_pass_agrees_with_python_ints_at_every_width_boundary(dtype):
+    """kernels._bounds.any_out_of_range checks ids narrower than 64 bits in their own width (an
+    unsigned maximum while V <= 2**(bits - 1), the minimum's sign above that): at each side of
+    those boundaries, for the extreme values of the dtype, at every position of short and
+    vectorized lengths, it says what Python's integers say."""
+    from kernels._bounds import any_out_of_range
+
+    info = np.iinfo(dtype)
+    top = int(info.max)
+    half = 1 << (8 * np.dtype(dtype).itemsize - 1)
+    values = sorted({int(info.min), int(info.min) + 1, -1 if info.min < 0 else 0, 0, 1,
+                     half // 2, half - 1, min(half, top), min(half + 1, top), top - 1, top})
+    vocab_sizes = sorted({v for v in (0, 1, 2, half - 1, half, half + 1, top, top + 1, top + 2,
+                                      2**31, 2**32 + 1, 2**63 - 1) if 0 <= v <= 2**63 - 1})
+    seen = set()
+    for V in vocab_sizes:
+        good = [x for x in values if 0 <= x < V]
+        fill = good[0] if good else None
+        for n in (1, 7, 33, 100):
+            for x in values:
+                for pos in {0, n // 2, n - 1}:
+                    if fill is None and n > 1:
+                        continue
+                    ids = np.full(n, fill if fill is not None else x, dtype=dtype)
+                    ids[pos] = x
+                    want = not 0 <= x < V
+                    assert any_out_of_range(ids, V) is want, (dtype, V, n, pos, x)
+                    seen.add((V, want))
+        assert any_out_of_range(np.zeros(0, dtype), V) is False
+    assert {want for _, want in seen} == {True, False}
+
+
 LARGE_BAD_POSITIONS = {
     # positions -> values; the first (lowest) position must be reported
     "only_last": {299_999: 1000},
