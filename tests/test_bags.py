@@ -1263,9 +1263,13 @@ def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
     """Bags of one id each (cython_gather's gather-like loop for them; no offsets are read when
     they are all one long): sum, mean and sqrtn give row + 0.0 (-0.0 made +0.0, NaN kept), max
     the row itself, a padding id zeros; 2-D (B, 1) ids, 1-D offsets 0..B-1, include_last_offset,
-    1 and 2 threads, every gather kernel the same bits."""
+    1 and 2 threads, every gather kernel the same bits. B: bags enough that two threads run
+    (4x kernels._threads.PARALLEL_MIN_BYTES of rows read and written), 1,000 at least."""
+    from kernels._threads import PARALLEL_MIN_BYTES, threads_for
+
     rng = np.random.default_rng(D)
-    V, B = 50, 20_000
+    V = 50
+    B = max(1_000, 4 * PARALLEL_MIN_BYTES // (2 * D * np.dtype(dtype).itemsize))
     W = rng.standard_normal((V, D)).astype(dtype)
     W[3] = -0.0
     W[4, ::2] = np.nan
@@ -1275,6 +1279,7 @@ def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
     names = [n for n, k in kernels.KERNELS.items() if k.family == "gather"]
     for threads in (1, 2):
         with kernels.num_threads(threads):
+            assert threads_for(2 * B * D * W.itemsize) == threads
             for mode in ("sum", "mean", "sqrtn", "max"):
                 want = W[ids] if mode == "max" else plus_zero
                 padded = want.copy()
