@@ -9,7 +9,7 @@ runs on any x86-64); AVX2 compares four int64 ids at once, baseline SSE2 has no 
 cimport numpy as cnp
 import numpy as np
 
-from kernels._cpu import _table_bytes, empty_output
+from kernels._cpu import empty_output
 from libc.stdint cimport int64_t, uint64_t
 
 cnp.import_array()
@@ -296,5 +296,5 @@ def plain_bags(weights, ids, offsets, bint include_last, out, Py_ssize_t dim=-1)
             off = offsets
     if out is None:
         out = empty_output((B, dim), np.float32 if wt == cnp.NPY_FLOAT32 else np.float64,
-                           _table_bytes(weights))
+                           weights)
     return flat, off, B, out

@@ -135,13 +135,13 @@ STREAM_BESIDE_TABLE_MIN_BYTES = L3_BYTES // 2
 than the last-level cache (see stream_output)."""
 
 
-def stream_output(out, table_bytes=0):
+def stream_output(out, table=0):
     """Whether cython_gather's lookups write `out` with non-temporal (streaming) stores: when its
     rows are 32-byte aligned (the kernels check again, and store as usual otherwise) and it is
     at least STREAM_MIN_BYTES (the last-level cache: such an output cannot stay cached for its
     reader anyway, and regular stores first read each of its lines and evict table rows), or
-    at least STREAM_BESIDE_TABLE_MIN_BYTES while it and the table's table_bytes do not fit in
-    the last-level cache together.
+    at least STREAM_BESIDE_TABLE_MIN_BYTES while it and the table (the 2-D array it is written
+    beside, or that table's bytes) do not fit in the last-level cache together.
     Measured in a C harness (n = 65,536, 2 threads, an AMD EPYC with 32 MB of L3 and 12 GB/s,
     one interleaved run, 256-bit streaming stores / regular ones): float32 rows 1.12-2.04x at
     32-64 MB of output, float16 and int8 rows 1.26-2.78x; at 16 MB (V = 1e4, D = 64) they cost
@@ -152,25 +152,29 @@ def stream_output(out, table_bytes=0):
     0.53-0.82x the time, then read 0.70-0.88x for float32 and float16, 0.88-1.11x for int8;
     beside a table it fits with (V = 1e4, 3e4), then read 0.90-1.17x; 4 and 8 MB outputs then
     read up to 2.9x and 1.65x as long, so they keep regular stores."""
-    return (_large_output(out.nbytes, table_bytes) and out.ndim == 2 and out.flags.c_contiguous
+    return (_large_output(out.nbytes, table) and out.ndim == 2 and out.flags.c_contiguous
             and out.ctypes.data % 32 == 0 and out.strides[0] % 32 == 0)
 
 
-def _large_output(nbytes, table_bytes):
-    """Whether an output of nbytes written beside a table of table_bytes is streamed when
-    aligned (stream_output's size rule)."""
-    return nbytes >= STREAM_MIN_BYTES or (nbytes >= STREAM_BESIDE_TABLE_MIN_BYTES
-                                          and nbytes + table_bytes > L3_BYTES)
+def _large_output(nbytes, table):
+    """Whether an output of nbytes written beside a table (an array, or its bytes) is streamed
+    when aligned (stream_output's size rule). The table's bytes are counted only for an output
+    whose size leaves it to them: most calls are small, and every call asks."""
+    if nbytes >= STREAM_MIN_BYTES:
+        return True
+    if nbytes < STREAM_BESIDE_TABLE_MIN_BYTES:
+        return False
+    return nbytes + (table if isinstance(table, int) else _table_bytes(table)) > L3_BYTES
 
 
-def empty_output(shape, dtype, table_bytes=0):
-    """np.empty(shape, dtype) for a kernel's output beside a table of table_bytes, cache-line
-    aligned (aligned_empty) when it is large enough to be streamed (stream_output): aligning
-    costs 10 us or more a call, nothing next to such a call but several times a small lookup's
-    whole overhead (and at 16 MB beside a table in cache an aligned output measured 1.05x the
-    time of NumPy's, regular stores both)."""
+def empty_output(shape, dtype, table=0):
+    """np.empty(shape, dtype) for a kernel's output beside a table (the 2-D array, or its
+    bytes), cache-line aligned (aligned_empty) when it is large enough to be streamed
+    (stream_output): aligning costs 10 us or more a call, nothing next to such a call but
+    several times a small lookup's whole overhead (and at 16 MB beside a table in cache an
+    aligned output measured 1.05x the time of NumPy's, regular stores both)."""
     dtype = np.dtype(dtype)
-    if _large_output(math.prod(shape) * dtype.itemsize, table_bytes):
+    if _large_output(math.prod(shape) * dtype.itemsize, table):
         return aligned_empty(shape, dtype)
     return np.empty(shape, dtype)
 

@@ -151,8 +151,7 @@ class Kernel:
                 through_float32(fn, (W, flat), out2d)
         return result
 
-    def __call__(self, weights, ids, *, out=None, out_dtype=None):
-        return self.lookup(weights, ids, out=out, out_dtype=out_dtype)
+    __call__ = lookup  # one frame less on every call of a kernel
 
     def lookup_grad(self, grad, ids, vocab_size, *, sparse=False, out=None):
         """Return dW (vocab_size, dim) with dW[ids[k]] += grad[k] for every k; `out` is overwritten.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels._cpu import _table_bytes, empty_output
+from kernels._cpu import empty_output
 from kernels._formats import format_named
 from kernels._tables import Table
 from kernels._validate import check_bags, check_ids, check_mode, check_out, check_out_dtype, \
@@ -101,7 +101,7 @@ class Lookup(Operation):
         a, flat = check_ids(ids, V)
         shape = a.shape + (D,)
         if out is None:
-            result = empty_output(shape, dtype, _table_bytes(W))
+            result = empty_output(shape, dtype, W)
         else:
             result = check_out(out, shape, dtype, ((W, "weights"), (a, "ids")))
         return W, fmt, flat, result.reshape(flat.shape[0], D), result
@@ -312,8 +312,7 @@ class LookupBag(Operation):
             bounds, private_offsets)
         shape = (B, D)
         if out is None:
-            return W, fmt, flat, off, mode, psw, pad, empty_output(shape, dtype,
-                                                                   _table_bytes(W))
+            return W, fmt, flat, off, mode, psw, pad, empty_output(shape, dtype, W)
         inputs = ((W, "weights"), (a, "ids"), (psw, "per_sample_weights"))
         return W, fmt, flat, off, mode, psw, pad, check_out(out, shape, dtype, inputs)
 

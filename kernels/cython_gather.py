@@ -16,8 +16,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES, IdsOutOfRange, any_out_of_range
-from kernels._cpu import (_table_bytes, bag_prefetch, decode_prefetch, prefetch_distance,
-                          stream_output)
+from kernels._cpu import bag_prefetch, decode_prefetch, prefetch_distance, stream_output
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._numba_lowp import CODES, storage
 from kernels._kernel import Kernel, bag_grad_by_scatter
@@ -32,7 +31,7 @@ def _threads(nbytes):
 
 def _gather(W, ids, out):
     _core.gather(W, ids, out, _threads(out.nbytes), prefetch_distance(W),
-                 stream_output(out, _table_bytes(W)))
+                 stream_output(out, W))
 
 
 def _scatter_add(G, ids, dW, zeroed):
@@ -52,7 +51,7 @@ def _bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
               _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes),
               bag_prefetch(W, single=offsets is None and ids.shape[0] == out.shape[0]),
-              check_ids, stream_output(out, _table_bytes(W)))
+              check_ids, stream_output(out, W))
 
 
 def _decoding_gather(code):
@@ -65,7 +64,7 @@ def _decoding_gather(code):
         # n = 65,536, 2 threads, none / 16 ahead: int8 D = 64 1.07 / 0.37 ms, int4 D = 128
         # 4.78 / 0.77 ms (the lookup's 128-byte minimum left both unprefetched)
         _core.decode_gather(code, S, ids, out, _threads(out.nbytes),
-                            decode_prefetch(S), stream_output(out, _table_bytes(S)))
+                            decode_prefetch(S), stream_output(out, S))
 
     return gather
 
@@ -79,7 +78,7 @@ def _decoding_bag(code):
         _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
                          _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
                          decode_prefetch(S), check_ids,
-                         stream_output(out, _table_bytes(S)))
+                         stream_output(out, S))
 
     return bag
 

@@ -154,6 +154,26 @@ def test_bags_of_one_stream_the_same_bits(fmt, D, offset, cython_isa):
             assert_bitwise_equal(got[0], want[0], f"{fmt} D={D} {mode} offset={offset}")
 
 
+def test_the_table_beside_an_output_is_measured_only_when_its_size_decides(monkeypatch):
+    """stream_output and empty_output take the table itself and count its bytes only for an
+    output between half the last-level cache and all of it: every call asks, most are small."""
+    monkeypatch.setattr(cpu, "L3_BYTES", 8192)
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 8192)
+    monkeypatch.setattr(cpu, "STREAM_BESIDE_TABLE_MIN_BYTES", 4096)
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"the table's {name} was read")
+
+    assert not cpu.stream_output(_out(63, 16, 0), Untouchable())   # under half the L3
+    assert cpu.stream_output(_out(128, 16, 0), Untouchable())      # the L3 itself
+    assert cpu.empty_output((63, 16), np.float32, Untouchable()).base is None
+    table = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (4097, 1), (1, 1))
+    assert cpu.stream_output(_out(64, 16, 0), table)                # 4 KiB + 4,097 > 8 KiB
+    assert not cpu.stream_output(_out(64, 16, 0), table[:4096])     # 4 KiB + 4,096 fit
+    assert cpu.empty_output((64, 16), np.float32, table).base is not None
+
+
 @pytest.mark.parametrize("fmt", ["float32", "int8"])
 def test_lookup_bag_of_one_through_the_api_streams(monkeypatch, fmt):
     """Streamed (threshold lowered) and not (this small output, by default) give the same bits
