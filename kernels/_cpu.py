@@ -164,7 +164,8 @@ def _large_output(nbytes, table):
         return True
     if nbytes < STREAM_BESIDE_TABLE_MIN_BYTES:
         return False
-    return nbytes + (table if isinstance(table, int) else _table_bytes(table)) > L3_BYTES
+    bytes_ = table if isinstance(table, (int, np.integer)) else _table_bytes(table)
+    return nbytes + bytes_ > L3_BYTES
 
 
 def empty_output(shape, dtype, table=0):

@@ -171,6 +171,7 @@ def test_the_table_beside_an_output_is_measured_only_when_its_size_decides(monke
     table = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), (4097, 1), (1, 1))
     assert cpu.stream_output(_out(64, 16, 0), table)                # 4 KiB + 4,097 > 8 KiB
     assert not cpu.stream_output(_out(64, 16, 0), table[:4096])     # 4 KiB + 4,096 fit
+    assert cpu.stream_output(_out(64, 16, 0), np.int64(4097))       # or the bytes, as NumPy's
     assert cpu.empty_output((64, 16), np.float32, table).base is not None
 
 
