@@ -280,6 +280,23 @@ cdef inline void _copy_row(floating* dst, const char* src, Py_ssize_t D,
         dst[k] = (<const floating*>(src + k * col_stride))[0]
 
 
+cdef inline int _ids_bad(const void* ids, bint i32, Py_ssize_t lo, Py_ssize_t hi,
+                         Py_ssize_t V) noexcept nogil:
+    """Whether an id of ids[lo:hi] is outside [0, V): the shared check's pass
+    (kernels/_bounds.pyx), run by each gather or bag thread over its own ids before it
+    writes."""
+    cdef int size = 4 if i32 else 8
+    return ids_out_of_range(<const char*>ids + lo * size, hi - lo, size, True, V)
+
+
+cdef inline bint _any(const int* flags, int n) noexcept nogil:
+    cdef int c
+    for c in range(n):
+        if flags[c]:
+            return True
+    return False
+
+
 cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row_stride,
                                      Py_ssize_t col_stride, const index_t* ids, floating* out,
                                      Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
@@ -305,24 +322,38 @@ cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row
 
 cdef int _gather(const char* W, Py_ssize_t V, Py_ssize_t row_stride, Py_ssize_t col_stride,
                  const index_t* ids, Py_ssize_t n, floating* out, Py_ssize_t D,
-                 int nthreads, int prefetch, bint stream, Py_ssize_t* bad) noexcept nogil:
-    """Returns the number of threads that did work; bad receives the number of bad ids."""
+                 int nthreads, int prefetch, bint stream, bint check, int* flags,
+                 Py_ssize_t* bad) noexcept nogil:
+    """Returns the number of threads that did work; bad receives the number of bad ids. With
+    check, each thread first checks the bounds of the ids it then copies, and none copies
+    anything if one is bad (flags[thread] set)."""
     cdef Py_ssize_t c
     cdef int t, used = 0
     cdef int worker[MAX_THREADS]
     cdef Py_ssize_t nbad[MAX_THREADS]
+    cdef bint i32 = index_t is int32_t
+    bad[0] = 0
     if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
-        bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch,
-                               stream)
+        flags[0] = check and _ids_bad(ids, i32, 0, n, V)
+        if not flags[0]:
+            bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch,
+                                   stream)
         return 1
     for t in range(nthreads):
         worker[t] = 0
         nbad[t] = 0
-    for c in prange(nthreads, nogil=True, num_threads=nthreads, schedule="static", chunksize=1):
-        nbad[c] = _gather_range(W, V, row_stride, col_stride, ids, out, D,
-                                n * c // nthreads, n * (c + 1) // nthreads, prefetch, stream)
-        worker[threadid()] = 1
-    bad[0] = 0
+        flags[t] = 0
+    with parallel(num_threads=nthreads):
+        # the same static schedule twice: each thread checks the ids it then copies
+        for c in prange(nthreads, schedule="static", chunksize=1):
+            flags[c] = check and _ids_bad(ids, i32, n * c // nthreads,
+                                          n * (c + 1) // nthreads, V)
+        for c in prange(nthreads, schedule="static", chunksize=1):
+            if not _any(flags, nthreads):
+                nbad[c] = _gather_range(W, V, row_stride, col_stride, ids, out, D,
+                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch,
+                                        stream)
+            worker[threadid()] = 1
     for t in range(nthreads):
         used = used + worker[t]
         bad[0] = bad[0] + nbad[t]
@@ -576,12 +607,14 @@ cdef int _scatter(const floating* G, const index_t* ids, Py_ssize_t n, floating*
 
 
 def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not None,
-           int nthreads, int prefetch=0, bint stream=False):
+           int nthreads, int prefetch=0, bint stream=False, bint check=False):
     """out[i] = W[ids[i]]; returns the number of threads that did work.
 
     prefetch: fetch the row this many ids ahead (0: none; pays off when the table is beyond L2).
     stream: write out with non-temporal stores where its rows allow it (contiguous rows of
     float32 or float64, 32-byte aligned, a multiple of 32 bytes; a CPU with AVX), else as usual.
+    check: each thread checks the bounds of its share of the ids before any thread writes;
+    IdsOutOfRange (nothing written) if one is outside [0, V).
     nthreads <= 1 runs without starting an OpenMP region.
     Raises RuntimeError if an id read in the loop was outside [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
@@ -594,20 +627,23 @@ def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
     cdef int used
     cdef Py_ssize_t bad = 0
+    cdef int flags[MAX_THREADS]
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if f32 and i32:
             used = _gather(w, V, rs, cs, <const int32_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           stream, &bad)
+                           stream, check, flags, &bad)
         elif f32:
             used = _gather(w, V, rs, cs, <const int64_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           stream, &bad)
+                           stream, check, flags, &bad)
         elif i32:
             used = _gather(w, V, rs, cs, <const int32_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           stream, &bad)
+                           stream, check, flags, &bad)
         else:
             used = _gather(w, V, rs, cs, <const int64_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           stream, &bad)
+                           stream, check, flags, &bad)
+    if check and _any(flags, nthreads):
+        raise IdsOutOfRange()
     if bad:
         raise ids_changed_error(V)
     return used
@@ -911,22 +947,6 @@ cdef Py_ssize_t _bag_range(const char* W, Py_ssize_t V, Py_ssize_t rs, const voi
                               D, mode, <const double*>psw, pad, prefetch)
     return ek_bag_f64_i64(W, V, rs, <const int64_t*>ids, n, offsets, b0, b1, <double*>out, D,
                           mode, <const double*>psw, pad, prefetch)
-
-
-cdef inline int _ids_bad(const void* ids, bint i32, Py_ssize_t lo, Py_ssize_t hi,
-                         Py_ssize_t V) noexcept nogil:
-    """Whether an id of ids[lo:hi] is outside [0, V): the shared check's pass
-    (kernels/_bounds.pyx), run by each bag thread over its own ids before it writes."""
-    cdef int size = 4 if i32 else 8
-    return ids_out_of_range(<const char*>ids + lo * size, hi - lo, size, True, V)
-
-
-cdef inline bint _any(const int* flags, int n) noexcept nogil:
-    cdef int c
-    for c in range(n):
-        if flags[c]:
-            return True
-    return False
 
 
 cdef inline Py_ssize_t _bag_start(const ek_bags* g, Py_ssize_t b) noexcept nogil:

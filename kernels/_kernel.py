@@ -58,6 +58,10 @@ class Kernel:
       bounds themselves, in their own parallel pass, before writing anything (raising
       kernels._validate.IdsOutOfRange; the shared check then names the id): the call skips the
       shared bounds pass (measured 5-7 us of a 70 us bag call at n = 65,536);
+    - `lookup_checks_ids`: the formats whose lookup functions take check_ids=True and then
+      check the ids' bounds themselves, as `bag_checks_ids` describes: each thread checks the
+      ids it then copies (measured, cython_gather, float32, n = 65,536, 2 threads: the
+      separate single-threaded pass cost 3-6% of the lookup at D = 8-64);
     - `bag_offsets_in_place`: its lookup_bag functions take the caller's checked offsets as they
       are (LookupBag.prepare(private_offsets=False): the bags' starts, n ending the last bag, or
       None for bags all of one length, 2-D ids or 1-D) and read each bound once, clamped, so
@@ -80,6 +84,7 @@ class Kernel:
         scratch_bytes: Callable = _no_scratch,
         bag_modes: Iterable[str] = BAG_MODES,
         bag_checks_ids: bool = False,
+        lookup_checks_ids: Iterable[Format] = (),
         bag_offsets_in_place: bool = False,
     ):
         self.name = name
@@ -99,7 +104,10 @@ class Kernel:
             formats = (formats,) if isinstance(formats, Format) else tuple(formats)
             for fmt in formats:
                 self._impls.setdefault(op.name, {})[fmt] = fn
-        self._lookup = self._impls.get(LOOKUP.name, {})
+        self._lookup_checks = frozenset(lookup_checks_ids)
+        self._lookup = {fmt: (functools.partial(fn, check_ids=True)
+                              if fmt in self._lookup_checks else fn)
+                        for fmt, fn in self._impls.get(LOOKUP.name, {}).items()}
         self._lookup_grad = self._impls.get(LOOKUP_GRAD.name, {})
 
     def implements(self, op, fmt) -> bool:
@@ -142,13 +150,20 @@ class Kernel:
         """Return weights[ids] (shape ids.shape + (dim,)), written into `out` if given. weights
         may be a low-precision table (kernels.quantize): the result is then float32, or float16
         with out_dtype=np.float16."""
-        W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out, out_dtype)
+        checks = self._lookup_checks
+        W, fmt, flat, out2d, result = _prepare_lookup(weights, ids, out, out_dtype, checks)
         fn = self._lookup.get(fmt) or self.function(LOOKUP, fmt)
         if out2d.size:
-            if out_dtype is None:
-                fn(W, flat, out2d)
-            else:
-                through_float32(fn, (W, flat), out2d)
+            try:
+                if out_dtype is None:
+                    fn(W, flat, out2d)
+                else:
+                    through_float32(fn, (W, flat), out2d)
+            except IdsOutOfRange:
+                check_ids(ids, W.shape[0])  # raises the shared IndexError, naming the id
+                raise ids_changed_error(W.shape[0]) from None
+        elif fmt in checks and flat.shape[0]:
+            check_ids(ids, W.shape[0])  # nothing to write: the shared check alone
         return result
 
     __call__ = lookup  # one frame less on every call of a kernel

@@ -92,13 +92,15 @@ class Lookup(Operation):
     format_benchmark = "bench_formats.LowPrecision.time_lookup"
 
     @staticmethod
-    def prepare(weights, ids, out, out_dtype=None):
+    def prepare(weights, ids, out, out_dtype=None, self_checked=()):
         """Check a call; return (W, format, flat_ids, out2d, result), out2d and result of the
         output dtype (check_out_dtype). The kernel's function is called as fn(W, flat_ids,
-        out2d) when out2d is not empty (float16: through a float32 scratch, see the module)."""
+        out2d) when out2d is not empty (float16: through a float32 scratch, see the module).
+        For a format in self_checked the ids' bounds are left to that function, called with
+        check_ids=True (kernels._validate.IdsOutOfRange)."""
         W, fmt, (V, D) = check_weights(weights)
         dtype = fmt.out_dtype if out_dtype is None else check_out_dtype(out_dtype, fmt)
-        a, flat = check_ids(ids, V)
+        a, flat = check_ids(ids, V, fmt not in self_checked)
         shape = a.shape + (D,)
         if out is None:
             result = empty_output(shape, dtype, W)

@@ -29,9 +29,9 @@ def _threads(nbytes):
     return n if n == 1 else openmp_threads(n)
 
 
-def _gather(W, ids, out):
+def _gather(W, ids, out, check_ids=False):
     _core.gather(W, ids, out, _threads(out.nbytes), gather_prefetch_distance(W),
-                 stream_output(out, W))
+                 stream_output(out, W), check_ids)
 
 
 def _scatter_add(G, ids, dW, zeroed):
@@ -94,6 +94,7 @@ KERNEL = Kernel(
     family="gather",
     colour="#2ca02c",
     bag_checks_ids=True,
+    lookup_checks_ids=FLOAT,
     bag_offsets_in_place=True,
 )
 lookup = KERNEL.lookup

@@ -391,8 +391,8 @@ def test_cython_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dty
     seen = []
     real = _cython_gather.gather
     monkeypatch.setattr(_cython_gather, "gather",
-                        lambda W, ids, out, nthreads, prefetch=0, stream=False:
-                        (seen.append(prefetch), real(W, ids, out, nthreads, prefetch, stream))[1])
+                        lambda W, ids, out, nthreads, prefetch=0, *rest:
+                        (seen.append(prefetch), real(W, ids, out, nthreads, prefetch, *rest))[1])
     rng = np.random.default_rng(D)
     W = rng.standard_normal((100, D)).astype(dtype)
     ids = rng.integers(0, 100, 500)
@@ -405,3 +405,32 @@ def test_cython_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dty
         assert_bitwise_equal(got, W[ids], f"D={D} beyond L2={beyond}")
         assert _cpu.prefetch_distance(W) == (_cpu.PREFETCH_DISTANCE if beyond and not short
                                              else 0)
+
+
+@pytest.mark.parametrize("n", [50, 300_000])  # one thread, two
+def test_cython_float_lookups_check_their_ids_in_the_kernel_threads(monkeypatch, n):
+    """cython_gather's float lookups leave the shared bounds pass to the kernel (each thread
+    checks the ids it then copies: Kernel lookup_checks_ids); the shared pass runs only to name
+    a bad id, nothing written. Other kernels and formats keep the shared pass."""
+    from kernels import _validate
+
+    calls = []
+    real = _validate.any_out_of_range
+    monkeypatch.setattr(_validate, "any_out_of_range",
+                        lambda ids, V: (calls.append(len(ids)), real(ids, V))[1])
+    rng = np.random.default_rng(n)
+    W = rng.standard_normal((100, 16)).astype(np.float32)
+    ids = rng.integers(0, 100, n)
+    assert_bitwise_equal(kernels.lookup(W, ids, kernel="cython_gather"), W[ids], "cython")
+    assert calls == []
+    kernels.lookup(W, ids, kernel="numpy_take")
+    kernels.lookup(kernels.quantize(W, "int8"), ids, kernel="cython_gather")
+    assert calls == [n, n]
+    calls.clear()
+    bad = ids.copy()
+    bad[-1] = 100
+    out = sentinel_like((n, 16), np.float32)
+    with pytest.raises(IndexError, match=rf"id 100 at position \({n - 1},\)"):
+        kernels.lookup(W, bad, kernel="cython_gather", out=out)
+    assert calls == [n]
+    assert (out == SENTINEL).all()

@@ -85,8 +85,8 @@ def test_lookup_streams_a_half_cache_output_beside_a_large_table(monkeypatch):
     when stream_output says so for the table it reads, and gives W[ids] either way."""
     seen = []
     real_gather, real_bag = _cython_gather.gather, _cython_gather.bag
-    monkeypatch.setattr(_cython_gather, "gather",
-                        lambda *a: (seen.append(a[-1]), real_gather(*a))[1])
+    monkeypatch.setattr(_cython_gather, "gather",  # (W, ids, out, threads, prefetch, stream, ...)
+                        lambda *a: (seen.append(a[5]), real_gather(*a))[1])
     monkeypatch.setattr(_cython_gather, "bag",
                         lambda *a: (seen.append(a[-1]), real_bag(*a))[1])
     monkeypatch.setattr(cpu, "L3_BYTES", 64 * 1024)
