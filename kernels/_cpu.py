@@ -39,25 +39,17 @@ PREFETCH_DISTANCE = 12
 """How many ids ahead the compiled gathers prefetch rows (12-16 measured best at D = 64)."""
 
 
-PREFETCH_MIN_ROW_BYTES = 128
-"""Rows shorter than this are not prefetched: at 32-64 bytes (one cache line) it cost the Numba
-gather up to 30% and gained the Cython one nothing measurable (V = 1e6, n = 16,384 and 65,536)."""
-
-
 def prefetch_distance(W):
-    """PREFETCH_DISTANCE when the table W does not fit in L2 and its rows are long enough to
-    gain, else 0 (prefetching rows already in cache was measured to cost time): numba_gather's
-    lookups."""
-    long_rows = W.shape[1] * W.itemsize >= PREFETCH_MIN_ROW_BYTES
-    return PREFETCH_DISTANCE if long_rows and _table_bytes(W) > L2_BYTES else 0
-
-
-def gather_prefetch_distance(W):
-    """cython_gather's lookups: PREFETCH_DISTANCE when the table W does not fit in L2, rows of
-    every length (PREFETCH_MIN_ROW_BYTES is numba_gather's). Measured on an AMD EPYC (bare
-    kernel, 2 threads, n = 65,536, per-round medians of 15 interleaved rounds, none / 12
-    ahead): 32- and 64-byte rows 1.09-1.25x faster at V = 1e4, 1e5, 1e6 and 2e6 (D = 16,
-    V = 1e4: 0.097 -> 0.081 ms), 1.08-1.14x at n = 16,384; 8 and 16 ahead alike."""
+    """PREFETCH_DISTANCE when the table W does not fit in L2, else 0 (prefetching rows already
+    in cache was measured to cost time): how far ahead the compiled lookups fetch rows, of
+    every length. Rows under 128 bytes were left out until 2026-11-27 (measured then, on
+    another machine of the kind, with tables 16 bytes past a cache line: up to 30% slower for
+    numba_gather, nothing gained for cython_gather). Measured on an AMD EPYC (n = 65,536,
+    2 threads, per-round medians of 15 interleaved rounds, none / 12 ahead, D = 8 and 16,
+    tables beyond L2 from V = 1e4 to 2e6): cython_gather through kernels.lookup 1.06-1.28x
+    faster on 64-byte aligned tables and 1.09-1.49x on NumPy's own (16 bytes past a line),
+    numba_gather 1.01-1.12x and 1.09-2.13x (V = 1e6, D = 8: 1.73 -> 0.79 ms); bare
+    cython_gather at n = 16,384 1.08-1.14x; 8, 12 and 16 ahead alike."""
     return PREFETCH_DISTANCE if _table_bytes(W) > L2_BYTES else 0
 
 
@@ -69,8 +61,7 @@ and 1.24 / 0.66 / 0.57 / 0.53 / 0.55 ms at D = 64 (tables 16 bytes past a cache 
 64-byte aligned tables (kernels.aligned_empty), an AMD EPYC, medians of calls repeated on the
 same ids: 12 / 16 / 24 / 32 ahead took 0.314 / 0.273 / 0.262 / 0.265 ms at D = 64 (bags of 64:
 0.256 / 0.236 / 0.216 / 0.217) and 0.098 / 0.095 / 0.093 / 0.093 ms at D = 16. A bag does
-little besides reading rows, so even one-line rows gain, unlike the lookup
-(PREFETCH_MIN_ROW_BYTES)."""
+little besides reading rows, so even one-line rows gain."""
 
 BAG_PREFETCH_BYTES = 8192
 """Longer float rows are prefetched this many bytes of rows ahead (at least one row): 24 rows of

@@ -16,7 +16,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES, IdsOutOfRange, any_out_of_range
-from kernels._cpu import bag_prefetch, decode_prefetch, gather_prefetch_distance, stream_output
+from kernels._cpu import bag_prefetch, decode_prefetch, prefetch_distance, stream_output
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._numba_lowp import CODES, storage
 from kernels._kernel import Kernel, bag_grad_by_scatter
@@ -30,7 +30,7 @@ def _threads(nbytes):
 
 
 def _gather(W, ids, out, check_ids=False):
-    _core.gather(W, ids, out, _threads(out.nbytes), gather_prefetch_distance(W),
+    _core.gather(W, ids, out, _threads(out.nbytes), prefetch_distance(W),
                  stream_output(out, W), check_ids)
 
 

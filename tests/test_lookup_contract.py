@@ -381,11 +381,10 @@ def test_a_gather_of_an_aligned_table_equals_the_numpy_one():
 
 @pytest.mark.parametrize("dtype, D", [(np.float32, 8), (np.float32, 16), (np.float64, 8),
                                       (np.float32, 64)])
-def test_cython_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dtype, D):
-    """cython_gather's lookups prefetch PREFETCH_DISTANCE ids ahead whenever the table does not
-    fit in L2, one-line rows included (kernels._cpu.gather_prefetch_distance), and none within
-    it; numba_gather keeps prefetch_distance, which leaves rows under PREFETCH_MIN_ROW_BYTES
-    alone. The rows are W[ids] either way."""
+def test_compiled_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dtype, D):
+    """The compiled lookups prefetch PREFETCH_DISTANCE ids ahead whenever the table does not
+    fit in L2, one-line rows included (kernels._cpu.prefetch_distance), and none within it;
+    the rows are W[ids] either way."""
     from kernels import _cpu, _cython_gather
 
     seen = []
@@ -396,15 +395,16 @@ def test_cython_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dty
     rng = np.random.default_rng(D)
     W = rng.standard_normal((100, D)).astype(dtype)
     ids = rng.integers(0, 100, 500)
-    short = D * W.itemsize < _cpu.PREFETCH_MIN_ROW_BYTES
     for l2, beyond in ((W.nbytes - 1, True), (W.nbytes, False)):
         monkeypatch.setattr(_cpu, "L2_BYTES", l2)
+        want = _cpu.PREFETCH_DISTANCE if beyond else 0
+        assert _cpu.prefetch_distance(W) == want
         seen.clear()
         got = kernels.lookup(W, ids, kernel="cython_gather")
-        assert seen == [_cpu.PREFETCH_DISTANCE if beyond else 0], (l2, seen)
-        assert_bitwise_equal(got, W[ids], f"D={D} beyond L2={beyond}")
-        assert _cpu.prefetch_distance(W) == (_cpu.PREFETCH_DISTANCE if beyond and not short
-                                             else 0)
+        assert seen == [want], (l2, seen)
+        assert_bitwise_equal(got, W[ids], f"cython D={D} beyond L2={beyond}")
+        assert_bitwise_equal(kernels.lookup(W, ids, kernel="numba_gather"), W[ids],
+                             f"numba D={D} beyond L2={beyond}")
 
 
 @pytest.mark.parametrize("n", [50, 300_000])  # one thread, two
