@@ -35,6 +35,13 @@ def through_float32(fn, args, out):
         fn(*args, out)
 
 
+def _name_the_bad_id(ids, vocab_size):
+    """After a kernel function's own bounds pass raised IdsOutOfRange: the shared check's
+    IndexError naming the id, or, if the ids hold none now (changed meanwhile), that error."""
+    check_ids(ids, vocab_size)
+    raise ids_changed_error(vocab_size) from None
+
+
 def _no_budget(op, vocab_size, dim, n_ids, itemsize):
     return None
 
@@ -161,8 +168,7 @@ class Kernel:
                 else:
                     through_float32(fn, (W, flat), out2d)
             except IdsOutOfRange:
-                check_ids(ids, W.shape[0])  # raises the shared IndexError, naming the id
-                raise ids_changed_error(W.shape[0]) from None
+                _name_the_bad_id(ids, W.shape[0])
         elif fmt in checks and flat.shape[0]:
             check_ids(ids, W.shape[0])  # nothing to write: the shared check alone
         return result
@@ -204,8 +210,7 @@ class Kernel:
                 else:
                     through_float32(fn, (W, flat, off, mode, psw, pad), out)
             except IdsOutOfRange:
-                check_ids(ids, W.shape[0])  # raises the shared IndexError, naming the id
-                raise ids_changed_error(W.shape[0]) from None
+                _name_the_bad_id(ids, W.shape[0])
         elif checks and flat.shape[0]:
             check_ids(ids, W.shape[0])  # nothing to write: the shared check alone
         return out

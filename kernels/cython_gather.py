@@ -62,7 +62,7 @@ def _decoding_gather(code):
         S = storage(W)
         # every row length gains from prefetch here, as in the bags: measured at V = 2e6,
         # n = 65,536, 2 threads, none / 16 ahead: int8 D = 64 1.07 / 0.37 ms, int4 D = 128
-        # 4.78 / 0.77 ms (the lookup's 128-byte minimum left both unprefetched)
+        # 4.78 / 0.77 ms (the lookup's former 128-byte minimum left both unprefetched)
         _core.decode_gather(code, S, ids, out, _threads(out.nbytes),
                             decode_prefetch(S), stream_output(out, S))
 
