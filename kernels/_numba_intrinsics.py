@@ -1,4 +1,5 @@
-"""LLVM intrinsics for the Numba gather: one memcpy per row, row prefetches, a single id load.
+"""LLVM intrinsics for the Numba kernels: one memcpy per row, row prefetches, a single id load,
+bit casts and the half-to-float conversion of the low-precision decoders.
 
 A Numba row copy written as a loop or a slice compiles to per-element work; llvm.memcpy of the
 whole row was measured faster for small rows (see README, "Speed").
@@ -150,5 +151,53 @@ def fma32(typingctx, a, x, c):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f, [f, f, f]),
                                             "llvm.fma.f32")
         return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def f32_of_bits(typingctx, u):
+    """The float32 whose bits are the uint32 u (a bit cast: no rounding, NaN payloads kept)."""
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def half_to_f32(typingctx, h):
+    """The float32 value of the IEEE half whose bits are the low 16 of the integer h: exact
+    (every half is a float32), an infinity or NaN with its sign and payload bits kept (a
+    signaling NaN stays signaling, as in NumPy's conversion). Integer operations and one exact
+    float subtraction for subnormal halves (operands and result normal float32, so flush-to-zero
+    modes cannot change it), with selects instead of branches: a loop of them vectorizes, where
+    the F16C instruction would quiet a signaling NaN and is not on every x86 CPU."""
+    if not isinstance(h, types.Integer):
+        return None
+    sig = types.float32(h)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        f32 = ir.FloatType()
+        x = args[0]
+        if x.type.width < 32:
+            x = builder.zext(x, i32)
+        elif x.type.width > 32:
+            x = builder.trunc(x, i32)
+        o = builder.shl(builder.and_(x, i32(0x7FFF)), i32(13))
+        exponent = builder.and_(o, i32(0x0F800000))
+        normal = builder.add(o, i32(0x38000000))  # exponent rebiased: + (127 - 15) << 23
+        special = builder.add(o, i32(0x70000000))  # exponent all ones: + (255 - 31) << 23
+        # a subnormal m * 2**-24 as (1 + m / 1024) * 2**-14 - 2**-14, exactly
+        subnormal = builder.bitcast(
+            builder.fsub(builder.bitcast(builder.add(o, i32(0x38800000)), f32),
+                         ir.Constant(f32, 2.0 ** -14)), i32)
+        r = builder.select(builder.icmp_unsigned("==", exponent, i32(0x0F800000)), special,
+                           builder.select(builder.icmp_unsigned("==", exponent, i32(0)),
+                                          subnormal, normal))
+        r = builder.or_(r, builder.shl(builder.and_(x, i32(0x8000)), i32(16)))
+        return builder.bitcast(r, f32)
 
     return sig, codegen

@@ -9,18 +9,19 @@ so that every kernel that gathers the decoded rows gives the same bits.
 - int4 (torch's fused 4-bit rows: D / 2 bytes, low nibble first, float16 scale and bias): the
   same formula with the halves converted exactly.
 
-`decode_row(fmt, W, j, dst)` decodes (W holds the format's storage: uint16 for float16 and
-bfloat16, uint8 rows for int8 and int4); `row_of(W, j, scratch, fmt)` is what the bag loops
+`decode_row(fmt, W, j, out, i)` decodes (W holds the format's storage: uint16 for float16
+and bfloat16, uint8 rows for int8 and int4); `row_of(W, j, fmt, scratch)` is what the bag loops
 read a row through: a float table's own row W[j] (the loops compile exactly as before for float
 tables: measured, a branch on fmt in the loop instead cost the float32 sum bag 35-55%), or the
 decoded row written into scratch. `pool_row` is what they add a row through: int8 and int4 rows
-are fused into the sum as torch's quantized bag ops do (`add_codes`), other rows added.
+are fused into the sum as torch's quantized bag ops do, half rows converted as they are added,
+float rows added. decode_row and pool_row are inlined into the kernels' loops.
 """
 import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from kernels._numba_intrinsics import fma32
+from kernels._numba_intrinsics import f32_of_bits, fma32, half_to_f32
 
 FLOAT16, BFLOAT16, INT8, INT4 = 1, 2, 3, 4
 """Format codes of the compiled decoders (0: a float32/float64 table, no decoding)."""
@@ -34,102 +35,50 @@ def storage(W):
     return W.view(np.uint16) if W.dtype.itemsize == 2 else W
 
 
-def _half_scales():
-    """T[h >> 10] for a half h whose exponent field e is below 31: (-1)**sign * 2**(max(e, 1)
-    - 25), so that float32(mantissa + (1024 if e else 0)) * T is the half's value, exactly (a
-    power-of-two product of an 11-bit integer)."""
-    t = np.empty(64, np.float32)
-    for top in range(64):
-        e = top & 31
-        t[top] = (-1.0 if top & 32 else 1.0) * 2.0 ** (max(e, 1) - 25)
-    return t
+@njit(cache=True, nogil=True, inline="always")
+def _le16(W, j, c):
+    """The little-endian uint16 of W[j, c:c + 2], as a uint32."""
+    return np.uint32(W[j, c]) | (np.uint32(W[j, c + 1]) << np.uint32(8))
 
 
-_HALF_SCALES = _half_scales()
+@njit(cache=True, nogil=True, inline="always")
+def _le32(W, j, c):
+    """The little-endian uint32 of W[j, c:c + 4]."""
+    return _le16(W, j, c) | (_le16(W, j, c + 2) << np.uint32(16))
 
 
-@njit(cache=True, nogil=True)
-def half_value(h):
-    """(value, special, bits) of the half with bits h (an unsigned integer < 2**16): its exact
-    float32 value, or for an infinity or NaN (special) the float32 bits to store (payload kept).
-    Scalars only: a helper taking the output arrays paid a reference count per element (10x)."""
-    top = h >> 10
-    e = top & 31
-    m = h & 1023
-    if e == 31:
-        return np.float32(0), True, (np.uint32(h & 0x8000) << 16) | np.uint32(0x7F800000) | \
-            (np.uint32(m) << 13)
-    return np.float32(m + (1024 if e else 0)) * _HALF_SCALES[top], False, np.uint32(0)
+@njit(cache=True, nogil=True, inline="always")
+def decode_row(fmt, W, j, out, i):
+    """out[i, :D] (float32) = row j of a low-precision table W (its storage).
 
-
-@njit(cache=True, nogil=True)
-def half_to_float(h, out, bits, i, k):
-    """out[i, k] = the half with bits h, exactly; bits is out viewed as uint32."""
-    v, special, b = half_value(h)
-    if special:
-        bits[i, k] = b
-    else:
-        out[i, k] = v
-
-
-@njit(cache=True, nogil=True)
-def _le(W, j, c, nbytes):
-    """The little-endian unsigned integer of W[j, c:c + nbytes]."""
-    u = np.uint32(0)
-    for t in range(nbytes):
-        u |= np.uint32(W[j, c + t]) << np.uint32(8 * t)
-    return u
-
-
-@njit(cache=True, nogil=True)
-def _scale_bias(fmt, W, j, D, tmp, tmp_bits):
-    """(scale, bias) of row j of an int8 (float32 pair) or int4 (float16 pair) table of row
-    size D, read from the row's tail bytes through tmp (float32 (1, 2)) and its uint32 view."""
-    if fmt == INT8:
-        tmp_bits[0, 0] = _le(W, j, D, 4)
-        tmp_bits[0, 1] = _le(W, j, D + 4, 4)
-    else:
-        h = D // 2
-        half_to_float(_le(W, j, h, 2), tmp, tmp_bits, 0, 0)
-        half_to_float(_le(W, j, h + 2, 2), tmp, tmp_bits, 0, 1)
-    return tmp[0, 0], tmp[0, 1]
-
-
-@njit(cache=True, nogil=True)
-def decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits):
-    """out[i, :D] (float32; bits: out viewed as uint32) = row j of a low-precision table W (its
-    storage). tmp (float32, shape (1, 2)) and tmp_bits (its uint32 view) carry a row's scale and
-    bias from their bytes to floats: indexing only, no per-row array views (each costs a
-    reference count)."""
+    Inlined, each format's loop vectorizes: no per-row call, array arguments or reference
+    counts, which made these lookups 10-17x slower (single thread, V = 1e4, D = 64)."""
     D = out.shape[1]
     if fmt == BFLOAT16:
         for k in range(D):
-            bits[i, k] = np.uint32(W[j, k]) << 16
+            out[i, k] = f32_of_bits(np.uint32(W[j, k]) << np.uint32(16))
     elif fmt == FLOAT16:
         for k in range(D):
-            v, special, b = half_value(np.uint32(W[j, k]))
-            if special:
-                bits[i, k] = b
-            else:
-                out[i, k] = v
-    elif fmt == INT8:
-        scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
+            out[i, k] = half_to_f32(W[j, k])
+    elif fmt == INT8:  # scale and bias: the row's tail, float32 (int8) or float16 (int4)
+        s8 = f32_of_bits(_le32(W, j, D))
+        b8 = f32_of_bits(_le32(W, j, D + 4))
         for k in range(D):
-            out[i, k] = np.float32(W[j, k]) * scale + bias
+            out[i, k] = np.float32(W[j, k]) * s8 + b8
     else:
-        scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
+        s4 = half_to_f32(_le16(W, j, D // 2))
+        b4 = half_to_f32(_le16(W, j, D // 2 + 2))
         for m in range(D // 2):
-            b = np.uint32(W[j, m])
-            out[i, 2 * m] = np.float32(b & 15) * scale + bias
-            out[i, 2 * m + 1] = np.float32(b >> 4) * scale + bias
+            b = W[j, m]
+            out[i, 2 * m] = np.float32(b & 15) * s4 + b4
+            out[i, 2 * m + 1] = np.float32(b >> 4) * s4 + b4
 
 
 @njit(cache=True, nogil=True)
 def scratch(D):
-    """(row (1, D) float32, its uint32 view, its first row, tmp (1, 2), tmp's uint32 view)."""
+    """(row (1, D) float32, its first row): where row_of decodes a row."""
     row = np.empty((1, D), np.float32)
-    tmp = np.empty((1, 2), np.float32)
-    return row, row.view(np.uint32), row[0], tmp, tmp.view(np.uint32)
+    return row, row[0]
 
 
 def row_of(W, j, fmt, s):
@@ -144,48 +93,66 @@ def _row_of(W, j, fmt, s):
         return lambda W, j, fmt, s: W[j]
 
     def decoded(W, j, fmt, s):
-        decode_row(fmt, W, j, s[0], s[1], 0, s[3], s[4])
-        return s[2]
+        decode_row(fmt, W, j, s[0], 0)
+        return s[1]
 
     return decoded
 
 
-@njit(cache=True, nogil=True)
-def add_codes(fmt, W, j, acc, w, weighted, tmp, tmp_bits):
-    """acc += row j of an int8 or int4 table W (its storage) as torch's quantized bag ops add
-    it: acc[k] = fma(scale, q[k], acc[k] + bias), scale and bias first multiplied by w
-    (rounded) when weighted (kernels._bag_math.quantized_bag_sum is the NumPy form)."""
-    D = acc.shape[0]
-    scale, bias = _scale_bias(fmt, W, j, D, tmp, tmp_bits)
-    if weighted:
-        scale = np.float32(w * scale)
-        bias = np.float32(w * bias)
-    if fmt == INT8:
-        for k in range(D):
-            acc[k] = fma32(scale, np.float32(W[j, k]), acc[k] + bias)
-    else:
-        for m in range(D // 2):
-            b = W[j, m]
-            acc[2 * m] = fma32(scale, np.float32(b & 15), acc[2 * m] + bias)
-            acc[2 * m + 1] = fma32(scale, np.float32(b >> 4), acc[2 * m + 1] + bias)
-
-
 def pool_row(W, j, fmt, s, acc, w, weighted):
-    """acc += row j of table W (times w when weighted), compiled only (an overload): a float
-    table's row or a half format's decoded one (in scratch s) added as float32 rows are, an
-    int8 or int4 row fused as torch adds it (add_codes)."""
+    """acc += row j of table W (times w when weighted; w must be 1 when not), compiled only (an overload): a float
+    table's row added, a half format's row converted and added in one loop, an int8 or int4
+    row fused as torch adds it."""
     raise NotImplementedError("pool_row runs in compiled code only")
 
 
 @overload(pool_row, inline="always")
 def _pool_row(W, j, fmt, s, acc, w, weighted):
+    # The loops are written here, not called: inlined in one step, each vectorizes in the bag
+    # loop (as calls, half-format bags of 8 took 2x as long; as nested inlined functions, Numba
+    # warned that the IR broke its assumptions).
     if W.dtype == types.uint8:
         def fused(W, j, fmt, s, acc, w, weighted):
-            add_codes(fmt, W, j, acc, w, weighted, s[3], s[4])
+            # int8 and int4 rows as torch's quantized bag ops add them: acc[k] = fma(scale,
+            # q[k], acc[k] + bias), scale and bias first multiplied by w and rounded (exact for
+            # the w = 1 of an unweighted bag; kernels._bag_math.quantized_bag_sum is the NumPy
+            # form). No variable is assigned twice, nor a function with two returns inlined here:
+            # Numba warned that either broke its IR's assumptions.
+            D = acc.shape[0]
+            if fmt == INT8:
+                s8 = np.float32(w * f32_of_bits(_le32(W, j, D)))
+                b8 = np.float32(w * f32_of_bits(_le32(W, j, D + 4)))
+                for k in range(D):
+                    acc[k] = fma32(s8, np.float32(W[j, k]), acc[k] + b8)
+            else:
+                s4 = np.float32(w * half_to_f32(_le16(W, j, D // 2)))
+                b4 = np.float32(w * half_to_f32(_le16(W, j, D // 2 + 2)))
+                for m in range(D // 2):
+                    b = W[j, m]
+                    acc[2 * m] = fma32(s4, np.float32(b & 15), acc[2 * m] + b4)
+                    acc[2 * m + 1] = fma32(s4, np.float32(b >> 4), acc[2 * m + 1] + b4)
         return fused
+    if W.dtype == types.uint16:
+        def halves(W, j, fmt, s, acc, w, weighted):
+            # each half converted exactly, then (times w) added: the bits of adding the row
+            # decoded
+            if fmt == FLOAT16:
+                if weighted:
+                    for k in range(acc.shape[0]):
+                        acc[k] += w * half_to_f32(W[j, k])
+                else:
+                    for k in range(acc.shape[0]):
+                        acc[k] += half_to_f32(W[j, k])
+            elif weighted:
+                for k in range(acc.shape[0]):
+                    acc[k] += w * f32_of_bits(np.uint32(W[j, k]) << np.uint32(16))
+            else:
+                for k in range(acc.shape[0]):
+                    acc[k] += f32_of_bits(np.uint32(W[j, k]) << np.uint32(16))
+        return halves
 
     def added(W, j, fmt, s, acc, w, weighted):
-        src = row_of(W, j, fmt, s)
+        src = W[j]
         if weighted:
             for k in range(acc.shape[0]):
                 acc[k] += w * src[k]

@@ -111,9 +111,6 @@ def _decode_rows(fmt, W, ids, out, lo, hi, prefetch):
     """out[i] = the decoded row ids[i] of a low-precision table for i in lo..hi-1; returns how
     many ids were outside [0, V) (each decoded row 0)."""
     V = W.shape[0]
-    bits = out.view(np.uint32)
-    tmp = np.empty((1, 2), np.float32)
-    tmp_bits = tmp.view(np.uint32)
     bad = 0
     for i in range(lo, hi):
         if prefetch and i + prefetch < hi:
@@ -122,7 +119,7 @@ def _decode_rows(fmt, W, ids, out, lo, hi, prefetch):
         if j < 0 or j >= V:
             bad += 1
             j = 0
-        decode_row(fmt, W, j, out, bits, i, tmp, tmp_bits)
+        decode_row(fmt, W, j, out, i)
     return bad
 
 
@@ -493,6 +490,7 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
     D = out.shape[1]
     n = ids.shape[0]
     zero = out.dtype.type(0)
+    one = out.dtype.type(1)
     s = scratch(D)
     bad = 0
     for b in range(b0, b1):
@@ -526,7 +524,7 @@ def _bag_range(fmt, W, ids, offsets, mode, psw, weighted, pad, out, b0, b1, pref
                 wf = np.float64(w)
                 wsum += wf * wf if mode == 3 else wf
             else:
-                pool_row(W, j, fmt, s, row, zero, False)
+                pool_row(W, j, fmt, s, row, one, False)
             cnt += 1
         if mode == 1 or mode == 3:
             _divide_into(row, row, mode, wsum if weighted else np.float64(cnt))
@@ -543,6 +541,7 @@ def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
     acc = np.empty(D, out.dtype)
     s = scratch(D)
     zero = out.dtype.type(0)
+    one = out.dtype.type(1)
     bad = 0
     for b in range(b0, b1):
         for k in range(D):
@@ -557,7 +556,7 @@ def _bag_plain_range(fmt, W, ids, offsets, mode, pad, out, b0, b1, prefetch):
             if j < 0 or j >= V:
                 bad += 1
                 continue
-            pool_row(W, j, fmt, s, acc, zero, False)
+            pool_row(W, j, fmt, s, acc, one, False)
             cnt += 1
         row = out[b]
         if mode == 0:

@@ -744,6 +744,30 @@ def test_every_float16_value_decodes_as_numpy_at_every_isa_level(D, cython_isa):
     assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, ref), f"D={D} bags of 8")
 
 
+@pytest.mark.parametrize("D", [16, 24, 64])
+def test_every_float16_value_decodes_as_numpy_in_numba(D):
+    """All 65,536 float16 bit patterns through numba_gather's vectorized conversion
+    (kernels._numba_intrinsics.half_to_f32): lookups give NumPy's float32 bits (a signalling
+    NaN kept signalling, subnormals exact, -0.0 kept), single-threaded and parallel; weighted
+    bags of one give each value times its weight, NaN by position."""
+    halves = np.resize(np.arange(1 << 16, dtype=np.uint16), -(-(1 << 16) // D) * D)
+    T = kernels.Float16Table.from_packed(halves.view(np.float16).reshape(-1, D))
+    V = T.shape[0]
+    ids = np.random.default_rng(D).permutation(V)
+    want = T.dequantize()[ids]
+    assert (want.view(np.uint32) & 0x7FC00000 == 0x7F800000).any()  # signalling NaNs in it
+    assert_bitwise_equal(kernels.lookup(T, ids, kernel="numba_gather"), want, f"D={D}")
+    assert_bitwise_equal(kernels.lookup(T, ids[:7], kernel="numba_gather"), want[:7], "one thread")
+    w = np.linspace(-2, 3, V, dtype=np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = np.float32(0) + w[:, None] * want
+    got = kernels.lookup_bag(T, ids[:, None], per_sample_weights=w[:, None],
+                             kernel="numba_gather")
+    nan = np.isnan(ref)
+    assert (np.isnan(got) == nan).all()
+    assert_bitwise_equal(np.where(nan, 0, got), np.where(nan, 0, ref), f"D={D} weighted")
+
+
 @pytest.mark.parametrize("fmt", FORMAT_NAMES)
 @pytest.mark.parametrize("D", [16, 64, 256])
 def test_bags_of_one_id_decode_as_the_general_bag_at_every_isa_level(fmt, D, cython_isa):
