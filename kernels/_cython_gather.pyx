@@ -1296,14 +1296,23 @@ cdef extern from *:
        same VPOOL, so the same bits; a mean or sqrtn divides by 1), a padding id zeros. A
        gather's loop without the per-bag work (bounds, block and count), which made int8 bags
        of one 1.4x the int8 lookup (V = 2e6, D = 64: 0.30 against 0.22 ms). */
-    /* NT: how the vector loops store a vector when they stream their output (ek_can_stream):
-       AVX2 with a non-temporal store, AVX-512 as usual. */
+    /* NT: how the vector loops store a vector when they stream their output (ek_can_stream,
+       and 64-byte aligned rows for AVX-512: ek_can_stream_vl): a non-temporal store, of 32 or
+       64 bytes. (The AVX-512 loops had stored as usual: on an AMD Zen 5, V = 2e6, D = 256,
+       n = 65,536, that made int8 lookups 1.16x the streamed float32 lookup's speed where the
+       AVX2 loops' streamed stores gave 1.39x, read for ownership doubling the output's
+       traffic.) */
     #define EK_NT_AVX2(DST, X) _mm256_stream_ps((float*)(DST), (__m256)(X))
+    #define EK_NT_AVX512(DST, X) _mm512_stream_ps((float*)(DST), (__m512)(X))
+    static inline int ek_can_stream_vl(const void* out, Py_ssize_t rowbytes, int vl) {
+        return ek_can_stream(out, rowbytes)
+            && !(((uintptr_t)out | (uintptr_t)rowbytes) & (uintptr_t)(vl * 4 - 1));
+    }
     #define EK_NT_NONE(DST, X) memcpy((DST), &(X), sizeof(X))
     /* Store the vector X at DST: with NT when STREAM, else as usual. */
     #define EK_PUT(STREAM, NT, DST, X) { if (STREAM) NT((DST), X); else EK_NT_NONE((DST), X); }
     #define EK_DECODE_SINGLES_VEC(VPOOL, SB, VT, VL, LOAD, DIM, NT) { \\
-        const int stream_ = offsets->stream && ek_can_stream(out, (DIM) * 4); \\
+        const int stream_ = offsets->stream && ek_can_stream_vl(out, (DIM) * 4, (VL)); \\
         for (b = b0; b < b1; b++) { \\
             char* row = (char*)(out + b * (DIM)); EK_OPAQUE(row); \\
             if (prefetch && b + prefetch < n) { \\
@@ -1416,9 +1425,9 @@ cdef extern from *:
     EK_DEFINE_VEC_BAG(ek_vec_bag_i64, int64_t, ek_load_i64, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
                       ek_vpool_, EK_NT_AVX2)
     EK_DEFINE_VEC_BAG(ek_vec512_bag_i32, int32_t, ek_load_i32, EK_AVX512 ",fma", 16, 16, ek_vf16,
-                      16, ek_vpool16_, EK_NT_NONE)
+                      16, ek_vpool16_, EK_NT_AVX512)
     EK_DEFINE_VEC_BAG(ek_vec512_bag_i64, int64_t, ek_load_i64, EK_AVX512 ",fma", 16, 16, ek_vf16,
-                      16, ek_vpool16_, EK_NT_NONE)
+                      16, ek_vpool16_, EK_NT_AVX512)
 
     /* Lookups of the same row sizes: each row decoded in registers and stored to out. A row's
        start (the row `prefetch` ids ahead prefetched; an id outside [0, V), only if ids changed
@@ -1474,8 +1483,26 @@ cdef extern from *:
                     EK_PUT(stream, NT, dst + 32 * k, x) \\
                 } \\
         }
-    /* stream: rows stored with non-temporal stores (AVX2 only; the caller checked ek_can_stream;
-       the AVX-512 loops store as usual). */
+    /* The same in AVX-512: each vector's unordered self-compare ORed into one mask, a row
+       holding a NaN decoded again by ek_vdec16_f16. (Its per-vector test and branch made
+       float16 lookups 1.5x bfloat16's time beyond the caches on a Zen 5: V = 2e6, D = 256.) */
+    #define EK_DECODE_ROWS_F16_512(VDEC, SB, VT, VL, LOAD, DIM, NT) \\
+        for (i = lo; i < hi; i++) { \\
+            EK_DECODE_ROW_START(LOAD, DIM) \\
+            __mmask16 nan = 0; \\
+            _Pragma("GCC unroll 32") \\
+            for (k = 0; k < (DIM) / 16; k++) { \\
+                __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(src + 32 * k))); \\
+                nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); \\
+                EK_PUT(stream, NT, dst + 64 * k, x) \\
+            } \\
+            if (__builtin_expect(nan != 0, 0)) \\
+                for (k = 0; k < (DIM) / 16; k++) { \\
+                    __m512 x = VDEC(src, k * 16, 0.0f, 0.0f); \\
+                    EK_PUT(stream, NT, dst + 64 * k, x) \\
+                } \\
+        }
+    /* stream: rows stored with non-temporal stores (the caller checked ek_can_stream_vl). */
     #define EK_DEFINE_VEC_GATHER(NAME, IDX_T, LOAD, TARGET, VT, VL, SUF, NT, F16ROWS) \\
     __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, float* out, \\
@@ -1495,13 +1522,14 @@ cdef extern from *:
     EK_DEFINE_VEC_GATHER(ek_vec_gather_i64, int64_t, ek_load_i64, "avx2,f16c", ek_vf, 8,
                          ek_vdec_, EK_NT_AVX2, EK_DECODE_ROWS_F16)
     EK_DEFINE_VEC_GATHER(ek_vec512_gather_i32, int32_t, ek_load_i32, EK_AVX512, ek_vf16, 16,
-                         ek_vdec16_, EK_NT_NONE, EK_DECODE_ROWS_VEC)
+                         ek_vdec16_, EK_NT_AVX512, EK_DECODE_ROWS_F16_512)
     EK_DEFINE_VEC_GATHER(ek_vec512_gather_i64, int64_t, ek_load_i64, EK_AVX512, ek_vf16, 16,
-                         ek_vdec16_, EK_NT_NONE, EK_DECODE_ROWS_VEC)
+                         ek_vdec16_, EK_NT_AVX512, EK_DECODE_ROWS_F16_512)
     #define EK_TRY_VEC_GATHER(NAME, NAME512) \\
         if (ek_use_f16c && (D == 16 || D == 32 || D == 64 || D == 128 || D == 256)) \\
             return (ek_use_avx512 ? NAME512 : NAME)(fmt, W, V, rs, rowbytes, ids, out, D, lo, \\
-                hi, prefetch, pf_all, stream && !ek_use_avx512 && ek_can_stream(out, D * 4));
+                hi, prefetch, pf_all, stream && ek_can_stream_vl(out, D * 4, \\
+                                                                 ek_use_avx512 ? 16 : 8));
     static int ek_use_avx512, ek_use_fma;
     #define EK_TRY_VEC_BAG(NAME, NAME512) \\
         if (ek_use_fma && psw == NULL && mode != EK_MAX \\
@@ -1745,8 +1773,8 @@ def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
                   cnp.ndarray out not None, int nthreads, int prefetch=0, bint stream=False):
     """out[i] = row ids[i] of a low-precision table decoded to float32 (fmt: 1 float16,
     2 bfloat16, 3 int8, 4 int4; W its storage with contiguous rows: (V, D) uint16 or
-    (V, row bytes) uint8; out (n, D) float32). stream: non-temporal stores where the AVX2
-    loops run and out allows (as gather's). Raises RuntimeError if an id read was outside
+    (V, row bytes) uint8; out (n, D) float32). stream: non-temporal stores where the vector
+    loops run and out allows (as gather's; 64-byte aligned rows for the AVX-512 loops). Raises RuntimeError if an id read was outside
     [0, V) (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
