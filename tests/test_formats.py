@@ -300,6 +300,18 @@ def test_from_packed_round_trips_our_storage(fmt):
     assert_bitwise_equal(U.dequantize(), T.dequantize())
 
 
+@pytest.mark.parametrize("fmt", FORMAT_NAMES)
+def test_quantize_places_its_storage_on_a_cache_line(fmt):
+    """A quantized table's storage starts on a 64-byte boundary, as torch places a tensor
+    (NumPy's large arrays start 16 bytes past one: a row then spans a line more), writeable
+    and C-contiguous, its bytes those of the format."""
+    W = table_values(3000, 64)
+    T = kernels.quantize(W, fmt)
+    assert T.packed.ctypes.data % 64 == 0
+    assert T.packed.flags.c_contiguous and T.packed.flags.writeable
+    assert_bitwise_equal(T.dequantize(), type(T).from_packed(T.packed.copy()).dequantize())
+
+
 @pytest.mark.parametrize("buf, error", [
     (np.zeros((4, 12), np.int8), TypeError),
     (np.zeros(12, np.uint8), ValueError),
