@@ -790,10 +790,15 @@ cdef extern from *:
         } \\
         cnt++;
 
-    /* float32 rows of 16, 64 and 128 values summed in 64-byte (AVX-512) vectors where the CPU
-       has them: measured in a C harness (1 thread, bags of 8, n = 65,536) 17% faster than
-       32-byte ones at V = 2e6, D = 64, 7-10% at D = 128 and slower at D = 256; at D = 16, on an
-       aligned table (V = 1e6, 2 threads), 0.091 against 0.096 ms. */
+    /* float32 rows of 16, 64, 128 and 256 values summed in 64-byte (AVX-512) vectors where the
+       CPU has them: measured in a C harness (1 thread, bags of 8, n = 65,536) 17% faster than
+       32-byte ones at V = 2e6, D = 64, 7-10% at D = 128; at D = 16, on an aligned table
+       (V = 1e6, 2 threads), 0.091 against 0.096 ms. D = 256 (one pass of 16 vectors, not two
+       of 32-byte ones) measured slower in that harness on an earlier machine; on an AMD Zen 5
+       (2 threads, three in-process A/B runs of 11 rounds) it was 1.12-1.25x faster beyond the
+       caches (V = 2e6, bags of 8 and 64), 1.05-1.14x at V = 1e4 in bags of 8, and 0.93x in
+       bags of 64 there, and it put these bags level with or ahead of torch's (0.84-0.94x
+       before, beyond the caches). */
     typedef float ek_vf16 __attribute__((vector_size(64)));
     #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
     static int ek_use_avx512;
@@ -805,14 +810,15 @@ cdef extern from *:
         Py_ssize_t b, i, j, k, bad = 0; \\
         if (D == 16) { EK_BAG_FIXED(float, ek_vf16, 64, 16, LOAD) } \\
         else if (D == 64) { EK_BAG_FIXED(float, ek_vf16, 64, 64, LOAD) } \\
-        else { EK_BAG_FIXED(float, ek_vf16, 64, 128, LOAD) } \\
+        else if (D == 128) { EK_BAG_FIXED(float, ek_vf16, 64, 128, LOAD) } \\
+        else { EK_BAG_FIXED(float, ek_vf16, 64, 256, LOAD) } \\
         return bad; \\
     }
     EK_DEFINE_BAG512(ek_bag512_f32_i32, int32_t, ek_load_i32)
     EK_DEFINE_BAG512(ek_bag512_f32_i64, int64_t, ek_load_i64)
     #define EK_TRY_BAG512(NAME) \\
         if (ek_use_avx512 && sizeof(*out) == 4 && psw == NULL && mode != EK_MAX \\
-                && (D == 16 || D == 64 || D == 128)) \\
+                && (D == 16 || D == 64 || D == 128 || D == 256)) \\
             return NAME(W, V, rs, ids, n, offsets, b0, b1, (float*)out, D, mode, pad, prefetch);
     #else
     #define EK_TRY_BAG512(NAME)

@@ -1179,10 +1179,10 @@ def _table_at(V, D, dtype, where, rng):
 
 
 @pytest.mark.parametrize("where", ["cached", "aligned", "offset"])
-@pytest.mark.parametrize("D", [16, 64, 128])
+@pytest.mark.parametrize("D", [16, 64, 128, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cython_bags_give_numbas_bits_at_every_isa_level(D, dtype, where, cython_isa):
-    """cython_gather's float bags (AVX-512 vectors for float32 rows of 16, 64 and 128 values,
+    """cython_gather's float bags (AVX-512 vectors for float32 rows of 16, 64, 128 and 256 values,
     the target clones otherwise; with and without the row prefetch, whose tail line depends on
     the table's alignment) give numba_gather's bits, padding and empty bags included."""
     rng = np.random.default_rng(D)
