@@ -1776,12 +1776,15 @@ cdef Py_ssize_t _decode_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t r
 
 
 def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
-                  cnp.ndarray out not None, int nthreads, int prefetch=0, bint stream=False):
+                  cnp.ndarray out not None, int nthreads, int prefetch=0, bint stream=False,
+                  bint check=False):
     """out[i] = row ids[i] of a low-precision table decoded to float32 (fmt: 1 float16,
     2 bfloat16, 3 int8, 4 int4; W its storage with contiguous rows: (V, D) uint16 or
     (V, row bytes) uint8; out (n, D) float32). stream: non-temporal stores where the vector
-    loops run and out allows (as gather's; 64-byte aligned rows for the AVX-512 loops). Raises RuntimeError if an id read was outside
-    [0, V) (ids changed meanwhile)."""
+    loops run and out allows (as gather's; 64-byte aligned rows for the AVX-512 loops).
+    check: as gather's (each thread checks its share of the ids before any thread writes;
+    IdsOutOfRange, nothing written). Raises RuntimeError if an id read was outside [0, V)
+    (ids changed meanwhile)."""
     cdef const char* w = <const char*>cnp.PyArray_DATA(W)
     cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
     cdef Py_ssize_t rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
@@ -1792,17 +1795,32 @@ def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
     cdef Py_ssize_t c, bad = 0
     cdef Py_ssize_t nbad[MAX_THREADS]
+    cdef int flags[MAX_THREADS]
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch, stream)
+            flags[0] = check and _ids_bad(p, i32, 0, n, V)
+            if not flags[0]:
+                bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch,
+                                    stream)
         else:
-            for c in prange(nthreads, num_threads=nthreads, schedule="static", chunksize=1):
-                nbad[c] = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D,
-                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch,
-                                        stream)
+            for c in range(nthreads):
+                nbad[c] = 0
+                flags[c] = 0
+            with parallel(num_threads=nthreads):
+                # the same static schedule twice: each thread checks the ids it then decodes
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    flags[c] = check and _ids_bad(p, i32, n * c // nthreads,
+                                                  n * (c + 1) // nthreads, V)
+                for c in prange(nthreads, schedule="static", chunksize=1):
+                    if not _any(flags, nthreads):
+                        nbad[c] = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D,
+                                                n * c // nthreads, n * (c + 1) // nthreads,
+                                                prefetch, stream)
             for c in range(nthreads):
                 bad = bad + nbad[c]
+    if check and _any(flags, nthreads):
+        raise IdsOutOfRange()
     if bad:
         raise ids_changed_error(V)
 

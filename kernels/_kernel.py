@@ -69,7 +69,8 @@ class Kernel:
       check the ids' bounds themselves, as `bag_checks_ids` describes: each thread checks the
       ids it then copies (measured, cython_gather, float32, n = 65,536, 2 threads, against
       the separate single-threaded pass: int64 ids 1.02-1.09x faster at D = 8 and 16, level
-      at D = 64; int32 ids 1.01-1.02x);
+      at D = 64; int32 ids 1.01-1.02x; int8 and float16 tables, int64 ids, 1.04x at D = 16,
+      1.00-1.03x at D = 64);
     - `bag_offsets_in_place`: its lookup_bag functions take the caller's checked offsets as they
       are (LookupBag.prepare(private_offsets=False): the bags' starts, n ending the last bag, or
       None for bags all of one length, 2-D ids or 1-D) and read each bound once, clamped, so

@@ -58,13 +58,13 @@ def _decoding_gather(code):
     """The lookup function of a low-precision format (_numba_lowp.CODES): rows decoded straight
     into out."""
 
-    def gather(W, ids, out):
+    def gather(W, ids, out, check_ids=False):
         S = storage(W)
         # every row length gains from prefetch here, as in the bags: measured at V = 2e6,
         # n = 65,536, 2 threads, none / 16 ahead: int8 D = 64 1.07 / 0.37 ms, int4 D = 128
         # 4.78 / 0.77 ms (the lookup's former 128-byte minimum left both unprefetched)
         _core.decode_gather(code, S, ids, out, _threads(out.nbytes),
-                            decode_prefetch(S), stream_output(out, S))
+                            decode_prefetch(S), stream_output(out, S), check_ids)
 
     return gather
 
@@ -94,7 +94,7 @@ KERNEL = Kernel(
     family="gather",
     colour="#2ca02c",
     bag_checks_ids=True,
-    lookup_checks_ids=FLOAT,
+    lookup_checks_ids=FLOAT + LOW_PRECISION,
     bag_offsets_in_place=True,
 )
 lookup = KERNEL.lookup

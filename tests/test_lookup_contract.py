@@ -408,10 +408,12 @@ def test_compiled_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, d
 
 
 @pytest.mark.parametrize("n", [50, 300_000])  # one thread, two
-def test_cython_float_lookups_check_their_ids_in_the_kernel_threads(monkeypatch, n):
-    """cython_gather's float lookups leave the shared bounds pass to the kernel (each thread
-    checks the ids it then copies: Kernel lookup_checks_ids); the shared pass runs only to name
-    a bad id, nothing written. Other kernels and formats keep the shared pass."""
+@pytest.mark.parametrize("fmt", ["float32", "float16", "int8", "int4"])
+def test_cython_lookups_check_their_ids_in_the_kernel_threads(monkeypatch, n, fmt):
+    """cython_gather's lookups, of float and low-precision tables alike, leave the shared bounds
+    pass to the kernel (each thread checks the ids it then copies or decodes: Kernel
+    lookup_checks_ids); the shared pass runs only to name a bad id, nothing written. Other
+    kernels keep the shared pass."""
     from kernels import _validate
 
     calls = []
@@ -420,17 +422,19 @@ def test_cython_float_lookups_check_their_ids_in_the_kernel_threads(monkeypatch,
                         lambda ids, V: (calls.append(len(ids)), real(ids, V))[1])
     rng = np.random.default_rng(n)
     W = rng.standard_normal((100, 16)).astype(np.float32)
+    T = W if fmt == "float32" else kernels.quantize(W, fmt)
+    want = W if fmt == "float32" else T.dequantize()
     ids = rng.integers(0, 100, n)
-    assert_bitwise_equal(kernels.lookup(W, ids, kernel="cython_gather"), W[ids], "cython")
+    assert_bitwise_equal(kernels.lookup(T, ids, kernel="cython_gather"), want[ids], "cython")
     assert calls == []
-    kernels.lookup(W, ids, kernel="numpy_take")
-    kernels.lookup(kernels.quantize(W, "int8"), ids, kernel="cython_gather")
-    assert calls == [n, n]
-    calls.clear()
-    bad = ids.copy()
-    bad[-1] = 100
-    out = sentinel_like((n, 16), np.float32)
-    with pytest.raises(IndexError, match=rf"id 100 at position \({n - 1},\)"):
-        kernels.lookup(W, bad, kernel="cython_gather", out=out)
+    kernels.lookup(T, ids, kernel="numpy_take")
     assert calls == [n]
-    assert (out == SENTINEL).all()
+    calls.clear()
+    for at in (0, n // 2 + 1, n - 1):  # the first thread's share, the second's, the last id
+        bad = ids.copy()
+        bad[at] = 100
+        out = sentinel_like((n, 16), np.float32)
+        with pytest.raises(IndexError, match=rf"id 100 at position \({at},\)"):
+            kernels.lookup(T, bad, kernel="cython_gather", out=out)
+        assert (out == SENTINEL).all()
+    assert calls == [n] * 3
