@@ -100,9 +100,9 @@ def _row_of(W, j, fmt, s):
 
 
 def pool_row(W, j, fmt, s, acc, w, weighted):
-    """acc += row j of table W (times w when weighted; w must be 1 when not), compiled only (an overload): a float
-    table's row added, a half format's row converted and added in one loop, an int8 or int4
-    row fused as torch adds it."""
+    """acc += row j of table W (times w when weighted; w must be 1 when not), compiled only
+    (an overload): a float table's row added, a half format's row converted and added in one
+    loop, an int8 or int4 row fused as torch adds it."""
     raise NotImplementedError("pool_row runs in compiled code only")
 
 
