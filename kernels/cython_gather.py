@@ -75,9 +75,10 @@ def _decoding_bag(code):
 
     def bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
         S = storage(W)
+        single = offsets is None and ids.shape[0] == out.shape[0]
         _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
                          _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
-                         decode_prefetch(S), check_ids,
+                         decode_prefetch(S, bag=not single), check_ids,
                          stream_output(out, S))
 
     return bag

@@ -1296,26 +1296,47 @@ def test_bags_of_one_id_are_the_row_plus_zero_in_every_form(dtype, D):
                                            kernel=name), padded, f"{name} {mode} padded")
 
 
-def test_bag_prefetch_reaches_a_bounded_span_of_long_float_rows_and_none_in_l2():
+def test_bag_prefetch_reaches_a_bounded_span_of_rows_and_none_in_l2(monkeypatch):
     """Beyond L2 a float bag prefetches BAG_PREFETCH_DISTANCE rows ahead, fewer for long rows
     (never more than BAG_PREFETCH_BYTES of rows, never fewer than one); a table in L2 none.
-    Low-precision storage keeps its own distance."""
+    Beyond the last-level cache bags of several ids prefetch FAR_PREFETCH_BYTES of rows ahead
+    (at most FAR_PREFETCH_MAX ids; low-precision rows at least DECODE_PREFETCH_DISTANCE), bags
+    of one id as before."""
     from kernels import _cpu
+
+    monkeypatch.setattr(_cpu, "L2_BYTES", 2**20)
+    monkeypatch.setattr(_cpu, "L3_BYTES", 32 * 2**20)
 
     def table(V, D, itemsize=4):  # shape and strides only: nothing of V * D is allocated
         base = np.zeros(D, np.dtype(f"f{itemsize}"))
         return np.lib.stride_tricks.as_strided(base, (V, D), (D * itemsize, itemsize))
 
     for D in (1, 16, 64, 128, 256, 1024, 10**5):
-        far = _cpu.bag_prefetch_distance(table(10**7 // D + L2_BYTES, D))
-        assert 1 <= far <= _cpu.BAG_PREFETCH_DISTANCE
-        assert far == 1 or far * D * 4 <= max(_cpu.BAG_PREFETCH_BYTES, 4 * D)
-        assert _cpu.bag_prefetch_distance(table(max(1, L2_BYTES // (8 * D)), D)) == 0
-    assert _cpu.bag_prefetch_distance(table(10**6, 64)) == _cpu.BAG_PREFETCH_DISTANCE
-    assert _cpu.bag_prefetch_distance(table(10**6, 256)) < _cpu.BAG_PREFETCH_DISTANCE
+        row = 4 * D
+        within = table(16 * 2**20 // row + 1, D)  # 16 MB: beyond L2, within L3
+        beyond = table(64 * 2**20 // row + 1, D)  # 64 MB
+        for W in (within, beyond):
+            near = _cpu.bag_prefetch_distance(W, single=True)
+            assert 1 <= near <= _cpu.BAG_PREFETCH_DISTANCE
+            assert near == 1 or near * row <= max(_cpu.BAG_PREFETCH_BYTES, row)
+        assert _cpu.bag_prefetch_distance(within) == _cpu.bag_prefetch_distance(within, True)
+        far = _cpu.bag_prefetch_distance(beyond)
+        assert 1 <= far <= _cpu.FAR_PREFETCH_MAX
+        assert far == 1 or far * row <= max(_cpu.FAR_PREFETCH_BYTES, row)
+        assert far >= _cpu.bag_prefetch_distance(beyond, single=True)
+        assert _cpu.bag_prefetch_distance(table(max(1, 2**20 // (8 * D)), D)) == 0
+    assert _cpu.bag_prefetch_distance(table(10**5, 64)) == _cpu.BAG_PREFETCH_DISTANCE
+    assert _cpu.bag_prefetch_distance(table(10**5, 256)) < _cpu.BAG_PREFETCH_DISTANCE
+    assert _cpu.bag_prefetch_distance(table(10**6, 16)) == _cpu.FAR_PREFETCH_MAX  # 64 B rows
+    assert _cpu.bag_prefetch_distance(table(10**6, 64)) == _cpu.FAR_PREFETCH_BYTES // 256
     S = np.lib.stride_tricks.as_strided(np.zeros(72, np.uint8), (10**6, 72), (72, 1))
     assert _cpu.decode_prefetch_distance(S) == _cpu.DECODE_PREFETCH_DISTANCE
-    assert _cpu.decode_prefetch_distance(S[:10]) == 0
+    assert _cpu.decode_prefetch_distance(S, bag=True) == _cpu.FAR_PREFETCH_BYTES // 72
+    assert _cpu.decode_prefetch_distance(S[:10], bag=True) == 0
+    assert _cpu.decode_prefetch_distance(S[:200_000], bag=True) == \
+        _cpu.DECODE_PREFETCH_DISTANCE  # 14 MB: within L3
+    wide = np.lib.stride_tricks.as_strided(np.zeros(4096, np.uint8), (10**5, 4096), (4096, 1))
+    assert _cpu.decode_prefetch_distance(wide, bag=True) == _cpu.DECODE_PREFETCH_DISTANCE
 
 
 def test_float_bags_of_one_prefetch_every_line_only_beyond_the_last_level_cache(monkeypatch):
@@ -1337,7 +1358,8 @@ def test_float_bags_of_one_prefetch_every_line_only_beyond_the_last_level_cache(
     assert _cpu.bag_prefetch_distance(W) > _cpu.PREFETCH_DISTANCE
     assert _cpu.bag_prefetch(W, single=True) == _cpu.PREFETCH_DISTANCE
     monkeypatch.setattr(_cpu, "L3_BYTES", 10**5)  # beyond it: the bags' distance, every line
-    assert _cpu.bag_prefetch(W, single=True) == _cpu.bag_prefetch(W) < 0
+    assert _cpu.bag_prefetch(W, single=True) == -_cpu.bag_prefetch_rows(256) < 0
+    assert _cpu.bag_prefetch(W) == -_cpu.far_bag_rows(256, 1) < 0  # several ids a bag: far
     short = W[:, :2].copy()  # its distance is below the lookup's: kept
     monkeypatch.setattr(_cpu, "L2_BYTES", 100)
     monkeypatch.setattr(_cpu, "BAG_PREFETCH_BYTES", 8 * 5)

@@ -822,13 +822,32 @@ def test_cython_decoders_give_the_same_bits_whatever_they_prefetch(fmt, D, monke
             for off in (offsets, ones, eights)]
 
     results = {}
-    for distance in (0, 16, -16, -1):
-        monkeypatch.setattr(cython_gather, "decode_prefetch", lambda S, d=distance: d)
+    for distance in (0, 16, -16, -1, -128):
+        monkeypatch.setattr(cython_gather, "decode_prefetch", lambda S, bag=False, d=distance: d)
         results[distance] = run()
     for distance, got in results.items():
         for what, r, want in zip(("lookup", "bags", "bags of one", "bags of 8"), got,
                                  results[0]):
             assert_bitwise_equal(r, want, f"{fmt} D={D} {what}, prefetch {distance}")
+
+
+def test_cython_decoding_bags_ask_for_the_far_distance_unless_each_bag_holds_one_id(monkeypatch):
+    """kernels._cpu.decode_prefetch(S, bag=True) (far beyond the last-level cache) for bags of
+    several ids; lookups and bags of one id each (1-D with offsets 0, 1, ..., or (B, 1) ids)
+    keep the lookup's distance."""
+    from kernels import cython_gather
+
+    seen = []
+    monkeypatch.setattr(cython_gather, "decode_prefetch",
+                        lambda S, bag=False: (seen.append(bag), 0)[1])
+    T = kernels.quantize(table_values(50, 16), "int8")
+    ids = np.random.default_rng(5).integers(0, 50, 64)
+    kernels.lookup(T, ids, kernel="cython_gather")
+    kernels.lookup_bag(T, ids, np.arange(0, 64, 8), kernel="cython_gather")
+    kernels.lookup_bag(T, ids, np.arange(64), kernel="cython_gather")
+    kernels.lookup_bag(T, ids[:, None], kernel="cython_gather")
+    kernels.lookup_bag(T, ids.reshape(16, 4), kernel="cython_gather")
+    assert seen == [False, True, False, False, True]
 
 
 def test_decode_prefetch_asks_for_every_line_only_beyond_the_last_level_cache(monkeypatch):
@@ -840,6 +859,7 @@ def test_decode_prefetch_asks_for_every_line_only_beyond_the_last_level_cache(mo
     assert _cpu.decode_prefetch(S) == _cpu.DECODE_PREFETCH_DISTANCE > 0
     monkeypatch.setattr(_cpu, "L3_BYTES", 50_000)
     assert _cpu.decode_prefetch(S) == -_cpu.DECODE_PREFETCH_DISTANCE
+    assert _cpu.decode_prefetch(S, bag=True) == -(_cpu.FAR_PREFETCH_BYTES // 72)
     monkeypatch.setattr(_cpu, "L2_BYTES", 100_000)
     monkeypatch.setattr(_cpu, "L3_BYTES", 200_000)
     assert _cpu.decode_prefetch(S) == 0
