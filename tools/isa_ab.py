@@ -45,7 +45,7 @@ def _methods(T, W32, fmt, op, id_sets, with_torch):
 
     def ours(level):
         def call():
-            if _LEVEL[0] != level:  # set_isa runs CPUID, which a VM traps: once per switch
+            if _LEVEL[0] != level:  # only when the level changes: the loops run as shipped
                 _cython_gather.set_isa(level)
                 _LEVEL[0] = level
             if op == "lookup":
