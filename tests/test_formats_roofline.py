@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
+import kernels
 from tools import formats_roofline as fr
 
 
@@ -58,3 +61,25 @@ def test_peer_ratios_are_paired_per_round_against_our_fastest_kernel():
     int8, int4 = [c.strip() for c in line.strip("|").split("|")][3:]
     assert int8 == "3.00"  # 3 / 1, 30 / 10, 3 / 0.1: median 3
     assert int4 == "3.00"
+
+
+def test_id_sets_are_handed_out_in_turn_one_a_call(monkeypatch):
+    """--id-sets K: every timed call takes the next of K sets of N uniform ids (one counter for
+    all methods), so calls in a row read different rows; K = 1 is the one set of before."""
+    nxt, tnxt = fr._id_turns(1000, 3, None)
+    got = [nxt() for _ in range(4)]
+    assert tnxt is None
+    assert all(g.shape == (fr.N,) and g.min() >= 0 and g.max() < 1000 for g in got)
+    assert not np.array_equal(got[0], got[1]) and not np.array_equal(got[1], got[2])
+    assert got[3] is got[0]
+    one, _ = fr._id_turns(1000, 1, None)
+    assert one() is one()
+    seen = []
+    real = kernels.lookup
+    monkeypatch.setattr(kernels, "lookup", lambda T, ids, **kw: (seen.append(ids), real(
+        T, ids, **kw))[1])
+    m = fr.methods_at(200, 16, None, id_sets=2)
+    lookup = next(fn for (op, fmt, who), fn in m.items() if op == "lookup")
+    lookup()
+    lookup()
+    assert len(seen) == 2 and not np.array_equal(seen[0], seen[1])

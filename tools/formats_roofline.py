@@ -2,8 +2,12 @@
 
     python -m tools.formats_roofline            # V 1e4, 2e6 x D 64, 128, 256
     python -m tools.formats_roofline --quick    # V 1e4, 2e6 x D 64, 256, fewer rounds
+    python -m tools.formats_roofline --id-sets 16   # rows read from memory, not left in L3
 
-n = 65,536 uniform int64 ids. At each (V, D), interleaved round after round in a shuffled order
+n = 65,536 uniform int64 ids: one set for every call, or with --id-sets K, K sets taken in turn,
+one a call, so that the rows a call reads are not the ones the calls just before left in the
+last-level cache (with one set, at V = 2e6 and D <= 64 the rows a call touches, 4-16 MB, stay
+in a 32 MB L3: the table is beyond the caches, those rows are not). At each (V, D), interleaved round after round in a shuffled order
 (kernels._timing.interleaved_rounds; a time in the report is the best per-round median, a ratio
 the median over rounds of the two methods' times in the same round, kernels._timing
 .paired_ratio):
@@ -59,9 +63,27 @@ def _torch():
     return torch
 
 
-def methods_at(V, D, torch):
+def _id_turns(V, id_sets, torch):
+    """(next_ids, next_torch_ids): zero-argument callables that hand out id_sets sets of N
+    uniform ids in turn, one a call, from one counter (torch's None without torch)."""
+    sets = [common.uniform_ids(V, shape=(N,), seed=s) for s in range(id_sets)]
+    tsets = [torch.from_numpy(i) for i in sets] if torch is not None else None
+    turn = [0]
+
+    def next_ids():
+        turn[0] = (turn[0] + 1) % id_sets
+        return sets[turn[0]]
+
+    def next_torch_ids():
+        turn[0] = (turn[0] + 1) % id_sets
+        return tsets[turn[0]]
+
+    return next_ids, (next_torch_ids if torch is not None else None)
+
+
+def methods_at(V, D, torch, id_sets=1):
     """{(op, format, who): zero-argument callable} at one (V, D)."""
-    ids = common.uniform_ids(V, shape=(N,))
+    ids, tids = _id_turns(V, id_sets, torch)
     out = kernels.aligned_empty((N, D))
     bags8 = np.arange(0, N, 8, dtype=np.int64)
     bags1 = np.arange(0, N, dtype=np.int64)
@@ -69,23 +91,22 @@ def methods_at(V, D, torch):
     tables = {fmt: common.format_table(fmt, V, D) for fmt in FORMATS}
     for fmt, T in tables.items():
         for k in KERNELS:
-            m[("lookup", fmt, k)] = lambda T=T, k=k: kernels.lookup(T, ids, kernel=k, out=out)
+            m[("lookup", fmt, k)] = lambda T=T, k=k: kernels.lookup(T, ids(), kernel=k, out=out)
             for L, off in ((8, bags8), (1, bags1)):
                 dst = out[:off.shape[0]]
                 m[(f"bag{L}", fmt, k)] = lambda T=T, k=k, off=off, dst=dst: kernels.lookup_bag(
-                    T, ids, off, kernel=k, out=dst)
+                    T, ids(), off, kernel=k, out=dst)
     if torch is not None:
-        tids = torch.from_numpy(ids)
         for L, off in ((8, bags8), (1, bags1)):
             toff = torch.from_numpy(off)
             tW = torch.from_numpy(tables["float32"])
             m[(f"bag{L}", "float32", "torch")] = lambda tW=tW, toff=toff: \
-                torch.nn.functional.embedding_bag(tids, tW, toff, mode="sum")
+                torch.nn.functional.embedding_bag(tids(), tW, toff, mode="sum")
             for fmt, name in TORCH_OPS.items():
                 op = getattr(torch.ops.quantized, name)
                 tP = torch.from_numpy(tables[fmt].packed)
                 m[(f"bag{L}", fmt, "torch")] = lambda op=op, tP=tP, toff=toff: op(
-                    tP, tids, toff, mode=0)
+                    tP, tids(), toff, mode=0)
         for fmt in TORCH_OPS:
             try:
                 module, _ = bench_peers._fbgemm_nbit_bag(torch, tables[fmt])
@@ -94,7 +115,7 @@ def methods_at(V, D, torch):
             for L, off in ((8, bags8), (1, bags1)):
                 bounds = torch.from_numpy(np.append(off, N))
                 m[(f"bag{L}", fmt, "fbgemm")] = lambda module=module, bounds=bounds: module(
-                    tids, bounds)
+                    tids(), bounds)
     return m
 
 
@@ -105,14 +126,14 @@ def run(cfg, out=sys.stdout):
     for V in cfg["vocab"]:
         for D in cfg["dims"]:
             common.clear_cache()
-            m = methods_at(V, D, torch)
+            m = methods_at(V, D, torch, cfg.get("id_sets", 1))
             rounds = interleaved_rounds(m, cfg["rounds"], cfg["reps"], rng=rng)
             for (op, fmt, who), r in rounds.items():
                 rows.append({"V": V, "D": D, "op": op, "format": fmt, "who": who,
                              "ms": min(r) * 1e3, "rounds_ms": [x * 1e3 for x in r]})
             print(f"   V={V} D={D} done", file=sys.stderr)
     common.clear_cache()
-    report(rows, torch, out)
+    report(rows, torch, out, cfg.get("id_sets", 1))
     return rows
 
 
@@ -122,13 +143,13 @@ def _ratio(a, b):
     return paired_ratio(a["rounds_ms"], b["rounds_ms"])
 
 
-def report(rows, torch, out):
+def report(rows, torch, out, id_sets=1):
     """The Markdown tables: times are best per-round medians, ratios paired per round
     (_ratio)."""
     row_of = {(r["V"], r["D"], r["op"], r["format"], r["who"]): r for r in rows}
     points = sorted({(r["V"], r["D"]) for r in rows})
     threads = kernels.get_num_threads()
-    print(f"n = {N:,} uniform ids; {threads} threads; torch "
+    print(f"n = {N:,} uniform ids ({id_sets} set(s) in turn); {threads} threads; torch "
           f"{torch.__version__ if torch else 'not installed'}\n", file=out)
     for op in ("lookup", "bag8", "bag1"):
         title = {"lookup": "Lookup", "bag8": "Bags of 8 (sum)", "bag1": "Bags of 1 (sum)"}[op]
@@ -174,8 +195,11 @@ def report(rows, torch, out):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--id-sets", type=int, default=1)
     args = ap.parse_args(argv)
-    run(QUICK if args.quick else FULL)
+    if args.id_sets < 1:
+        ap.error("--id-sets must be at least 1")
+    run({**(QUICK if args.quick else FULL), "id_sets": args.id_sets})
 
 
 if __name__ == "__main__":
