@@ -277,12 +277,12 @@ def _rowwise(W, fmt):
     # on a cache line, as torch's allocator places its tensors: NumPy's start 16 bytes past
     # one, so a float16 row of D = 64 spans 3 lines, not 2 (measured, cython_gather, V = 2e6,
     # n = 65,536, a Zen 5: half-format bags of 8 1.23x faster at D = 64, 1.11x at D = 256)
-    packed = aligned_empty((V, fmt.row_bytes(D)), _U8)
-    packed.fill(0)
+    packed = aligned_empty((V, fmt.row_bytes(D)), _U8)  # every byte written below
     values = packed[:, : fmt.row_bytes(D) - fmt.tail_bytes]
     tail = np.zeros((V, 2), _F32 if fmt is INT8 else _F16)
     if D == 0:
-        return packed  # no values: scale and bias 0
+        packed.fill(0)  # no values: scale and bias 0
+        return packed
     for r0, r1 in _chunks(V, D):
         chunk = np.ascontiguousarray(W[r0:r1], dtype=_F32)
         _check_finite(chunk, r0)
