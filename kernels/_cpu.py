@@ -95,6 +95,18 @@ def far_bag_rows(row_bytes, least):
     return max(least, min(FAR_PREFETCH_MAX, FAR_PREFETCH_BYTES // max(1, row_bytes)))
 
 
+def _distance(A, near, least, several):
+    """The prefetch distance of a compiled loop over the rows of table A: 0 when A fits in L2;
+    far_bag_rows (at least `least`) for bags of several ids a bag of a table beyond the
+    last-level cache; else near."""
+    table_bytes = _table_bytes(A)
+    if table_bytes <= L2_BYTES:
+        return 0
+    if several and table_bytes > L3_BYTES:
+        return far_bag_rows(A.shape[1] * A.itemsize, least)
+    return near
+
+
 def bag_prefetch_rows(row_bytes):
     """How many rows of row_bytes a compiled float bag prefetches ahead beyond L2:
     BAG_PREFETCH_DISTANCE, fewer for rows longer than BAG_PREFETCH_BYTES / that (at least 1)."""
@@ -105,12 +117,7 @@ def bag_prefetch_distance(W, single=False):
     """How far ahead a compiled bag of the float table W prefetches rows: 0 when W fits in L2,
     else bag_prefetch_rows of its rows, or far_bag_rows beyond the last-level cache for bags
     of several ids (single: bags of one id each)."""
-    if _table_bytes(W) <= L2_BYTES:
-        return 0
-    row_bytes = W.shape[1] * W.itemsize
-    if not single and _table_bytes(W) > L3_BYTES:
-        return far_bag_rows(row_bytes, 1)
-    return bag_prefetch_rows(row_bytes)
+    return _distance(W, bag_prefetch_rows(W.shape[1] * W.itemsize), 1, not single)
 
 
 def bag_prefetch(W, single=False):
@@ -134,11 +141,7 @@ def decode_prefetch_distance(S, bag=False):
     """How far ahead a compiled gather or bag of the low-precision storage S (kernels._numba_lowp
     .storage) prefetches rows: 0 when S fits in L2, else DECODE_PREFETCH_DISTANCE, or for bags
     of several ids (bag) of a table beyond the last-level cache far_bag_rows."""
-    if _table_bytes(S) <= L2_BYTES:
-        return 0
-    if bag and _table_bytes(S) > L3_BYTES:
-        return far_bag_rows(S.shape[1] * S.itemsize, DECODE_PREFETCH_DISTANCE)
-    return DECODE_PREFETCH_DISTANCE
+    return _distance(S, DECODE_PREFETCH_DISTANCE, DECODE_PREFETCH_DISTANCE, bag)
 
 
 def decode_prefetch(S, bag=False):
