@@ -29,6 +29,12 @@ def _threads(nbytes):
     return n if n == 1 else openmp_threads(n)
 
 
+def _bags_of_one(ids, offsets, out):
+    """Whether a bag call's bags hold one id each (no offsets, as many bags as ids): the
+    kernel's own loop for them, and the lookup's prefetch distance."""
+    return offsets is None and ids.shape[0] == out.shape[0]
+
+
 def _gather(W, ids, out, check_ids=False):
     _core.gather(W, ids, out, _threads(out.nbytes), prefetch_distance(W),
                  stream_output(out, W), check_ids)
@@ -50,7 +56,7 @@ def _bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
             (int(hit[0]) if hit.size else -1)
     _core.bag(W, ids, offsets, MODE_CODES[mode], psw, pad, out,
               _threads(ids.shape[0] * W.shape[1] * W.itemsize + out.nbytes),
-              bag_prefetch(W, single=offsets is None and ids.shape[0] == out.shape[0]),
+              bag_prefetch(W, single=_bags_of_one(ids, offsets, out)),
               check_ids, stream_output(out, W))
 
 
@@ -75,10 +81,10 @@ def _decoding_bag(code):
 
     def bag(W, ids, offsets, mode, psw, pad, out, check_ids=False):
         S = storage(W)
-        single = offsets is None and ids.shape[0] == out.shape[0]
         _core.decode_bag(code, S, ids, offsets, MODE_CODES[mode], psw, pad, out,
                          _threads(ids.shape[0] * S.shape[1] * S.itemsize + out.nbytes),
-                         decode_prefetch(S, bag=not single), check_ids,
+                         decode_prefetch(S, bag=not _bags_of_one(ids, offsets, out)),
+                         check_ids,
                          stream_output(out, S))
 
     return bag
