@@ -63,6 +63,19 @@ def interleaved_best(methods: dict, rounds: int, reps: int, number: int = 1,
             interleaved_rounds(methods, rounds, reps, number, rng).items()}
 
 
+def in_turn(items: list) -> Callable[[], object]:
+    """A zero-argument callable that returns items[1], items[2], ..., items[0], items[1], ...,
+    one a call: sets of ids handed to timed calls in turn, so that calls in a row read
+    different rows (one set for every call leaves a call's rows in the cache for the next)."""
+    turn = [0]
+
+    def next_item():
+        turn[0] = (turn[0] + 1) % len(items)
+        return items[turn[0]]
+
+    return next_item
+
+
 def paired_ratio(a: list, b: list) -> float:
     """The median over rounds of a[i] / b[i]: a ratio of two methods timed in the same rounds
     (interleaved_rounds), steadier on a shared machine than the ratio of their bests, since a

@@ -52,3 +52,11 @@ def test_paired_ratio_is_the_median_of_the_per_round_ratios():
 def test_paired_ratio_wants_equal_non_empty_rounds(a, b):
     with pytest.raises(ValueError, match="equally long"):
         _timing.paired_ratio(a, b)
+
+
+def test_in_turn_hands_out_the_items_one_a_call_round_and_round():
+    a, b, c = object(), object(), object()
+    nxt = _timing.in_turn([a, b, c])
+    assert [nxt() for _ in range(7)] == [b, c, a, b, c, a, b]
+    one = _timing.in_turn([a])
+    assert one() is a and one() is a

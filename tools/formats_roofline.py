@@ -42,7 +42,7 @@ import numpy as np
 
 import kernels
 from benchmarks import bench_peers, common
-from kernels._timing import interleaved_rounds, paired_ratio
+from kernels._timing import in_turn, interleaved_rounds, paired_ratio
 
 FULL = {"vocab": (10_000, 2_000_000), "dims": (64, 128, 256), "rounds": 7, "reps": 5}
 QUICK = {"vocab": (10_000, 2_000_000), "dims": (64, 256), "rounds": 3, "reps": 3}
@@ -67,18 +67,10 @@ def _id_turns(V, id_sets, torch):
     """(next_ids, next_torch_ids): zero-argument callables that hand out id_sets sets of N
     uniform ids in turn, one a call, from one counter (torch's None without torch)."""
     sets = [common.uniform_ids(V, shape=(N,), seed=s) for s in range(id_sets)]
-    tsets = [torch.from_numpy(i) for i in sets] if torch is not None else None
-    turn = [0]
-
-    def next_ids():
-        turn[0] = (turn[0] + 1) % id_sets
-        return sets[turn[0]]
-
-    def next_torch_ids():
-        turn[0] = (turn[0] + 1) % id_sets
-        return tsets[turn[0]]
-
-    return next_ids, (next_torch_ids if torch is not None else None)
+    if torch is None:
+        return in_turn(sets), None
+    pairs = in_turn([(i, torch.from_numpy(i)) for i in sets])
+    return (lambda: pairs()[0]), (lambda: pairs()[1])
 
 
 def methods_at(V, D, torch, id_sets=1):

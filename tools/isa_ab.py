@@ -20,7 +20,7 @@ import numpy as np
 
 import kernels
 from kernels import _cython_gather
-from kernels._timing import interleaved_rounds, paired_ratio
+from kernels._timing import in_turn, interleaved_rounds, paired_ratio
 
 N = 65_536
 _LEVEL = [2]  # the level set last (the timed calls' medians leave out the call that switches)
@@ -37,11 +37,7 @@ def _methods(T, W32, fmt, op, id_sets, with_torch):
     L = 1 if op == "lookup" else int(op[3:])
     offsets = np.arange(0, N, L)
     out = kernels.aligned_empty((N // L, D))
-    turn = [0]
-
-    def next_ids():
-        turn[0] = (turn[0] + 1) % len(id_sets)
-        return id_sets[turn[0]]
+    next_ids = in_turn(id_sets)
 
     def ours(level):
         def call():
@@ -59,13 +55,7 @@ def _methods(T, W32, fmt, op, id_sets, with_torch):
         import torch
 
         toff = torch.from_numpy(offsets)
-        tids = [torch.from_numpy(i) for i in id_sets]
-        tturn = [0]
-
-        def torch_ids():
-            tturn[0] = (tturn[0] + 1) % len(tids)
-            return tids[tturn[0]]
-
+        torch_ids = in_turn([torch.from_numpy(i) for i in id_sets])
         if fmt == "float32":
             tW = torch.from_numpy(W32)
             methods["torch"] = lambda: torch.nn.functional.embedding_bag(

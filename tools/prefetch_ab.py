@@ -17,7 +17,7 @@ import numpy as np
 
 import kernels
 from kernels import _cpu
-from kernels._timing import interleaved_rounds, paired_ratio
+from kernels._timing import in_turn, interleaved_rounds, paired_ratio
 
 N = 65_536
 _FAR = _cpu.far_bag_rows
@@ -54,13 +54,12 @@ def main(argv=None):
             id_sets = [rng.integers(0, V, N) for _ in range(a.id_sets)]
             offsets = np.arange(0, N, a.bag)
             out = kernels.aligned_empty((N // a.bag, D))
-            turn = [0]
+            next_ids = in_turn(id_sets)
 
             def call(far):
                 def run():
                     _cpu.far_bag_rows = far
-                    turn[0] = (turn[0] + 1) % len(id_sets)
-                    kernels.lookup_bag(T, id_sets[turn[0]], offsets, kernel=a.kernel, out=out)
+                    kernels.lookup_bag(T, next_ids(), offsets, kernel=a.kernel, out=out)
                 return run
 
             t = interleaved_rounds({"before": call(_before), "far": call(_FAR)}, a.rounds,
