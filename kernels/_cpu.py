@@ -120,21 +120,26 @@ def bag_prefetch_distance(W, single=False):
     return _distance(W, bag_prefetch_rows(W.shape[1] * W.itemsize), 1, not single)
 
 
+def copy_prefetch_distance(W):
+    """How far ahead cython_gather's float lookups and bags of one id, which copy whole rows and
+    prefetch every line of each, fetch rows of the table W: bag_prefetch_distance(W, single=
+    True), up to 24 rows and about 8 KB ahead beyond L2. Measured (an AMD Zen 5, n = 65,536,
+    2 threads, NumPy's tables, per-round medians of 11 interleaved rounds, against 12 ahead):
+    D = 32 at V = 2e6 24 ahead 0.85x the time; D = 64 24 ahead 0.86x at V = 1e5 (within L3),
+    level at V = 2e6; D = 128 and 256 6 to 32 ahead within 0.97-1.06x."""
+    return bag_prefetch_distance(W, single=True)
+
+
 def bag_prefetch(W, single=False):
     """bag_prefetch_distance(W) as cython_gather's float bags take it: negated (bags of one id
     prefetch every line of a row, not only its first) when W is larger than the last-level
     cache. Measured (cython_gather bags of one, V = 1e4 / 1e6 / 2e6, D = 64, 2 threads, two
     builds side by side, per-round median of 11 interleaved rounds): every line took 1.16 /
     0.91 / 0.96 times as long as the first line only.
-    single (bags of one id each): a table within the last-level cache is prefetched at most
-    PREFETCH_DISTANCE ids ahead, as the lookup's rows are. Measured (V = 1e4, D = 64, n =
-    65,536, 2 threads, three interleaved runs of 21 rounds, against the lookup): 24 ahead
-    1.09 / 1.02 / 1.09x the lookup's time, 12 ahead 1.02 / 0.94 / 0.97x; level at D = 16, 32
-    and 128, and beyond the last-level cache."""
-    distance = bag_prefetch_distance(W, single)
-    if single and _table_bytes(W) <= L3_BYTES:
-        distance = min(distance, PREFETCH_DISTANCE)
-    return _every_line_beyond_l3(distance, W)
+    single (bags of one id each): copy_prefetch_distance, as the lookup's rows are fetched
+    (float32 rows of a multiple of 32 bytes then take the lookup's loop, every line of a row
+    prefetched at any distance)."""
+    return _every_line_beyond_l3(bag_prefetch_distance(W, single), W)
 
 
 def decode_prefetch_distance(S, bag=False):

@@ -1,8 +1,10 @@
-"""Cython gather: OpenMP prange over chunks of ids, one memcpy per row (serial for small calls).
+"""Cython gather: OpenMP prange over chunks of ids, a row copied at a time (serial for small
+calls).
 
-Rows are copied with constant-size memcpy for the common row sizes (inlined as vector moves),
-and prefetched a few ids ahead when the table does not fit in L2 (measured: it helps beyond L2
-and costs where the table is cached). Tables whose rows are not contiguous take an element loop.
+Rows of a multiple of 32 bytes are copied in 32-byte vectors (unrolled for the common sizes),
+every line of a row prefetched some 8 KB of rows ahead when the table does not fit in L2
+(kernels._cpu.copy_prefetch_distance; it costs where the table is cached); other rows with a
+memcpy per row. Tables whose rows are not contiguous take an element loop.
 
 Backward: rows of dW split among threads, as in numba_gather (deterministic, no atomics). A
 float32 gradient row is the float64 sum of its contributions in id order, rounded once to
@@ -16,7 +18,7 @@ import numpy as np
 
 from kernels import _cython_gather as _core
 from kernels._validate import MODE_CODES, IdsOutOfRange, any_out_of_range
-from kernels._cpu import bag_prefetch, decode_prefetch, prefetch_distance, stream_output
+from kernels._cpu import bag_prefetch, copy_prefetch_distance, decode_prefetch, stream_output
 from kernels._formats import FLOAT, LOW_PRECISION
 from kernels._numba_lowp import CODES, storage
 from kernels._kernel import Kernel, bag_grad_by_scatter
@@ -36,7 +38,7 @@ def _bags_of_one(ids, offsets, out):
 
 
 def _gather(W, ids, out, check_ids=False):
-    _core.gather(W, ids, out, _threads(out.nbytes), prefetch_distance(W),
+    _core.gather(W, ids, out, _threads(out.nbytes), copy_prefetch_distance(W),
                  stream_output(out, W), check_ids)
 
 

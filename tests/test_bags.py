@@ -1355,10 +1355,11 @@ def test_float_bags_of_one_prefetch_every_line_only_beyond_the_last_level_cache(
     assert _cpu.bag_prefetch(W) == 0
     monkeypatch.setattr(_cpu, "L2_BYTES", 1000)
     monkeypatch.setattr(_cpu, "L3_BYTES", 10**6)  # within the last-level cache: the lookup's
-    assert _cpu.bag_prefetch_distance(W) > _cpu.PREFETCH_DISTANCE
-    assert _cpu.bag_prefetch(W, single=True) == _cpu.PREFETCH_DISTANCE
-    monkeypatch.setattr(_cpu, "L3_BYTES", 10**5)  # beyond it: the bags' distance, every line
-    assert _cpu.bag_prefetch(W, single=True) == -_cpu.bag_prefetch_rows(256) < 0
+    assert _cpu.bag_prefetch(W, single=True) == _cpu.copy_prefetch_distance(W) \
+        == _cpu.bag_prefetch_rows(256) > 0
+    monkeypatch.setattr(_cpu, "L3_BYTES", 10**5)  # beyond it: the same, every line
+    assert _cpu.bag_prefetch(W, single=True) == -_cpu.copy_prefetch_distance(W) \
+        == -_cpu.bag_prefetch_rows(256) < 0
     assert _cpu.bag_prefetch(W) == -_cpu.far_bag_rows(256, 1) < 0  # several ids a bag: far
     short = W[:, :2].copy()  # its distance is below the lookup's: kept
     monkeypatch.setattr(_cpu, "L2_BYTES", 100)

@@ -382,8 +382,9 @@ def test_a_gather_of_an_aligned_table_equals_the_numpy_one():
 @pytest.mark.parametrize("dtype, D", [(np.float32, 8), (np.float32, 16), (np.float64, 8),
                                       (np.float32, 64)])
 def test_compiled_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, dtype, D):
-    """The compiled lookups prefetch PREFETCH_DISTANCE ids ahead whenever the table does not
-    fit in L2, one-line rows included (kernels._cpu.prefetch_distance), and none within it;
+    """The compiled lookups prefetch ahead whenever the table does not fit in L2, one-line rows
+    included, and none within it (numba_gather PREFETCH_DISTANCE ids, kernels._cpu
+    .prefetch_distance; cython_gather copy_prefetch_distance, up to 24 rows and about 8 KB);
     the rows are W[ids] either way."""
     from kernels import _cpu, _cython_gather
 
@@ -399,9 +400,11 @@ def test_compiled_lookups_prefetch_rows_of_every_length_beyond_l2(monkeypatch, d
         monkeypatch.setattr(_cpu, "L2_BYTES", l2)
         want = _cpu.PREFETCH_DISTANCE if beyond else 0
         assert _cpu.prefetch_distance(W) == want
+        rows = min(24, 8192 // (D * W.itemsize)) if beyond else 0
+        assert _cpu.copy_prefetch_distance(W) == rows
         seen.clear()
         got = kernels.lookup(W, ids, kernel="cython_gather")
-        assert seen == [want], (l2, seen)
+        assert seen == [rows], (l2, seen)
         assert_bitwise_equal(got, W[ids], f"cython D={D} beyond L2={beyond}")
         assert_bitwise_equal(kernels.lookup(W, ids, kernel="numba_gather"), W[ids],
                              f"numba D={D} beyond L2={beyond}")

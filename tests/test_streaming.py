@@ -195,14 +195,16 @@ def test_lookup_bag_of_one_through_the_api_streams(monkeypatch, fmt):
         assert_bitwise_equal(got, expected, fmt)
 
 
+@pytest.mark.parametrize("stream", [True, False])
 @pytest.mark.parametrize("fmt", ["float32", "int8"])
 @pytest.mark.parametrize("D", [16, 64, 256, 42])
 @pytest.mark.parametrize("idx", [np.int32, np.int64])
-def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx):
+def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx, stream):
     """Called directly with an id outside [0, V) (the shared check bypassed, as when another
-    thread changes ids after it), a streamed bag of one raises RuntimeError, the bad bag's row is
-    zeros, every other row is its bag, and nothing past out is written; a streamed float32
-    lookup raises too, with row 0 in the bad id's place."""
+    thread changes ids after it), a bag of one, streamed or stored as usual (float32: the
+    lookup's row loop), raises RuntimeError, the bad bag's row is zeros, every other row is its
+    bag, and nothing past out is written; a float32 lookup raises too, with row 0 in the bad
+    id's place."""
     rng = np.random.default_rng(D)
     W = rng.standard_normal((60, D)).astype(np.float32)
     T = W if fmt == "float32" else kernels.quantize(W, fmt)
@@ -212,7 +214,7 @@ def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx
     guard = _out(n + 4, D, 0)
     guard[n:] = 7.0
     out = guard[:n]
-    args = (ids.reshape(n, 1), None, 0, None, -1, out, 2, 16, False, True)
+    args = (ids.reshape(n, 1), None, 0, None, -1, out, 2, 16, False, stream)
     with pytest.raises(RuntimeError):
         if fmt == "float32":
             _cython_gather.bag(T, *args)
@@ -226,6 +228,6 @@ def test_streamed_bags_of_one_zero_and_count_an_id_outside_the_table(fmt, D, idx
     if fmt == "float32":  # the streamed lookup copies row 0 for such an id
         guard[...] = 7.0
         with pytest.raises(RuntimeError):
-            _cython_gather.gather(W, ids, out, 2, 16, True)
+            _cython_gather.gather(W, ids, out, 2, 16, stream)
         assert_bitwise_equal(out, W[np.where(good, ids, 0)], f"lookup D={D}")
         assert (guard[n:] == 7.0).all()
