@@ -495,3 +495,32 @@ def test_bags_rows_hold_the_rounds_of_every_method_over_all_passes():
         rounds = r[bag_roofline.ROUNDS]
         assert "numpy_take" in rounds and all(len(t) == 4 for t in rounds.values())
         assert all(r[m] == min(t) for m, t in rounds.items())
+
+
+def test_bag_methods_take_the_sets_of_ids_in_turn_each_its_own(monkeypatch):
+    """--bags --id-sets K: every method (floors, kernels' bags and lookups) reads the next of the
+    K sets each call, so calls in a row read different rows; one array is every call's."""
+    W = kernels.aligned_empty((50, 8))
+    W[...] = np.arange(400, dtype=np.float32).reshape(50, 8)
+    sets = [np.arange(16) % 50, (np.arange(16) * 7 + 3) % 50]
+    read = []
+    real = bag_roofline.read_rows
+    monkeypatch.setattr(bag_roofline, "read_rows",
+                        lambda W_, ids, *a: (read.append(ids), real(W_, ids, *a))[1])
+    methods, _ = bag_roofline.bag_methods(W, sets, [1, 8])
+    floor = next(fn for (L, name), fn in methods.items() if L is None)
+    for _ in range(3):
+        floor()
+    assert [id(x) for x in read] == [id(sets[1]), id(sets[0]), id(sets[1])]
+    bag8 = methods[8, "cython_gather"]
+    for s in (sets[1], sets[0]):
+        np.testing.assert_array_equal(bag8(), W[s].reshape(2, 8, 8).sum(axis=1))
+    lookup = methods[1, bag_roofline.LOOKUP_PREFIX + "cython_gather"]
+    np.testing.assert_array_equal(lookup(), W[sets[1]])
+    np.testing.assert_array_equal(lookup(), W[sets[0]])
+    one, _ = bag_roofline.bag_methods(W, sets[0], [8])
+    for _ in range(2):
+        np.testing.assert_array_equal(one[8, "cython_gather"](),
+                                      W[sets[0]].reshape(2, 8, 8).sum(axis=1))
+    with pytest.raises(ValueError, match="16 ids"):
+        bag_roofline.bag_methods(W, [sets[0], sets[0][:8]], [8])

@@ -2,6 +2,7 @@
 
     python -m tools.roofline --bags            # V 1e4,1e6,2e6 x D 16,64,256 x bag length 1,8,64
     python -m tools.roofline --bags --quick    # a 2 x 2 x 2 subset, fewer rounds
+    python -m tools.roofline --bags --id-sets 8  # 8 sets of ids in turn: rows not left in L3
 
 A bag reads n rows and writes B = n / bag_length rows. The time to read the same n rows, summed
 into a per-thread accumulator of D floats and written nowhere (`read_rows`), is the floor of any
@@ -20,7 +21,9 @@ the kernel does not implement it (NotImplementedError, no float32 function, no s
 over its budget (its `over_budget` trait, called with the number of bags, the rows of a
 multi-hot block), torch.nn.functional.embedding_bag on the same number of threads when torch
 is importable (it allocates its output: no `out=` exists), and at bag length 1 the plain
-lookup of every compiled kernel into a preallocated (n, D) out, aligned too. A method whose
+lookup of every compiled kernel into a preallocated (n, D) out, aligned too. Every method reads
+the same set of ids each call, or with --id-sets K the next of K sets (kernels._timing.in_turn:
+rows a call read are not still in the cache for the next, beyond L3). A method whose
 first call took long is timed with fewer repeats per round (at least one), so the dense
 one-hot's 1 s calls do not take the whole budget.
 """
@@ -33,7 +36,7 @@ from numba import njit, prange
 import kernels
 from kernels._cpu import bag_prefetch_rows
 from kernels._numba_intrinsics import prefetch_row
-from kernels._timing import median_seconds, paired_ratio, per_call_seconds
+from kernels._timing import in_turn, median_seconds, paired_ratio, per_call_seconds
 from kernels.numba_gather import _numba_threads, _run_parallel
 
 LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
@@ -173,16 +176,28 @@ def _torch():
 
 
 def bag_methods(W, ids, bag_lengths, torch=None):
-    """({key: zero-argument callable}, {kernel: why it is not run}) at one table and ids for
+    """({key: zero-argument callable}, {kernel: why it is not run}) at one table and ids (one
+    1-D array, or a list of equally long ones that each method takes in turn, one a call) for
     every bag length; keys are (bag_length, method), bag_length None for the floors."""
+    sets = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    ids = sets[0]
     n, (V, D) = ids.shape[0], W.shape
+    if any(s.shape != ids.shape for s in sets):
+        raise ValueError(f"every set of ids must hold {n} ids")
     ahead = bag_prefetch_rows(D * W.itemsize)
-    methods = {(None, name): (lambda g=g, p=p: read_rows(W, ids, ahead if p else 0, g))
-               for name, (g, p) in FLOOR.items()}
+    methods = {}
+
+    def each_call(call, items=sets):
+        """A method that calls call(next set of items) each time (its own turn)."""
+        nxt = in_turn(items)
+        return lambda: call(nxt())
+
+    for name, (g, p) in FLOOR.items():
+        methods[None, name] = each_call(lambda i, g=g, p=p: read_rows(W, i, ahead if p else 0, g))
     skipped = {}
     if torch is not None:
         torch.set_num_threads(kernels.get_num_threads())
-        Wt, it = torch.from_numpy(W), torch.from_numpy(ids)
+        Wt, tsets = torch.from_numpy(W), [torch.from_numpy(s) for s in sets]
     for L in bag_lengths:
         B = n // L
         offsets = np.arange(0, n, L, dtype=ids.dtype)
@@ -192,24 +207,27 @@ def bag_methods(W, ids, bag_lengths, torch=None):
             if why:
                 skipped.setdefault(name, set()).add(why)
                 continue
-            methods[L, name] = (lambda k=k, o=offsets, out=out:
-                                k.lookup_bag(W, ids, o, mode="sum", out=out))
+            methods[L, name] = each_call(lambda i, k=k, o=offsets, out=out:
+                                         k.lookup_bag(W, i, o, mode="sum", out=out))
         if torch is not None:
             ot = torch.from_numpy(offsets)
-            methods[L, TORCH] = (lambda o=ot:
-                                 torch.nn.functional.embedding_bag(it, Wt, o, mode="sum"))
+            methods[L, TORCH] = each_call(lambda i, o=ot:
+                                          torch.nn.functional.embedding_bag(i, Wt, o, mode="sum"),
+                                          tsets)
             try:
                 from benchmarks.bench_peers import _fbgemm_bag
 
                 bounds = torch.from_numpy(np.append(offsets, n).astype(np.int64))
-                methods[L, FBGEMM] = _fbgemm_bag(torch, Wt, it, bounds)
+                fbgemm = [_fbgemm_bag(torch, Wt, t, bounds) for t in tsets]
+                methods[L, FBGEMM] = each_call(lambda call: call(), fbgemm)
             except NotImplementedError as e:
                 skipped.setdefault(FBGEMM, set()).add(str(e))
         if L == 1:
             rows = kernels.aligned_empty((n, D), W.dtype)
             for name, k in kernels.KERNELS.items():
                 if k.compiled and k.implements("lookup", W.dtype.name):
-                    methods[L, LOOKUP_PREFIX + name] = lambda k=k: k.lookup(W, ids, out=rows)
+                    methods[L, LOOKUP_PREFIX + name] = each_call(
+                        lambda i, k=k: k.lookup(W, i, out=rows))
     return methods, skipped
 
 
@@ -247,13 +265,13 @@ def time_interleaved(methods, rounds, reps, rng, round_seconds=ROUND_SECONDS):
 
 
 def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, passes=1, seed=0,
-                 log=print):
+                 log=print, id_sets=1):
     """(rows, skipped): a row {'V','D','bag_length','n', method: seconds} per size and bag
     length (the floors in every row of their (V, D)); skipped: {kernel: [reasons]}.
 
     The grid is visited `passes` times, each time with rounds // passes rounds (at least one) at
-    every size and the same table and ids (seeded by seed, V, D); a method keeps its best over
-    all passes. So the rounds of one size are spread over the whole run, not bunched into a few
+    every size and the same table and ids (seeded by seed, V, D: one set of n ids, or id_sets
+    sets handed to each method in turn); a method keeps its best over all passes. So the rounds of one size are spread over the whole run, not bunched into a few
     seconds that a noisy episode can cover entirely."""
     uneven = [L for L in bag_lengths if L < 1 or n % L]
     if uneven:
@@ -270,7 +288,7 @@ def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, pas
                 rng = np.random.default_rng([seed, V, D])
                 W = kernels.aligned_empty((V, D))  # as torch allocates its tables
                 W[...] = rng.random((V, D), dtype=np.float32) - np.float32(0.5)
-                ids = rng.integers(0, V, n)
+                ids = [rng.integers(0, V, n) for _ in range(id_sets)]
                 methods, why = bag_methods(W, ids, bag_lengths, torch)
                 for name, reasons in why.items():
                     skipped.setdefault(name, set()).update(reasons)

@@ -280,6 +280,9 @@ def main(argv=None):
     p.add_argument("--passes", type=int,
                    help=f"with --bags: visit the grid this many times, the rounds shared among "
                         f"the visits (default {bags['passes']})")
+    p.add_argument("--id-sets", type=int, default=1,
+                   help="with --bags: sets of ids each method takes in turn, one a call (default "
+                        "1: the same ids every call, whose rows stay cached when they fit)")
     p.add_argument("--quick", action="store_true",
                    help=f"with --bags: V {listed(quick['vocab'])} x D {listed(quick['dims'])} x "
                         f"bag length {listed(quick['bag_lengths'])}, {quick['rounds']} rounds of "
@@ -339,8 +342,11 @@ def bags_main(a, argv):
         dims = [int(d) for d in a.dims.split(",")] if a.dims else grid["dims"]
         lengths = ([int(x) for x in a.bag_lengths.split(",")] if a.bag_lengths
                    else grid["bag_lengths"])
+        if a.id_sets < 1:
+            raise SystemExit(f"--id-sets must be at least 1, got {a.id_sets}")
         rows, skipped = br.measure_bags(vocab, dims, lengths, a.n, a.rounds or grid["rounds"],
-                                        a.reps or grid["reps"], a.passes or grid["passes"])
+                                        a.reps or grid["reps"], a.passes or grid["passes"],
+                                        id_sets=a.id_sets)
         torch = br._torch()
         header = _header(argv) + (
             f"; torch {torch.__version__} on {torch.get_num_threads()} threads"
