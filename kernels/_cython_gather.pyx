@@ -329,6 +329,93 @@ cdef inline bint _any(const int* flags, int n) noexcept nogil:
     return False
 
 
+ctypedef Py_ssize_t (*share_work)(const void* job, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+ctypedef bint (*share_check)(const void* job, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil
+
+
+cdef int _checked_shares(const void* job, bint checked, share_check check, share_work work,
+                         const Py_ssize_t* bounds, int nthreads, int* flags,
+                         Py_ssize_t* result) noexcept nogil:
+    """The one check-then-work shape of the lookups and bags: share c of the job is [bounds[c],
+    bounds[c + 1]), one a thread; each thread first runs `check` on its share (if checked),
+    then, unless a check failed anywhere (flags[c] set: nothing is written), `work`. The same
+    static schedule twice, so each thread checks the ids it then handles while they are hot.
+    nthreads <= 1 starts no OpenMP region (forked children rely on it). result receives the
+    sum of the shares' work (-1 if one returned a negative value: its own failure); returns
+    the number of threads that ran."""
+    cdef Py_ssize_t c, total = 0
+    cdef int used = 0
+    cdef bint failed = False
+    cdef int worker[MAX_THREADS]
+    cdef Py_ssize_t part[MAX_THREADS]
+    if nthreads <= 1:
+        flags[0] = checked and check(job, bounds[0], bounds[1])
+        result[0] = 0 if flags[0] else work(job, bounds[0], bounds[1])
+        return 1
+    for c in range(nthreads):
+        worker[c] = 0
+        part[c] = 0
+        flags[c] = 0
+    with parallel(num_threads=nthreads):
+        for c in prange(nthreads, schedule="static", chunksize=1):
+            flags[c] = checked and check(job, bounds[c], bounds[c + 1])
+        for c in prange(nthreads, schedule="static", chunksize=1):
+            if not _any(flags, nthreads):
+                part[c] = work(job, bounds[c], bounds[c + 1])
+            worker[threadid()] = 1
+    for c in range(nthreads):
+        used = used + worker[c]
+        if part[c] < 0:
+            failed = True
+        else:
+            total = total + part[c]
+    result[0] = -1 if failed else total
+    return used
+
+
+cdef inline void _even_shares(Py_ssize_t n, int nthreads, Py_ssize_t* bounds) noexcept nogil:
+    """bounds[0..nthreads]: n items split in nthreads contiguous shares of equal size."""
+    cdef int c
+    for c in range(nthreads + 1):
+        bounds[c] = n * c // nthreads
+
+
+ctypedef struct ids_job:
+    const void* ids
+    bint i32
+    Py_ssize_t V
+
+
+cdef bint _ids_share_bad(const void* job, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """_ids_bad over ids[lo:hi] of a job whose struct starts with an ids_job."""
+    cdef const ids_job* j = <const ids_job*>job
+    return _ids_bad(j.ids, j.i32, lo, hi, j.V)
+
+
+cdef int _run_over_ids(ids_job* job, share_work work, cnp.ndarray ids, Py_ssize_t V,
+                       int nthreads, bint check) except -1:
+    """A lookup's run: the job (a struct that starts with the ids_job *job) gets ids and V, its
+    work runs over nthreads even shares of the ids, each share's bounds checked first with
+    check (_checked_shares). IdsOutOfRange (nothing written) for an id outside [0, V) then,
+    RuntimeError for one the work read (ids changed meanwhile); returns the threads that ran."""
+    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0), bad
+    cdef Py_ssize_t bounds[MAX_THREADS + 1]
+    cdef int flags[MAX_THREADS]
+    cdef int used
+    job.ids = cnp.PyArray_DATA(ids)
+    job.i32 = cnp.PyArray_ITEMSIZE(ids) == 4
+    job.V = V
+    nthreads = max(1, min(nthreads, MAX_THREADS))
+    with nogil:
+        _even_shares(n, nthreads, bounds)
+        used = _checked_shares(job, check, _ids_share_bad, work, bounds, nthreads, flags, &bad)
+    if check and _any(flags, nthreads):
+        raise IdsOutOfRange()
+    if bad:
+        raise ids_changed_error(V)
+    return used
+
+
 cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row_stride,
                                      Py_ssize_t col_stride, const index_t* ids, floating* out,
                                      Py_ssize_t D, Py_ssize_t lo, Py_ssize_t hi,
@@ -352,44 +439,33 @@ cdef inline Py_ssize_t _gather_range(const char* W, Py_ssize_t V, Py_ssize_t row
     return bad
 
 
-cdef int _gather(const char* W, Py_ssize_t V, Py_ssize_t row_stride, Py_ssize_t col_stride,
-                 const index_t* ids, Py_ssize_t n, floating* out, Py_ssize_t D,
-                 int nthreads, int prefetch, bint stream, bint check, int* flags,
-                 Py_ssize_t* bad) noexcept nogil:
-    """Returns the number of threads that did work; bad receives the number of bad ids. With
-    check, each thread first checks the bounds of the ids it then copies, and none copies
-    anything if one is bad (flags[thread] set)."""
-    cdef Py_ssize_t c
-    cdef int t, used = 0
-    cdef int worker[MAX_THREADS]
-    cdef Py_ssize_t nbad[MAX_THREADS]
-    cdef bint i32 = index_t is int32_t
-    bad[0] = 0
-    if nthreads <= 1:  # no OpenMP region at all (forked children rely on it)
-        flags[0] = check and _ids_bad(ids, i32, 0, n, V)
-        if not flags[0]:
-            bad[0] = _gather_range(W, V, row_stride, col_stride, ids, out, D, 0, n, prefetch,
-                                   stream)
-        return 1
-    for t in range(nthreads):
-        worker[t] = 0
-        nbad[t] = 0
-        flags[t] = 0
-    with parallel(num_threads=nthreads):
-        # the same static schedule twice: each thread checks the ids it then copies
-        for c in prange(nthreads, schedule="static", chunksize=1):
-            flags[c] = check and _ids_bad(ids, i32, n * c // nthreads,
-                                          n * (c + 1) // nthreads, V)
-        for c in prange(nthreads, schedule="static", chunksize=1):
-            if not _any(flags, nthreads):
-                nbad[c] = _gather_range(W, V, row_stride, col_stride, ids, out, D,
-                                        n * c // nthreads, n * (c + 1) // nthreads, prefetch,
-                                        stream)
-            worker[threadid()] = 1
-    for t in range(nthreads):
-        used = used + worker[t]
-        bad[0] = bad[0] + nbad[t]
-    return used
+ctypedef struct gather_job:
+    ids_job head
+    const char* W
+    Py_ssize_t row_stride
+    Py_ssize_t col_stride
+    void* out
+    Py_ssize_t D
+    bint f32
+    int prefetch
+    bint stream
+
+
+cdef Py_ssize_t _gather_share(const void* job, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """_gather_range over rows lo..hi-1 of a gather_job, in its dtypes."""
+    cdef const gather_job* j = <const gather_job*>job
+    cdef Py_ssize_t V = j.head.V
+    if j.f32 and j.head.i32:
+        return _gather_range(j.W, V, j.row_stride, j.col_stride, <const int32_t*>j.head.ids,
+                             <float*>j.out, j.D, lo, hi, j.prefetch, j.stream)
+    if j.f32:
+        return _gather_range(j.W, V, j.row_stride, j.col_stride, <const int64_t*>j.head.ids,
+                             <float*>j.out, j.D, lo, hi, j.prefetch, j.stream)
+    if j.head.i32:
+        return _gather_range(j.W, V, j.row_stride, j.col_stride, <const int32_t*>j.head.ids,
+                             <double*>j.out, j.D, lo, hi, j.prefetch, j.stream)
+    return _gather_range(j.W, V, j.row_stride, j.col_stride, <const int64_t*>j.head.ids,
+                         <double*>j.out, j.D, lo, hi, j.prefetch, j.stream)
 
 
 # Scatter status codes (per thread, the largest wins)
@@ -649,36 +725,16 @@ def gather(cnp.ndarray W not None, cnp.ndarray ids not None, cnp.ndarray out not
     IdsOutOfRange (nothing written) if one is outside [0, V).
     nthreads <= 1 runs without starting an OpenMP region.
     Raises RuntimeError if an id read in the loop was outside [0, V) (ids changed meanwhile)."""
-    cdef const char* w = <const char*>cnp.PyArray_DATA(W)
-    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0), cs = cnp.PyArray_STRIDE(W, 1)
-    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0), D = cnp.PyArray_DIM(W, 1)
-    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0)
-    cdef void* o = cnp.PyArray_DATA(out)
-    cdef void* p = cnp.PyArray_DATA(ids)
-    cdef bint f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
-    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
-    cdef int used
-    cdef Py_ssize_t bad = 0
-    cdef int flags[MAX_THREADS]
-    nthreads = max(1, min(nthreads, MAX_THREADS))
-    with nogil:
-        if f32 and i32:
-            used = _gather(w, V, rs, cs, <const int32_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           stream, check, flags, &bad)
-        elif f32:
-            used = _gather(w, V, rs, cs, <const int64_t*>p, n, <float*>o, D, nthreads, prefetch,
-                           stream, check, flags, &bad)
-        elif i32:
-            used = _gather(w, V, rs, cs, <const int32_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           stream, check, flags, &bad)
-        else:
-            used = _gather(w, V, rs, cs, <const int64_t*>p, n, <double*>o, D, nthreads, prefetch,
-                           stream, check, flags, &bad)
-    if check and _any(flags, nthreads):
-        raise IdsOutOfRange()
-    if bad:
-        raise ids_changed_error(V)
-    return used
+    cdef gather_job job
+    job.W = <const char*>cnp.PyArray_DATA(W)
+    job.row_stride = cnp.PyArray_STRIDE(W, 0)
+    job.col_stride = cnp.PyArray_STRIDE(W, 1)
+    job.out = cnp.PyArray_DATA(out)
+    job.D = cnp.PyArray_DIM(W, 1)
+    job.f32 = cnp.PyArray_TYPE(W) == cnp.NPY_FLOAT32
+    job.prefetch = prefetch
+    job.stream = stream
+    return _run_over_ids(&job.head, _gather_share, ids, cnp.PyArray_DIM(W, 0), nthreads, check)
 
 
 def scatter_add(cnp.ndarray G not None, cnp.ndarray ids not None, cnp.ndarray dW not None,
@@ -1809,6 +1865,25 @@ cdef Py_ssize_t _decode_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t r
                          stream)
 
 
+ctypedef struct decode_job:
+    ids_job head
+    int fmt
+    const char* W
+    Py_ssize_t rs
+    Py_ssize_t rowbytes
+    float* out
+    Py_ssize_t D
+    int prefetch
+    bint stream
+
+
+cdef Py_ssize_t _decode_share(const void* job, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """_decode_range over rows lo..hi-1 of a decode_job."""
+    cdef const decode_job* j = <const decode_job*>job
+    return _decode_range(j.fmt, j.W, j.head.V, j.rs, j.rowbytes, j.head.ids, j.head.i32, j.out,
+                         j.D, lo, hi, j.prefetch, j.stream)
+
+
 def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
                   cnp.ndarray out not None, int nthreads, int prefetch=0, bint stream=False,
                   bint check=False):
@@ -1819,44 +1894,16 @@ def decode_gather(int fmt, cnp.ndarray W not None, cnp.ndarray ids not None,
     check: as gather's (each thread checks its share of the ids before any thread writes;
     IdsOutOfRange, nothing written). Raises RuntimeError if an id read was outside [0, V)
     (ids changed meanwhile)."""
-    cdef const char* w = <const char*>cnp.PyArray_DATA(W)
-    cdef Py_ssize_t rs = cnp.PyArray_STRIDE(W, 0)
-    cdef Py_ssize_t rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
-    cdef Py_ssize_t V = cnp.PyArray_DIM(W, 0), D = cnp.PyArray_DIM(out, 1)
-    cdef Py_ssize_t n = cnp.PyArray_DIM(ids, 0)
-    cdef const void* p = cnp.PyArray_DATA(ids)
-    cdef float* o = <float*>cnp.PyArray_DATA(out)
-    cdef bint i32 = cnp.PyArray_ITEMSIZE(ids) == 4
-    cdef Py_ssize_t c, bad = 0
-    cdef Py_ssize_t nbad[MAX_THREADS]
-    cdef int flags[MAX_THREADS]
-    nthreads = max(1, min(nthreads, MAX_THREADS))
-    with nogil:
-        if nthreads == 1:
-            flags[0] = check and _ids_bad(p, i32, 0, n, V)
-            if not flags[0]:
-                bad = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D, 0, n, prefetch,
-                                    stream)
-        else:
-            for c in range(nthreads):
-                nbad[c] = 0
-                flags[c] = 0
-            with parallel(num_threads=nthreads):
-                # the same static schedule twice: each thread checks the ids it then decodes
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    flags[c] = check and _ids_bad(p, i32, n * c // nthreads,
-                                                  n * (c + 1) // nthreads, V)
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    if not _any(flags, nthreads):
-                        nbad[c] = _decode_range(fmt, w, V, rs, rowbytes, p, i32, o, D,
-                                                n * c // nthreads, n * (c + 1) // nthreads,
-                                                prefetch, stream)
-            for c in range(nthreads):
-                bad = bad + nbad[c]
-    if check and _any(flags, nthreads):
-        raise IdsOutOfRange()
-    if bad:
-        raise ids_changed_error(V)
+    cdef decode_job job
+    job.fmt = fmt
+    job.W = <const char*>cnp.PyArray_DATA(W)
+    job.rs = cnp.PyArray_STRIDE(W, 0)
+    job.rowbytes = cnp.PyArray_DIM(W, 1) * cnp.PyArray_ITEMSIZE(W)
+    job.out = <float*>cnp.PyArray_DATA(out)
+    job.D = cnp.PyArray_DIM(out, 1)
+    job.prefetch = prefetch
+    job.stream = stream
+    _run_over_ids(&job.head, _decode_share, ids, cnp.PyArray_DIM(W, 0), nthreads, check)
 
 
 cdef Py_ssize_t _decode_bag_range(int fmt, const char* W, Py_ssize_t V, Py_ssize_t rs,
@@ -1913,6 +1960,36 @@ cdef Py_ssize_t _range_of(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs,
                              <const float*>pw, pad, prefetch)
 
 
+ctypedef struct bags_job:
+    ids_job head
+    ek_bags g
+    int fmt
+    const char* w
+    Py_ssize_t rs
+    Py_ssize_t rowbytes
+    Py_ssize_t n
+    void* o
+    bint f32
+    Py_ssize_t D
+    int mode
+    const void* pw
+    Py_ssize_t pad
+    int prefetch
+
+
+cdef bint _bag_share_bad(const void* job, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """_bag_ids_bad over bags b0..b1-1 of a bags_job."""
+    cdef const bags_job* j = <const bags_job*>job
+    return _bag_ids_bad(j.head.ids, j.head.i32, &j.g, b0, b1, j.head.V)
+
+
+cdef Py_ssize_t _bags_share(const void* job, Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    """_range_of over bags b0..b1-1 of a bags_job."""
+    cdef const bags_job* j = <const bags_job*>job
+    return _range_of(j.fmt, j.w, j.head.V, j.rs, j.rowbytes, j.head.ids, j.head.i32, j.n, &j.g,
+                     b0, b1, j.o, j.f32, j.D, j.mode, j.pw, j.pad, j.prefetch)
+
+
 cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes,
                    const void* p, bint i32, Py_ssize_t n, offsets, void* o, Py_ssize_t B,
                    bint f32, Py_ssize_t D, int mode, const void* pw, Py_ssize_t pad,
@@ -1923,41 +2000,38 @@ cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize
     stream, bags of one id (no offsets, unweighted, not max) of float32 rows are written with
     non-temporal stores where out allows (as gather's). Raises MemoryError without memory for a
     decoded row, RuntimeError if an id read was outside [0, V) (ids changed meanwhile)."""
-    cdef ek_bags g
+    cdef bags_job job
     cdef Py_ssize_t bd[MAX_THREADS + 1]
-    cdef Py_ssize_t nbad[MAX_THREADS]
     cdef int flags[MAX_THREADS]
-    cdef Py_ssize_t c, bad = 0
-    cdef bint no_memory = False
-    _bags_of(&g, offsets, B, n)
-    g.stream = stream
+    cdef Py_ssize_t bad
+    _bags_of(&job.g, offsets, B, n)
+    job.g.stream = stream
+    job.head.ids = p
+    job.head.i32 = i32
+    job.head.V = V
+    job.fmt = fmt
+    job.w = w
+    job.rs = rs
+    job.rowbytes = rowbytes
+    job.n = n
+    job.o = o
+    job.f32 = f32
+    job.D = D
+    job.mode = mode
+    job.pw = pw
+    job.pad = pad
+    job.prefetch = prefetch
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
         if nthreads == 1:
-            flags[0] = check and _ids_bad(p, i32, 0, n, V)
-            if not flags[0]:
-                bad = _range_of(fmt, w, V, rs, rowbytes, p, i32, n, &g, 0, B, o, f32, D, mode,
-                                pw, pad, prefetch)
-            no_memory = bad < 0
+            bd[0] = 0
+            bd[1] = B
         else:
-            _split_bags(&g, bd, nthreads)
-            with parallel(num_threads=nthreads):
-                # the same static schedule twice: each thread checks the ids it then reads
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    flags[c] = check and _bag_ids_bad(p, i32, &g, bd[c], bd[c + 1], V)
-                for c in prange(nthreads, schedule="static", chunksize=1):
-                    nbad[c] = 0
-                    if not _any(flags, nthreads):
-                        nbad[c] = _range_of(fmt, w, V, rs, rowbytes, p, i32, n, &g, bd[c],
-                                            bd[c + 1], o, f32, D, mode, pw, pad, prefetch)
-            for c in range(nthreads):
-                if nbad[c] < 0:
-                    no_memory = True
-                else:
-                    bad = bad + nbad[c]
+            _split_bags(&job.g, bd, nthreads)
+        _checked_shares(&job, check, _bag_share_bad, _bags_share, bd, nthreads, flags, &bad)
     if _any(flags, nthreads):
         raise IdsOutOfRange()
-    if no_memory:
+    if bad < 0:
         raise MemoryError("no memory for a decoded row of a low-precision bag")
     if bad:
         raise ids_changed_error(V)
