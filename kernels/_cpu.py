@@ -36,7 +36,8 @@ def _every_line_beyond_l3(distance, A):
 
 
 PREFETCH_DISTANCE = 12
-"""How many ids ahead the compiled gathers prefetch rows (12-16 measured best at D = 64)."""
+"""How many ids ahead numba_gather's lookups prefetch rows (12-16 measured best at D = 64);
+cython_gather's take copy_prefetch_distance."""
 
 
 def prefetch_distance(W):
@@ -131,11 +132,12 @@ def copy_prefetch_distance(W):
 
 
 def bag_prefetch(W, single=False):
-    """bag_prefetch_distance(W) as cython_gather's float bags take it: negated (bags of one id
-    prefetch every line of a row, not only its first) when W is larger than the last-level
-    cache. Measured (cython_gather bags of one, V = 1e4 / 1e6 / 2e6, D = 64, 2 threads, two
-    builds side by side, per-round median of 11 interleaved rounds): every line took 1.16 /
-    0.91 / 0.96 times as long as the first line only.
+    """bag_prefetch_distance(W) as cython_gather's float bags take it: negated when W is larger
+    than the last-level cache (its float64 bags of one id, or on a CPU without AVX, then
+    prefetch every line of a row, not only its first). Measured (cython_gather bags of one,
+    V = 1e4 / 1e6 / 2e6, D = 64, 2 threads, two builds side by side, per-round median of 11
+    interleaved rounds, before they took the lookup's loop): every line took 1.16 / 0.91 / 0.96
+    times as long as the first line only.
     single (bags of one id each): copy_prefetch_distance, as the lookup's rows are fetched
     (float32 rows of a multiple of 32 bytes then take the lookup's loop, every line of a row
     prefetched at any distance)."""

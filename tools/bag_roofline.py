@@ -271,8 +271,9 @@ def measure_bags(vocab_sizes, dims, bag_lengths, n=65_536, rounds=5, reps=5, pas
 
     The grid is visited `passes` times, each time with rounds // passes rounds (at least one) at
     every size and the same table and ids (seeded by seed, V, D: one set of n ids, or id_sets
-    sets handed to each method in turn); a method keeps its best over all passes. So the rounds of one size are spread over the whole run, not bunched into a few
-    seconds that a noisy episode can cover entirely."""
+    sets handed to each method in turn); a method keeps its best over all passes. So the rounds
+    of one size are spread over the whole run, not bunched into a few seconds that a noisy
+    episode can cover entirely."""
     uneven = [L for L in bag_lengths if L < 1 or n % L]
     if uneven:
         raise ValueError(f"n = {n} must be a multiple of every bag length, not of {uneven}: the "
