@@ -524,3 +524,34 @@ def test_bag_methods_take_the_sets_of_ids_in_turn_each_its_own(monkeypatch):
                                       W[sets[0]].reshape(2, 8, 8).sum(axis=1))
     with pytest.raises(ValueError, match="16 ids"):
         bag_roofline.bag_methods(W, [sets[0], sets[0][:8]], [8])
+
+
+def test_lookup_methods_take_the_sets_of_ids_in_turn_each_its_own():
+    """--id-sets K for the lookup roofline: every forward and backward method reads the next of
+    the K sets each call (its own turn), one array being every call's."""
+    W = np.arange(400, dtype=np.float32).reshape(50, 8)
+    sets = [np.arange(16) % 50, (np.arange(16) * 7 + 3) % 50]
+    out = np.empty((16, 8), np.float32)
+    fwd = roofline.forward_methods(W, sets, out, None)
+    for name in ("cython_gather", "numpy_take", "np.take raw"):
+        for s in (sets[1], sets[0], sets[1]):
+            fwd[name]()
+            np.testing.assert_array_equal(out, W[s], err_msg=name)
+    np.testing.assert_array_equal(fwd["W[ids]"](), W[sets[1]])
+    G = np.ones((16, 8), np.float32)
+    dW = np.empty((50, 8), np.float32)
+    bwd = roofline.backward_methods(G, sets, dW, None)
+    for name in ("cython_gather", "np.add.at"):
+        for s in (sets[1], sets[0]):
+            bwd[name]()
+            want = np.zeros((50, 8), np.float32)
+            np.add.at(want, s, G)
+            np.testing.assert_array_equal(dW, want, err_msg=name)
+    one = roofline.forward_methods(W, sets[0], out, None)
+    one["cython_gather"]()
+    np.testing.assert_array_equal(out, W[sets[0]])
+
+
+def test_id_sets_must_be_positive():
+    with pytest.raises(SystemExit):
+        roofline.main(["--id-sets", "0", "--markdown", "", "--json", "", "--plot", ""])

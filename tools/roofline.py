@@ -2,12 +2,16 @@
 
     python -m tools.roofline                  # default grid, forward and backward
     python -m tools.roofline --vocab 1000 --dims 16 --rounds 2   # a small look
+    python -m tools.roofline --id-sets 8      # 8 sets of ids in turn: rows not left in L3
     python -m tools.roofline --bags [--quick] # bags against the row-read floor (tools.bag_roofline)
 
 For each (V, D) it times, interleaved in one process and in several rounds, a plain copy of an
 array of the output's size, every kernel into a preallocated output, the best NumPy form, and
 torch when it is importable; it keeps each method's best per-round median, then prints GB/s,
 % of copy and ratios, and draws GB/s against V, one panel per D, the copy as the ceiling.
+Every method reads the same ids each call, or with --id-sets K the next of K sets
+(kernels._timing.in_turn), so that the rows a call reads are not the ones the call before
+left in the last-level cache (with one set they are at D <= 64: 16 MB of rows or less).
 
 The registry supplies the facts: the kernels (kernels.KERNELS; the compiled ones are those with
 the `compiled` trait), each kernel's limits (its `over_budget` trait: a kernel over budget at a
@@ -26,7 +30,7 @@ import sys
 import numpy as np
 
 import kernels
-from kernels._timing import interleaved_best
+from kernels._timing import in_turn, interleaved_best
 from tools import bag_roofline
 
 PASS_OPERATION = {"forward": kernels.OPERATIONS["lookup"],
@@ -47,8 +51,21 @@ def _torch():
     return torch
 
 
+def _sets(ids):
+    """The sets of ids a pass's methods take in turn: a list of 1-D arrays as given, or [ids]."""
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+def _each_call(call, items):
+    """A zero-argument callable that calls call(the next of items) (kernels._timing.in_turn)."""
+    nxt = in_turn(items)
+    return lambda: call(nxt())
+
+
 def forward_methods(W, ids, out, torch):
-    """Name -> zero-argument callable for every forward method at this size."""
+    """Name -> zero-argument callable for every forward method at this size; ids one 1-D
+    array, or a list of them that each method takes in turn, one a call."""
+    sets = _sets(ids)
     n, D = out.shape
     V = W.shape[0]
     src = np.ones_like(out)
@@ -56,20 +73,26 @@ def forward_methods(W, ids, out, torch):
     op = PASS_OPERATION["forward"]
     for name, k in kernels.KERNELS.items():
         if k.over_budget(op, V, D, n, W.itemsize) is None:  # within the kernel's own limits
-            methods[name] = lambda k=k: k.lookup(W, ids, out=out)
-    methods["np.take raw"] = lambda: np.take(W, ids, axis=0, out=out, mode="clip")
-    methods["W[ids]"] = lambda: W[ids]
+            methods[name] = _each_call(lambda i, k=k: k.lookup(W, i, out=out), sets)
+    methods["np.take raw"] = _each_call(lambda i: np.take(W, i, axis=0, out=out, mode="clip"),
+                                        sets)
+    methods["W[ids]"] = _each_call(lambda i: W[i], sets)
     if torch is not None:
-        Wt, it, ot = torch.from_numpy(W), torch.from_numpy(ids), torch.from_numpy(out)
-        methods["torch embedding"] = lambda: torch.nn.functional.embedding(it, Wt)
-        methods["torch index_select(out=)"] = lambda: torch.index_select(Wt, 0, it, out=ot)
+        Wt, ot = torch.from_numpy(W), torch.from_numpy(out)
+        tsets = [torch.from_numpy(i) for i in sets]
+        methods["torch embedding"] = _each_call(
+            lambda i: torch.nn.functional.embedding(i, Wt), tsets)
+        methods["torch index_select(out=)"] = _each_call(
+            lambda i: torch.index_select(Wt, 0, i, out=ot), tsets)
     return methods
 
 
 def backward_methods(G, ids, dW, torch):
-    """Name -> zero-argument callable for every backward method at this size."""
+    """Name -> zero-argument callable for every backward method at this size; ids as
+    forward_methods takes them."""
+    sets = _sets(ids)
     V, D = dW.shape
-    n = ids.shape[0]
+    n = sets[0].shape[0]
     op = PASS_OPERATION["backward"]
     # a copy that moves as many bytes as the formula counts (it reads and writes each element,
     # so half as many elements): its GB/s is the ceiling
@@ -78,26 +101,27 @@ def backward_methods(G, ids, dW, torch):
     methods = {"copy": lambda: np.copyto(dst, src)}
     for name, k in kernels.KERNELS.items():
         if k.over_budget(op, V, D, n, dW.itemsize) is None:
-            methods[name] = lambda k=k: k.lookup_grad(G, ids, V, out=dW)
+            methods[name] = _each_call(lambda i, k=k: k.lookup_grad(G, i, V, out=dW), sets)
 
-    def add_at():
+    def add_at(i):
         dW.fill(0)
-        np.add.at(dW, ids, G)
+        np.add.at(dW, i, G)
 
-    methods["np.add.at"] = add_at
+    methods["np.add.at"] = _each_call(add_at, sets)
     if torch is not None:
-        Gt, it, dWt = torch.from_numpy(G), torch.from_numpy(ids), torch.from_numpy(dW)
+        Gt, dWt = torch.from_numpy(G), torch.from_numpy(dW)
 
-        def index_add():
+        def index_add(i):
             dWt.zero_()
-            dWt.index_add_(0, it, Gt)
+            dWt.index_add_(0, i, Gt)
 
-        methods["torch index_add_"] = index_add
+        methods["torch index_add_"] = _each_call(index_add, [torch.from_numpy(i) for i in sets])
     return methods
 
 
-def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0):
-    """Rows of {'pass','V','D', method: seconds} with the best per-round median of each method."""
+def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0, id_sets=1):
+    """Rows of {'pass','V','D', method: seconds} with the best per-round median of each method
+    (id_sets sets of n ids at each size, each method taking them in turn)."""
     rng = np.random.default_rng(seed)
     torch = _torch()
     rows = []
@@ -105,7 +129,7 @@ def measure(vocab_sizes, dims, n, rounds, reps, backward, seed=0):
         for D in dims:
             W = kernels.aligned_empty((V, D))  # as torch allocates its peers' tables
             W[...] = rng.standard_normal((V, D), dtype=np.float32)
-            ids = rng.integers(0, V, n)
+            ids = [rng.integers(0, V, n) for _ in range(id_sets)]
             out = np.empty((n, D), np.float32)
             passes = [("forward", forward_methods(W, ids, out, torch))]
             if backward:
@@ -281,8 +305,8 @@ def main(argv=None):
                    help=f"with --bags: visit the grid this many times, the rounds shared among "
                         f"the visits (default {bags['passes']})")
     p.add_argument("--id-sets", type=int, default=1,
-                   help="with --bags: sets of ids each method takes in turn, one a call (default "
-                        "1: the same ids every call, whose rows stay cached when they fit)")
+                   help="sets of ids each method takes in turn, one a call (default 1: the same "
+                        "ids every call, whose rows stay cached when they fit)")
     p.add_argument("--quick", action="store_true",
                    help=f"with --bags: V {listed(quick['vocab'])} x D {listed(quick['dims'])} x "
                         f"bag length {listed(quick['bag_lengths'])}, {quick['rounds']} rounds of "
@@ -296,6 +320,8 @@ def main(argv=None):
                    help="do not measure: redraw the table and picture from --json")
     argv = sys.argv[1:] if argv is None else list(argv)
     a = p.parse_args(argv)
+    if a.id_sets < 1:
+        p.error(f"--id-sets must be at least 1, got {a.id_sets}")
     section = "bags" if a.bags else "lookup"
     for key, value in SECTION_DEFAULTS[section].items():
         if getattr(a, key) is None:
@@ -309,7 +335,8 @@ def main(argv=None):
     else:
         vocab = [int(float(v)) for v in a.vocab.split(",")]
         dims = [int(d) for d in a.dims.split(",")]
-        rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward)
+        rows = measure(vocab, dims, a.n, a.rounds, a.reps, not a.no_backward,
+                       id_sets=a.id_sets)
         header = _header(argv)
         if a.json:
             with open(a.json, "w") as f:
@@ -342,8 +369,6 @@ def bags_main(a, argv):
         dims = [int(d) for d in a.dims.split(",")] if a.dims else grid["dims"]
         lengths = ([int(x) for x in a.bag_lengths.split(",")] if a.bag_lengths
                    else grid["bag_lengths"])
-        if a.id_sets < 1:
-            raise SystemExit(f"--id-sets must be at least 1, got {a.id_sets}")
         rows, skipped = br.measure_bags(vocab, dims, lengths, a.n, a.rounds or grid["rounds"],
                                         a.reps or grid["reps"], a.passes or grid["passes"],
                                         id_sets=a.id_sets)
