@@ -2023,11 +2023,7 @@ cdef int _run_bags(int fmt, const char* w, Py_ssize_t V, Py_ssize_t rs, Py_ssize
     job.prefetch = prefetch
     nthreads = max(1, min(nthreads, MAX_THREADS))
     with nogil:
-        if nthreads == 1:
-            bd[0] = 0
-            bd[1] = B
-        else:
-            _split_bags(&job.g, bd, nthreads)
+        _split_bags(&job.g, bd, nthreads)
         _checked_shares(&job, check, _bag_share_bad, _bags_share, bd, nthreads, flags, &bad)
     if _any(flags, nthreads):
         raise IdsOutOfRange()
