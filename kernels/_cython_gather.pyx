@@ -179,8 +179,8 @@ cdef extern from *:
     #define EK_COPY32_PLUS0(D, S) EK_STREAM32_PLUS0(D, S)
     #endif
 
-    /* The loops with every row streamed, in AVX code (every line of a row prefetched: no libc
-       memcpy streams it here): lookups (an id outside [0, V), only if ids changed after the
+    /* The row loops in AVX code, with every row streamed (EK_DEFINE_STREAM_LOOP) or stored as
+       usual (EK_DEFINE_ROWS_LOOP, below), every line of a row prefetched: lookups (an id outside [0, V), only if ids changed after the
        check, copies row 0 and is counted) and float32 bags of one id (each row + 0; a padding
        or bad id's row zeros, a bad one counted). The common row sizes are compile-time
        constants, so the inner loops unroll: rolled (a runtime row size), they made lookups
@@ -195,11 +195,11 @@ cdef extern from *:
                 ZERO; \\
                 continue; \\
             }
-    #define EK_STREAM_BAD_ROW0(RB) if ((size_t)j >= (size_t)V) { bad++; j = 0; }
+    #define EK_BAD_ROW0(RB) if ((size_t)j >= (size_t)V) { bad++; j = 0; }
     #define EK_STREAM_BAD_ZEROS(RB) \\
         EK_PAD_OR_BAD_ZEROS(for (q = 0; q < (RB); q += 32) EK_STREAM32_ZERO(dst + q))
     #define EK_COPY_BAD_ZEROS(RB) EK_PAD_OR_BAD_ZEROS(memset(dst, 0, RB))
-    #define EK_STREAM_ROWS(RB, LOAD, BAD, STORE) \\
+    #define EK_ROWS(RB, LOAD, BAD, STORE) \\
         for (i = lo; i < hi; i++) { \\
             char* dst = out + i * (RB); EK_OPAQUE(dst); \\
             if (prefetch && i + prefetch < hi) { \\
@@ -223,20 +223,20 @@ cdef extern from *:
         const int tail = (((uintptr_t)W | (uintptr_t)rs) & 63) != 0; \\
         (void)pad; \\
         switch (rowbytes) { \\
-        case 32: EK_STREAM_ROWS(32, LOAD, BAD, STORE) break; \\
-        case 64: EK_STREAM_ROWS(64, LOAD, BAD, STORE) break; \\
-        case 128: EK_STREAM_ROWS(128, LOAD, BAD, STORE) break; \\
-        case 256: EK_STREAM_ROWS(256, LOAD, BAD, STORE) break; \\
-        case 512: EK_STREAM_ROWS(512, LOAD, BAD, STORE) break; \\
-        case 1024: EK_STREAM_ROWS(1024, LOAD, BAD, STORE) break; \\
-        default: EK_STREAM_ROWS(rowbytes, LOAD, BAD, STORE) \\
+        case 32: EK_ROWS(32, LOAD, BAD, STORE) break; \\
+        case 64: EK_ROWS(64, LOAD, BAD, STORE) break; \\
+        case 128: EK_ROWS(128, LOAD, BAD, STORE) break; \\
+        case 256: EK_ROWS(256, LOAD, BAD, STORE) break; \\
+        case 512: EK_ROWS(512, LOAD, BAD, STORE) break; \\
+        case 1024: EK_ROWS(1024, LOAD, BAD, STORE) break; \\
+        default: EK_ROWS(rowbytes, LOAD, BAD, STORE) \\
         } \\
         END; \\
         return bad; \\
     }
-    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i32, int32_t, ek_load_i32, EK_STREAM_BAD_ROW0,
+    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i32, int32_t, ek_load_i32, EK_BAD_ROW0,
                           EK_STREAM32)
-    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i64, int64_t, ek_load_i64, EK_STREAM_BAD_ROW0,
+    EK_DEFINE_STREAM_LOOP(ek_stream_gather_i64, int64_t, ek_load_i64, EK_BAD_ROW0,
                           EK_STREAM32)
     EK_DEFINE_STREAM_LOOP(ek_stream_singles_i32, int32_t, ek_load_i32, EK_STREAM_BAD_ZEROS,
                           EK_STREAM32_PLUS0)
@@ -249,9 +249,9 @@ cdef extern from *:
        interleaved rounds: V = 2e6, D = 64 0.71 -> 0.31 ms; D = 16 and 128 1.1-1.2x; within
        L3 at V = 1e4, D = 256 1.2-1.4x). The line holding a row's last byte is prefetched too
        when rows are not on line boundaries (`tail`; NumPy's tables start 16 bytes past one). */
-    EK_DEFINE_ROWS_LOOP(ek_copy_gather_i32, int32_t, ek_load_i32, EK_STREAM_BAD_ROW0,
+    EK_DEFINE_ROWS_LOOP(ek_copy_gather_i32, int32_t, ek_load_i32, EK_BAD_ROW0,
                         EK_COPY32, (void)0)
-    EK_DEFINE_ROWS_LOOP(ek_copy_gather_i64, int64_t, ek_load_i64, EK_STREAM_BAD_ROW0,
+    EK_DEFINE_ROWS_LOOP(ek_copy_gather_i64, int64_t, ek_load_i64, EK_BAD_ROW0,
                         EK_COPY32, (void)0)
     EK_DEFINE_ROWS_LOOP(ek_copy_singles_i32, int32_t, ek_load_i32, EK_COPY_BAD_ZEROS,
                         EK_COPY32_PLUS0, (void)0)
