@@ -76,6 +76,19 @@ def in_turn(items: list) -> Callable[[], object]:
     return next_item
 
 
+def calls_in_turn(call: Callable[[object], object], items: list) -> Callable[[], object]:
+    """A zero-argument callable that calls call(item) with the items in turn (in_turn), one a
+    call, counting on its own: a timed method that reads a new set of ids each call."""
+    next_item = in_turn(items)
+    return lambda: call(next_item())
+
+
+def as_id_sets(ids) -> list:
+    """The sets of ids timed methods take in turn: a list or tuple of arrays as it is, one
+    array as the only set."""
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
 def paired_ratio(a: list, b: list) -> float:
     """The median over rounds of a[i] / b[i]: a ratio of two methods timed in the same rounds
     (interleaved_rounds), steadier on a shared machine than the ratio of their bests, since a

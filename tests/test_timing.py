@@ -60,3 +60,14 @@ def test_in_turn_hands_out_the_items_one_a_call_round_and_round():
     assert [nxt() for _ in range(7)] == [b, c, a, b, c, a, b]
     one = _timing.in_turn([a])
     assert one() is a and one() is a
+
+
+def test_calls_in_turn_calls_with_the_items_in_turn_each_callable_its_own():
+    a, b = object(), object()
+    seen = []
+    first = _timing.calls_in_turn(seen.append, [a, b])
+    second = _timing.calls_in_turn(seen.append, [a, b])
+    first(), first(), second(), first()
+    assert seen == [b, a, b, b]
+    assert _timing.as_id_sets([a, b]) == [a, b] and _timing.as_id_sets((a,)) == [a]
+    assert _timing.as_id_sets(a) == [a]

@@ -36,7 +36,8 @@ from numba import njit, prange
 import kernels
 from kernels._cpu import bag_prefetch_rows
 from kernels._numba_intrinsics import prefetch_row
-from kernels._timing import in_turn, median_seconds, paired_ratio, per_call_seconds
+from kernels._timing import (as_id_sets, calls_in_turn, median_seconds, paired_ratio,
+                             per_call_seconds)
 from kernels.numba_gather import _numba_threads, _run_parallel
 
 LOOKUP_BAG = kernels.OPERATIONS["lookup_bag"]
@@ -179,21 +180,16 @@ def bag_methods(W, ids, bag_lengths, torch=None):
     """({key: zero-argument callable}, {kernel: why it is not run}) at one table and ids (one
     1-D array, or a list of equally long ones that each method takes in turn, one a call) for
     every bag length; keys are (bag_length, method), bag_length None for the floors."""
-    sets = list(ids) if isinstance(ids, (list, tuple)) else [ids]
+    sets = as_id_sets(ids)
     ids = sets[0]
     n, (V, D) = ids.shape[0], W.shape
     if any(s.shape != ids.shape for s in sets):
         raise ValueError(f"every set of ids must hold {n} ids")
     ahead = bag_prefetch_rows(D * W.itemsize)
     methods = {}
-
-    def each_call(call, items=sets):
-        """A method that calls call(next set of items) each time (its own turn)."""
-        nxt = in_turn(items)
-        return lambda: call(nxt())
-
     for name, (g, p) in FLOOR.items():
-        methods[None, name] = each_call(lambda i, g=g, p=p: read_rows(W, i, ahead if p else 0, g))
+        methods[None, name] = calls_in_turn(
+            lambda i, g=g, p=p: read_rows(W, i, ahead if p else 0, g), sets)
     skipped = {}
     if torch is not None:
         torch.set_num_threads(kernels.get_num_threads())
@@ -207,27 +203,26 @@ def bag_methods(W, ids, bag_lengths, torch=None):
             if why:
                 skipped.setdefault(name, set()).add(why)
                 continue
-            methods[L, name] = each_call(lambda i, k=k, o=offsets, out=out:
-                                         k.lookup_bag(W, i, o, mode="sum", out=out))
+            methods[L, name] = calls_in_turn(lambda i, k=k, o=offsets, out=out:
+                                             k.lookup_bag(W, i, o, mode="sum", out=out), sets)
         if torch is not None:
             ot = torch.from_numpy(offsets)
-            methods[L, TORCH] = each_call(lambda i, o=ot:
-                                          torch.nn.functional.embedding_bag(i, Wt, o, mode="sum"),
-                                          tsets)
+            methods[L, TORCH] = calls_in_turn(
+                lambda i, o=ot: torch.nn.functional.embedding_bag(i, Wt, o, mode="sum"), tsets)
             try:
                 from benchmarks.bench_peers import _fbgemm_bag
 
                 bounds = torch.from_numpy(np.append(offsets, n).astype(np.int64))
                 fbgemm = [_fbgemm_bag(torch, Wt, t, bounds) for t in tsets]
-                methods[L, FBGEMM] = each_call(lambda call: call(), fbgemm)
+                methods[L, FBGEMM] = calls_in_turn(lambda call: call(), fbgemm)
             except NotImplementedError as e:
                 skipped.setdefault(FBGEMM, set()).add(str(e))
         if L == 1:
             rows = kernels.aligned_empty((n, D), W.dtype)
             for name, k in kernels.KERNELS.items():
                 if k.compiled and k.implements("lookup", W.dtype.name):
-                    methods[L, LOOKUP_PREFIX + name] = each_call(
-                        lambda i, k=k: k.lookup(W, i, out=rows))
+                    methods[L, LOOKUP_PREFIX + name] = calls_in_turn(
+                        lambda i, k=k: k.lookup(W, i, out=rows), sets)
     return methods, skipped
 
 

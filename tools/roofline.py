@@ -30,7 +30,7 @@ import sys
 import numpy as np
 
 import kernels
-from kernels._timing import in_turn, interleaved_best
+from kernels._timing import as_id_sets, calls_in_turn, interleaved_best
 from tools import bag_roofline
 
 PASS_OPERATION = {"forward": kernels.OPERATIONS["lookup"],
@@ -51,21 +51,10 @@ def _torch():
     return torch
 
 
-def _sets(ids):
-    """The sets of ids a pass's methods take in turn: a list of 1-D arrays as given, or [ids]."""
-    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
-
-
-def _each_call(call, items):
-    """A zero-argument callable that calls call(the next of items) (kernels._timing.in_turn)."""
-    nxt = in_turn(items)
-    return lambda: call(nxt())
-
-
 def forward_methods(W, ids, out, torch):
     """Name -> zero-argument callable for every forward method at this size; ids one 1-D
     array, or a list of them that each method takes in turn, one a call."""
-    sets = _sets(ids)
+    sets = as_id_sets(ids)
     n, D = out.shape
     V = W.shape[0]
     src = np.ones_like(out)
@@ -73,16 +62,16 @@ def forward_methods(W, ids, out, torch):
     op = PASS_OPERATION["forward"]
     for name, k in kernels.KERNELS.items():
         if k.over_budget(op, V, D, n, W.itemsize) is None:  # within the kernel's own limits
-            methods[name] = _each_call(lambda i, k=k: k.lookup(W, i, out=out), sets)
-    methods["np.take raw"] = _each_call(lambda i: np.take(W, i, axis=0, out=out, mode="clip"),
+            methods[name] = calls_in_turn(lambda i, k=k: k.lookup(W, i, out=out), sets)
+    methods["np.take raw"] = calls_in_turn(lambda i: np.take(W, i, axis=0, out=out, mode="clip"),
                                         sets)
-    methods["W[ids]"] = _each_call(lambda i: W[i], sets)
+    methods["W[ids]"] = calls_in_turn(lambda i: W[i], sets)
     if torch is not None:
         Wt, ot = torch.from_numpy(W), torch.from_numpy(out)
         tsets = [torch.from_numpy(i) for i in sets]
-        methods["torch embedding"] = _each_call(
+        methods["torch embedding"] = calls_in_turn(
             lambda i: torch.nn.functional.embedding(i, Wt), tsets)
-        methods["torch index_select(out=)"] = _each_call(
+        methods["torch index_select(out=)"] = calls_in_turn(
             lambda i: torch.index_select(Wt, 0, i, out=ot), tsets)
     return methods
 
@@ -90,7 +79,7 @@ def forward_methods(W, ids, out, torch):
 def backward_methods(G, ids, dW, torch):
     """Name -> zero-argument callable for every backward method at this size; ids as
     forward_methods takes them."""
-    sets = _sets(ids)
+    sets = as_id_sets(ids)
     V, D = dW.shape
     n = sets[0].shape[0]
     op = PASS_OPERATION["backward"]
@@ -101,13 +90,13 @@ def backward_methods(G, ids, dW, torch):
     methods = {"copy": lambda: np.copyto(dst, src)}
     for name, k in kernels.KERNELS.items():
         if k.over_budget(op, V, D, n, dW.itemsize) is None:
-            methods[name] = _each_call(lambda i, k=k: k.lookup_grad(G, i, V, out=dW), sets)
+            methods[name] = calls_in_turn(lambda i, k=k: k.lookup_grad(G, i, V, out=dW), sets)
 
     def add_at(i):
         dW.fill(0)
         np.add.at(dW, i, G)
 
-    methods["np.add.at"] = _each_call(add_at, sets)
+    methods["np.add.at"] = calls_in_turn(add_at, sets)
     if torch is not None:
         Gt, dWt = torch.from_numpy(G), torch.from_numpy(dW)
 
@@ -115,7 +104,7 @@ def backward_methods(G, ids, dW, torch):
             dWt.zero_()
             dWt.index_add_(0, i, Gt)
 
-        methods["torch index_add_"] = _each_call(index_add, [torch.from_numpy(i) for i in sets])
+        methods["torch index_add_"] = calls_in_turn(index_add, [torch.from_numpy(i) for i in sets])
     return methods
 
 
