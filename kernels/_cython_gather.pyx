@@ -1439,8 +1439,12 @@ cdef extern from *:
        first pass fetching every line (ek_prefetch_all), D = 256 int8 1.03, int4 1.11, float16
        1.09, bfloat16 1.15, D = 128 int8 1.26, float16 1.08, bfloat16 1.10, int4 0.95; within
        L3 (V = 1e4), against the first line only, D = 256 1.07-1.33, D = 128 float16 1.13,
-       bfloat16 1.17, int4 1.01, int8 0.96. Rows of one pass (D <= 64) in L3 prefetch their
-       first line, as before (every line measured 0.89-1.01). */
+       bfloat16 1.17, int4 1.01, int8 0.96. Half-format rows of one pass (D <= 128 in AVX-512
+       code) in L3 prefetch their first line (every line measured 0.91-1.01); int8 and int4 rows
+       of one pass every line, since their scale and bias, at the row's end, begin each row's
+       additions (AMD Zen 5, AVX-512, V = 1e4 and 1e5, 2 threads, against the first line only:
+       int8 D = 128 bags of 8 1.06-1.12x faster, D = 256 1.12-1.33x, D = 64 at V = 1e5 1.13-
+       1.20x; int4 0.96-1.19x). */
     #define EK_DECODE_PASS(VPOOL, SB, HB, VT, VL, LOAD, DIM, V0, NBX) { \\
                 VT acc[NBX]; \\
                 for (k = 0; k < (NBX); k++) acc[k] = (VT){0}; \\
@@ -1448,7 +1452,7 @@ cdef extern from *:
                 for (i = lo_; i < hi_; i++) { \\
                     if (prefetch && i + prefetch < n) { \\
                         const char* pf_ = W + (Py_ssize_t)ids[i + prefetch] * rs; \\
-                        if (pf_all || NV > NB) { \\
+                        if (pf_all || NV > NB || (HB) <= 2) { \\
                             for (Py_ssize_t o_ = ((V0) * (VL) * (HB) / 2 + 63) & ~(Py_ssize_t)63; \\
                                  o_ < ((V0) + (NBX)) * (VL) * (HB) / 2; o_ += 64) \\
                                 EK_PREFETCH(pf_ + o_); \\
@@ -1489,32 +1493,77 @@ cdef extern from *:
             EK_BAG_FINISH(float, row, (DIM), cnt, 0.0, 0) \\
         } }
 
+    /* One function a format and row size (EK_DEFINE_VEC_BAG_DIM), and in it one loop for each
+       way of prefetching (none, as EK_DECODE_PASS chooses, every line): with the prefetch
+       distance and pf_all tested in the loop, the rows loop reloaded them and three more
+       locals from the stack every row. Measured with the every-line change of EK_DECODE_PASS
+       against the build before both (AVX-512, bags of 8 and 64, 2 threads, per-round medians
+       of 9 rounds): within L3 1.00-1.33x, in L2 (V = 1e4, D = 64, no prefetch) 1.00-1.08x;
+       beyond L3 0.97-1.02x. */
+    #define EK_VEC_BAG_ARGS(IDX_T) const char* W, Py_ssize_t V, Py_ssize_t rs, \\
+            Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const ek_bags* offsets, \\
+            Py_ssize_t b0, Py_ssize_t b1, float* out, int mode, Py_ssize_t pad, int prefetch, \\
+            int pf_all
+    #define EK_DEFINE_VEC_BAG_DIM(NAME, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, \\
+                                  DIM, NT) \\
+    __attribute__((target(TARGET), noinline)) static Py_ssize_t NAME(EK_VEC_BAG_ARGS(IDX_T)) { \\
+        Py_ssize_t b, i, j, k, bad = 0; \\
+        if (!prefetch) { const int pf_all = 0; \\
+            EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
+        else if (pf_all) { const int pf_all = 1; \\
+            EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
+        else { const int pf_all = 0; \\
+            EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
+        return bad; \\
+    }
     /* HB: half-bytes per element (int4 1, int8 2, half formats 4). */
-    #define EK_VEC_BAG_DIMS(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, NT) \\
+    #define EK_DEFINE_VEC_BAG_FMT(NAME, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, NT) \\
+    EK_DEFINE_VEC_BAG_DIM(NAME##_16, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 16, NT) \\
+    EK_DEFINE_VEC_BAG_DIM(NAME##_32, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 32, NT) \\
+    EK_DEFINE_VEC_BAG_DIM(NAME##_64, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 64, NT) \\
+    EK_DEFINE_VEC_BAG_DIM(NAME##_128, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 128, NT) \\
+    EK_DEFINE_VEC_BAG_DIM(NAME##_256, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 256, NT) \\
+    static Py_ssize_t NAME(EK_VEC_BAG_ARGS(IDX_T), Py_ssize_t D) { \\
         switch (D) { \\
-        case 16: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 16, NT) break; \\
-        case 32: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 32, NT) break; \\
-        case 64: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 64, NT) break; \\
-        case 128: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 128, NT) break; \\
-        default: EK_DECODE_BAG_VEC(VDEC, SB, HB, NBLOCK, VT, VL, LOAD, 256, NT) \\
-        }
+        case 16: return NAME##_16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
+                                  prefetch, pf_all); \\
+        case 32: return NAME##_32(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
+                                  prefetch, pf_all); \\
+        case 64: return NAME##_64(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
+                                  prefetch, pf_all); \\
+        case 128: return NAME##_128(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
+                                    prefetch, pf_all); \\
+        default: return NAME##_256(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
+                                   prefetch, pf_all); \\
+        } \\
+    }
     #define EK_I8_BLOCK 13
     /* NBLOCK accumulators a pass: 8 AVX2 registers of the 16 (16 spilled some to the stack),
        13 for int8 (its decoding needs only scale, bias and one temporary: FBGEMM's JIT bag
        keeps 13 too), 16 AVX-512 registers of the 32 (every row size in one pass). */
     #define EK_DEFINE_VEC_BAG(NAME, IDX_T, LOAD, TARGET, NBLOCK, NBLOCK_I8, VT, VL, POOL, NT) \\
-    __attribute__((target(TARGET))) static Py_ssize_t NAME(int fmt, const char* W, \\
+    EK_DEFINE_VEC_BAG_FMT(NAME##_f16, IDX_T, LOAD, TARGET, POOL##f16, EK_SB_NONE, 4, NBLOCK, \\
+                          VT, VL, NT) \\
+    EK_DEFINE_VEC_BAG_FMT(NAME##_bf16, IDX_T, LOAD, TARGET, POOL##bf16, EK_SB_NONE, 4, NBLOCK, \\
+                          VT, VL, NT) \\
+    EK_DEFINE_VEC_BAG_FMT(NAME##_i8, IDX_T, LOAD, TARGET, POOL##i8, EK_SB_I8, 2, NBLOCK_I8, \\
+                          VT, VL, NT) \\
+    EK_DEFINE_VEC_BAG_FMT(NAME##_i4, IDX_T, LOAD, TARGET, POOL##i4, EK_SB_I4V, 1, NBLOCK, \\
+                          VT, VL, NT) \\
+    static Py_ssize_t NAME(int fmt, const char* W, \\
             Py_ssize_t V, Py_ssize_t rs, Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, \\
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch, int pf_all) { \\
-        Py_ssize_t b, i, j, k, bad = 0; \\
         switch (fmt) { \\
-        case EK_F16: EK_VEC_BAG_DIMS(POOL##f16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD, NT) break; \\
-        case EK_BF16: EK_VEC_BAG_DIMS(POOL##bf16, EK_SB_NONE, 4, NBLOCK, VT, VL, LOAD, NT) break; \\
-        case EK_I8: EK_VEC_BAG_DIMS(POOL##i8, EK_SB_I8, 2, NBLOCK_I8, VT, VL, LOAD, NT) break; \\
-        default: EK_VEC_BAG_DIMS(POOL##i4, EK_SB_I4V, 1, NBLOCK, VT, VL, LOAD, NT) \\
+        case EK_F16: return NAME##_f16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
+                                       pad, prefetch, pf_all, D); \\
+        case EK_BF16: return NAME##_bf16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
+                                         pad, prefetch, pf_all, D); \\
+        case EK_I8: return NAME##_i8(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
+                                     pad, prefetch, pf_all, D); \\
+        default: return NAME##_i4(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
+                                  pad, prefetch, pf_all, D); \\
         } \\
-        return bad; \\
     }
     EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
                       ek_vpool_, EK_NT_AVX2)

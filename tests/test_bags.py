@@ -1301,7 +1301,8 @@ def test_bag_prefetch_reaches_a_bounded_span_of_rows_and_none_in_l2(monkeypatch)
     (never more than BAG_PREFETCH_BYTES of rows, never fewer than one); a table in L2 none.
     Beyond the last-level cache bags of several ids prefetch FAR_PREFETCH_BYTES of rows ahead
     (at most FAR_PREFETCH_MAX ids; low-precision rows at least DECODE_PREFETCH_DISTANCE), bags
-    of one id as before."""
+    of one id as before. Low-precision bags of several ids prefetch in L2 too, from
+    DECODE_BAG_PREFETCH_MIN_BYTES up; their lookups do not."""
     from kernels import _cpu
 
     monkeypatch.setattr(_cpu, "L2_BYTES", 2**20)
@@ -1333,6 +1334,11 @@ def test_bag_prefetch_reaches_a_bounded_span_of_rows_and_none_in_l2(monkeypatch)
     assert _cpu.decode_prefetch_distance(S) == _cpu.DECODE_PREFETCH_DISTANCE
     assert _cpu.decode_prefetch_distance(S, bag=True) == _cpu.FAR_PREFETCH_BYTES // 72
     assert _cpu.decode_prefetch_distance(S[:10], bag=True) == 0
+    monkeypatch.setattr(_cpu, "DECODE_BAG_PREFETCH_MIN_BYTES", 2**18)
+    assert _cpu.decode_prefetch_distance(S[:2**18 // 72], bag=True) == 0  # 256 KB
+    assert _cpu.decode_prefetch_distance(S[:2**18 // 72 + 1], bag=True) == \
+        _cpu.DECODE_PREFETCH_DISTANCE  # a row more, and in L2 (1 MB)
+    assert _cpu.decode_prefetch_distance(S[:2**18 // 72 + 1]) == 0  # lookups: none in L2
     assert _cpu.decode_prefetch_distance(S[:200_000], bag=True) == \
         _cpu.DECODE_PREFETCH_DISTANCE  # 14 MB: within L3
     wide = np.lib.stride_tricks.as_strided(np.zeros(4096, np.uint8), (10**5, 4096), (4096, 1))
