@@ -1460,7 +1460,7 @@ cdef extern from *:
                                 EK_PREFETCH(pf_ + rowbytes - 1); \\
                         } else if ((V0) == 0) ek_prefetch_row(pf_); } \\
                     j = LOAD(&ids[i]); \\
-                    if (j == pad) continue; \\
+                    if (pad >= 0 && j == pad) continue; \\
                     if ((size_t)j >= (size_t)V) { bad++; continue; } \\
                     const char* src = W + j * rs; \\
                     float s_, b_; \\
@@ -1499,8 +1499,10 @@ cdef extern from *:
        locals from the stack every row. Measured with the every-line change of EK_DECODE_PASS
        against the build before both (AVX-512, bags of 8 and 64, 2 threads, per-round medians
        of 9 rounds): within L3 1.00-1.33x, in L2 (V = 1e4, D = 64, no prefetch) 1.00-1.08x;
-       beyond L3 0.97-1.02x. Sums (mode a constant: no divisor test a bag) have loops of their
-       own as well: D = 64 bags of 8 1.03-1.08x faster again, other sizes 0.99-1.04x. */
+       beyond L3 0.97-1.02x. Sums without a padding id (mode and pad constants: no divisor test
+       a bag, no padding test a row) have loops of their own as well: D = 64 bags of 8
+       1.03-1.08x faster again with the mode constant, other sizes 0.99-1.04x; without the
+       padding test int8 bags of 8 and 64, D = 64-256, V = 1e4, 1.00-1.03x. */
     #define EK_VEC_BAG_ARGS(IDX_T) const char* W, Py_ssize_t V, Py_ssize_t rs, \\
             Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const ek_bags* offsets, \\
             Py_ssize_t b0, Py_ssize_t b1, float* out, int mode, Py_ssize_t pad, int prefetch, \\
@@ -1516,7 +1518,7 @@ cdef extern from *:
                                   DIM, NT) \\
     __attribute__((target(TARGET), noinline)) static Py_ssize_t NAME(EK_VEC_BAG_ARGS(IDX_T)) { \\
         Py_ssize_t b, i, j, k, bad = 0; \\
-        if (mode == EK_SUM) { const int mode = EK_SUM; \\
+        if (mode == EK_SUM && pad < 0) { const int mode = EK_SUM; const Py_ssize_t pad = -1; \\
             EK_DECODE_BAG_PF(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
         else { EK_DECODE_BAG_PF(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
         return bad; \\
