@@ -150,7 +150,7 @@ a call's output and ids pass through L2 too (n = 65,536, bags of 8, D = 64: 2 MB
 and evict the table's rows. Measured (an AMD Zen 5 with 1 MB of L2 a core, cython_gather bags
 of 8, n = 65,536, 2 threads, per-round medians of 11 interleaved rounds, none / 16 ahead):
 int8 and int4 tables of 0.36-1.36 MB 1.07-1.36x faster (int8 D = 128, V = 1e4: 0.132 -> 0.097
-ms), of 0.41 MB at D = 128 1.10x; tables of 0.01-0.24 MB 0.71-1.03x (D = 16 rows lost most)."""
+ms), of 0.41 MB at D = 128 1.10x; tables of 0.01-0.24 MB 0.71-1.04x (D = 16 rows lost most)."""
 
 
 def decode_prefetch_distance(S, bag=False):
