@@ -77,7 +77,27 @@ def test_stream_output_takes_half_the_cache_beside_a_table_it_does_not_fit_with(
     assert aligned.ctypes.data % 64 == 0 and aligned.base is not None
     assert cpu.empty_output((64, 16), np.float32, 4096).base is None  # NumPy's own
     monkeypatch.undo()
-    assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu.L3_BYTES // 2
+    assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu._beside_table_min_bytes(cpu._amd_family())
+
+
+def test_outputs_under_the_cache_keep_regular_stores_on_the_cpu_families_measured_so():
+    """On an AMD family 26 (Zen 5) the beside-a-table rule takes the whole last-level cache, so
+    no output under it is streamed; on family 25 and any other CPU, half of it."""
+    text = "processor\t: 0\nvendor_id\t: {}\ncpu family\t: {}\nmodel\t\t: 2\n"
+    assert cpu._amd_family(text.format("AuthenticAMD", 26)) == 26
+    assert cpu._amd_family(text.format("AuthenticAMD", 25)) == 25
+    assert cpu._amd_family(text.format("GenuineIntel", 6)) is None
+    assert cpu._amd_family("") is None
+    assert cpu._beside_table_min_bytes(26) == cpu.L3_BYTES
+    for family in (25, 23, None):
+        assert cpu._beside_table_min_bytes(family) == cpu.L3_BYTES // 2
+    out = _out(2 * 1024, 16, 0)  # 128 KiB, aligned
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu, "L3_BYTES", 256 * 1024)
+        mp.setattr(cpu, "STREAM_MIN_BYTES", 256 * 1024)
+        for family, streams in ((25, True), (26, False)):
+            mp.setattr(cpu, "STREAM_BESIDE_TABLE_MIN_BYTES", cpu._beside_table_min_bytes(family))
+            assert cpu.stream_output(out, 10**9) is streams
 
 
 def test_lookup_streams_a_half_cache_output_beside_a_large_table(monkeypatch):
