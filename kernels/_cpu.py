@@ -206,11 +206,12 @@ REGULAR_STORES_BESIDE_TABLE = frozenset({26})
 table (STREAM_BESIDE_TABLE_MIN_BYTES is the cache itself there). Measured on an AMD EPYC of
 family 26 (Zen 5, 32 MB L3, 47 GB/s; cython_gather through kernels.lookup and lookup_bag, 2
 threads, 8 id sets in turn, per-round medians of 9 interleaved rounds, streamed / regular, each
-call followed by out.max() as its reader): 16-24 MB outputs beside tables of 77-512 MB, float32,
-int8 and float16 rows, lookups and bags of one, 1.12-1.44x as long streamed (without a reader
-1.13-1.21x, float32 lookups at V = 2e6, D = 64, where np.sum, np.add and a row sum as readers
-gave 1.13-1.22x). On the family 25 machine (Zen 3, 12 GB/s) streaming there took 0.53-0.82x the
-time (stream_output), so every other CPU keeps the rule."""
+call followed by out.max() as its reader): 16-24 MB outputs beside tables of 77 MB-1 GB, float32,
+int8 and float16 rows, lookups and bags of one, 1.12-1.44x as long streamed; float32 lookups at
+V = 2e6 and 3e5, D = 64, uniform ids (one set, or 8 in turn) and Zipf ids (a = 1.05, 1.1)
+1.17-1.57x, and 0.97-1.56x with no reader; np.sum, np.add and a row sum as readers 1.13-1.22x.
+On the family 25 machine (Zen 3, 12 GB/s) streaming there took 0.53-0.82x the time
+(stream_output), so every other CPU keeps the rule."""
 
 
 def _beside_table_min_bytes(family):
