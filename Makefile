@@ -67,7 +67,7 @@ test-fast: venv
 ## commit first. 21 min 6 s from a fresh clone on the slowest 2-vCPU machine seen (AMD EPYC,
 ## 12 GB/s) at a3a6494, 24 min 6 s at d96cd68 on a slower day, 21 min 44 s at d0b9cab,
 ## 22 min 30 s at da6c6f9, 20 min 17 s at 372c532, every class included; 10 min 50 s at e989e89
-## on a Zen 5; budget 25 min.)
+## and 11 min 3 s at bfa6846 on a Zen 5; budget 25 min.)
 ## BENCH=<regex> runs only the benchmarks whose name matches it (asv run --bench; default: all),
 ## e.g. make bench BENCH='^bench_lookup\.Roofline'. Results of the others are kept.
 ## With another Python: make bench PYTHON=python3.12 VENV=.venv312.
