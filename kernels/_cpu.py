@@ -96,12 +96,12 @@ def far_bag_rows(row_bytes, least):
     return max(least, min(FAR_PREFETCH_MAX, FAR_PREFETCH_BYTES // max(1, row_bytes)))
 
 
-def _distance(A, near, least, several):
-    """The prefetch distance of a compiled loop over the rows of table A: 0 when A fits in L2;
-    far_bag_rows (at least `least`) for bags of several ids a bag of a table beyond the
-    last-level cache; else near."""
+def _distance(A, near, least, several, cached_bytes=None):
+    """The prefetch distance of a compiled loop over the rows of table A: 0 when A fits in L2
+    (or in cached_bytes, when given); far_bag_rows (at least `least`) for bags of several ids a
+    bag of a table beyond the last-level cache; else near."""
     table_bytes = _table_bytes(A)
-    if table_bytes <= L2_BYTES:
+    if table_bytes <= (L2_BYTES if cached_bytes is None else cached_bytes):
         return 0
     if several and table_bytes > L3_BYTES:
         return far_bag_rows(A.shape[1] * A.itemsize, least)
@@ -158,9 +158,8 @@ def decode_prefetch_distance(S, bag=False):
     .storage) prefetches rows: 0 when S fits in L2, else DECODE_PREFETCH_DISTANCE, or for bags
     of several ids (bag) of a table beyond the last-level cache far_bag_rows; bags of several
     ids prefetch DECODE_PREFETCH_DISTANCE ahead from DECODE_BAG_PREFETCH_MIN_BYTES up."""
-    if bag and DECODE_BAG_PREFETCH_MIN_BYTES < _table_bytes(S) <= L2_BYTES:
-        return DECODE_PREFETCH_DISTANCE
-    return _distance(S, DECODE_PREFETCH_DISTANCE, DECODE_PREFETCH_DISTANCE, bag)
+    return _distance(S, DECODE_PREFETCH_DISTANCE, DECODE_PREFETCH_DISTANCE, bag,
+                     min(DECODE_BAG_PREFETCH_MIN_BYTES, L2_BYTES) if bag else None)
 
 
 def decode_prefetch(S, bag=False):
