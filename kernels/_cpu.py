@@ -180,19 +180,30 @@ STREAM_MIN_BYTES = L3_BYTES
 """Outputs at least this large are written with non-temporal stores by cython_gather's lookups
 (see stream_output)."""
 
-def _amd_family(cpuinfo=None):
-    """The CPU family of an AMD processor (from the text of /proc/cpuinfo, read when not given),
-    else None (another vendor, or no /proc/cpuinfo)."""
-    if cpuinfo is None:
+def cpuinfo(text=None):
+    """The fields of the first processor in /proc/cpuinfo (or in `text`, that file's format),
+    name -> value; {} without the file."""
+    if text is None:
         try:
             with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read(8192)
+                text = ""
+                for line in f:  # up to the blank line after the first processor
+                    if not line.strip():
+                        break
+                    text += line
         except OSError:
-            return None
+            return {}
     fields = {}
-    for line in cpuinfo.splitlines():
+    for line in text.splitlines():
+        if not line.strip():
+            break
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _amd_family(fields):
+    """The CPU family of an AMD processor from its cpuinfo() fields, else None."""
     try:
         family = int(fields.get("cpu family", ""))
     except ValueError:
@@ -218,7 +229,7 @@ def _beside_table_min_bytes(family):
     return L3_BYTES if family in REGULAR_STORES_BESIDE_TABLE else L3_BYTES // 2
 
 
-STREAM_BESIDE_TABLE_MIN_BYTES = _beside_table_min_bytes(_amd_family())
+STREAM_BESIDE_TABLE_MIN_BYTES = _beside_table_min_bytes(_amd_family(cpuinfo()))
 """Outputs at least this large are streamed too when they and the table together are larger
 than the last-level cache (see stream_output): half of it, or all of it (no output under the
 cache streamed) on the CPU families of REGULAR_STORES_BESIDE_TABLE."""

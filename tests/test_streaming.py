@@ -77,17 +77,20 @@ def test_stream_output_takes_half_the_cache_beside_a_table_it_does_not_fit_with(
     assert aligned.ctypes.data % 64 == 0 and aligned.base is not None
     assert cpu.empty_output((64, 16), np.float32, 4096).base is None  # NumPy's own
     monkeypatch.undo()
-    assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu._beside_table_min_bytes(cpu._amd_family())
+    assert cpu.STREAM_BESIDE_TABLE_MIN_BYTES == cpu._beside_table_min_bytes(
+        cpu._amd_family(cpu.cpuinfo()))
 
 
 def test_outputs_under_the_cache_keep_regular_stores_on_the_cpu_families_measured_so():
     """On an AMD family 26 (Zen 5) the beside-a-table rule takes the whole last-level cache, so
     no output under it is streamed; on family 25 and any other CPU, half of it."""
     text = "processor\t: 0\nvendor_id\t: {}\ncpu family\t: {}\nmodel\t\t: 2\n"
-    assert cpu._amd_family(text.format("AuthenticAMD", 26)) == 26
-    assert cpu._amd_family(text.format("AuthenticAMD", 25)) == 25
-    assert cpu._amd_family(text.format("GenuineIntel", 6)) is None
-    assert cpu._amd_family("") is None
+    assert cpu._amd_family(cpu.cpuinfo(text.format("AuthenticAMD", 26))) == 26
+    assert cpu._amd_family(cpu.cpuinfo(text.format("AuthenticAMD", 25))) == 25
+    assert cpu._amd_family(cpu.cpuinfo(text.format("GenuineIntel", 6))) is None
+    assert cpu._amd_family(cpu.cpuinfo("")) is None
+    two = text.format("AuthenticAMD", 26) + "\n" + text.format("GenuineIntel", 6)
+    assert cpu.cpuinfo(two)["vendor_id"] == "AuthenticAMD"  # the first processor's fields
     assert cpu._beside_table_min_bytes(26) == cpu.L3_BYTES
     for family in (25, 23, None):
         assert cpu._beside_table_min_bytes(family) == cpu.L3_BYTES // 2

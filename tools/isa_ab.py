@@ -20,6 +20,7 @@ import numpy as np
 
 import kernels
 from kernels import _cython_gather
+from kernels._cpu import cpuinfo
 from kernels._timing import in_turn, interleaved_rounds, paired_ratio
 
 N = 65_536
@@ -27,7 +28,7 @@ _LEVEL = [2]  # the level set last (the timed calls' medians leave out the call 
 
 
 def _has_avx512():
-    flags = open("/proc/cpuinfo").read()
+    flags = set(cpuinfo().get("flags", "").split())
     return all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq"))
 
 

@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 import kernels
+from kernels._cpu import cpuinfo
 from kernels._timing import as_id_sets, calls_in_turn, interleaved_best
 from tools import bag_roofline
 
@@ -233,15 +234,7 @@ def plot(rows, path, title=""):
 
 
 def _machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpuinfo().get("model name") or platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, {datetime.date.today()}"
 
 
