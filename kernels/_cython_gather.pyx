@@ -1507,6 +1507,8 @@ cdef extern from *:
             Py_ssize_t rowbytes, const IDX_T* ids, Py_ssize_t n, const ek_bags* offsets, \\
             Py_ssize_t b0, Py_ssize_t b1, float* out, int mode, Py_ssize_t pad, int prefetch, \\
             int pf_all
+    #define EK_VEC_BAG_PASS W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, prefetch, \\
+            pf_all
     #define EK_DECODE_BAG_PF(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) \\
         if (!prefetch) { const int pf_all = 0; \\
             EK_DECODE_BAG_VEC(VPOOL, SB, HB, NBLOCK, VT, VL, LOAD, DIM, NT) } \\
@@ -1532,16 +1534,11 @@ cdef extern from *:
     EK_DEFINE_VEC_BAG_DIM(NAME##_256, IDX_T, LOAD, TARGET, VPOOL, SB, HB, NBLOCK, VT, VL, 256, NT) \\
     static Py_ssize_t NAME(EK_VEC_BAG_ARGS(IDX_T), Py_ssize_t D) { \\
         switch (D) { \\
-        case 16: return NAME##_16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
-                                  prefetch, pf_all); \\
-        case 32: return NAME##_32(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
-                                  prefetch, pf_all); \\
-        case 64: return NAME##_64(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
-                                  prefetch, pf_all); \\
-        case 128: return NAME##_128(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
-                                    prefetch, pf_all); \\
-        default: return NAME##_256(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, pad, \\
-                                   prefetch, pf_all); \\
+        case 16: return NAME##_16(EK_VEC_BAG_PASS); \\
+        case 32: return NAME##_32(EK_VEC_BAG_PASS); \\
+        case 64: return NAME##_64(EK_VEC_BAG_PASS); \\
+        case 128: return NAME##_128(EK_VEC_BAG_PASS); \\
+        default: return NAME##_256(EK_VEC_BAG_PASS); \\
         } \\
     }
     #define EK_I8_BLOCK 13
@@ -1562,14 +1559,10 @@ cdef extern from *:
             const ek_bags* offsets, Py_ssize_t b0, Py_ssize_t b1, float* out, Py_ssize_t D, \\
             int mode, Py_ssize_t pad, int prefetch, int pf_all) { \\
         switch (fmt) { \\
-        case EK_F16: return NAME##_f16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
-                                       pad, prefetch, pf_all, D); \\
-        case EK_BF16: return NAME##_bf16(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
-                                         pad, prefetch, pf_all, D); \\
-        case EK_I8: return NAME##_i8(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
-                                     pad, prefetch, pf_all, D); \\
-        default: return NAME##_i4(W, V, rs, rowbytes, ids, n, offsets, b0, b1, out, mode, \\
-                                  pad, prefetch, pf_all, D); \\
+        case EK_F16: return NAME##_f16(EK_VEC_BAG_PASS, D); \\
+        case EK_BF16: return NAME##_bf16(EK_VEC_BAG_PASS, D); \\
+        case EK_I8: return NAME##_i8(EK_VEC_BAG_PASS, D); \\
+        default: return NAME##_i4(EK_VEC_BAG_PASS, D); \\
         } \\
     }
     EK_DEFINE_VEC_BAG(ek_vec_bag_i32, int32_t, ek_load_i32, "avx2,f16c,fma", 8, EK_I8_BLOCK, ek_vf, 8,
